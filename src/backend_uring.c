@@ -1,0 +1,215 @@
+/*
+** backend_uring.c: the io_uring backend (liburing).
+**
+** Each op's address is its SQE's user_data, so a CQE leads straight back to
+** the op. SQEs that the backend adds on its own (cancel requests, linked
+** timeouts) carry INTERNAL_TAG and their CQEs are dropped.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <liburing.h>
+
+#include "ioq.h"
+
+typedef struct uring_backend {
+  ioq_backend base;
+  struct io_uring ring;
+  unsigned features;
+} uring_backend;
+
+/* user_data of SQEs whose completions nobody waits for. */
+#define INTERNAL_TAG ((uint64_t)0)
+
+/* Largest batch of CQEs looked at in one go. */
+#define CQE_BATCH 256
+
+_Static_assert(sizeof(struct __kernel_timespec) == 2 * sizeof(int64_t),
+               "ioq_op keeps kernel timespecs as two int64_t");
+
+static struct __kernel_timespec *op_timespec(ioq_op *op, int i) {
+  return (struct __kernel_timespec *)(void *)&op->be.ts[i];
+}
+
+static void set_timespec(struct __kernel_timespec *ts, int64_t ns) {
+  ts->tv_sec = ns / 1000000000;
+  ts->tv_nsec = ns % 1000000000;
+}
+
+/*
+** The ring flags worth having, best first. Older kernels reject newer flags
+** with EINVAL, so creation walks down this list.
+*/
+static const unsigned setup_flags[] = {
+  IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
+    IORING_SETUP_DEFER_TASKRUN,
+  IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
+    IORING_SETUP_TASKRUN_FLAG,
+  IORING_SETUP_SUBMIT_ALL,
+  0,
+};
+
+static int uring_create(ioq_backend **out, unsigned entries) {
+  uring_backend *u = calloc(1, sizeof *u);
+  size_t i;
+  int r = -EINVAL;
+  if (u == NULL)
+    return -ENOMEM;
+  for (i = 0; i < sizeof setup_flags / sizeof setup_flags[0]; i++) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = setup_flags[i];
+    r = io_uring_queue_init_params(entries, &u->ring, &p);
+    if (r == 0) {
+      u->features = p.features;
+      break;
+    }
+    if (r != -EINVAL)
+      break;
+  }
+  if (r < 0) {
+    free(u);
+    return r;
+  }
+  u->base.cls = &ioq_uring_backend;
+  *out = &u->base;
+  return 0;
+}
+
+static void uring_destroy(ioq_backend *b) {
+  uring_backend *u = (uring_backend *)b;
+  io_uring_queue_exit(&u->ring);
+  free(u);
+}
+
+static int uring_start(ioq_backend *b, ioq_op *op) {
+  uring_backend *u = (uring_backend *)b;
+  struct io_uring_sqe *sqe;
+  unsigned need = op->timeout_ns > 0 ? 2 : 1;
+  if (io_uring_sq_space_left(&u->ring) < need)
+    return -EAGAIN;
+  sqe = io_uring_get_sqe(&u->ring);
+  switch (op->code) {
+    case IOQ_NOP:
+      io_uring_prep_nop(sqe);
+      break;
+    case IOQ_READ:
+      io_uring_prep_read(sqe, op->fd, op->buf, op->len, (uint64_t)op->offset);
+      break;
+    case IOQ_WRITE:
+      io_uring_prep_write(sqe, op->fd, op->buf, op->len, (uint64_t)op->offset);
+      break;
+    case IOQ_FSYNC:
+      io_uring_prep_fsync(sqe, op->fd, 0);
+      break;
+    case IOQ_OPEN:
+      io_uring_prep_openat(sqe, AT_FDCWD, op->buf, op->flags,
+                           (mode_t)op->mode);
+      break;
+    case IOQ_SLEEP:
+      set_timespec(op_timespec(op, 0), op->ns);
+      io_uring_prep_timeout(sqe, op_timespec(op, 0), 0, 0);
+      break;
+    default:
+      /* The SQE is already taken: turn it into a NOP nobody waits for. */
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data64(sqe, INTERNAL_TAG);
+      return -EINVAL;
+  }
+  io_uring_sqe_set_data(sqe, op);
+  if (op->timeout_ns > 0) {
+    struct io_uring_sqe *tsqe = io_uring_get_sqe(&u->ring);
+    sqe->flags |= IOSQE_IO_LINK;
+    set_timespec(op_timespec(op, 1), op->timeout_ns);
+    io_uring_prep_link_timeout(tsqe, op_timespec(op, 1), 0);
+    io_uring_sqe_set_data64(tsqe, INTERNAL_TAG);
+  }
+  return 0;
+}
+
+static int uring_submit(ioq_backend *b) {
+  uring_backend *u = (uring_backend *)b;
+  return io_uring_submit(&u->ring);
+}
+
+static int uring_cancel(ioq_backend *b, ioq_op *op) {
+  uring_backend *u = (uring_backend *)b;
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  if (sqe == NULL) {
+    int r = io_uring_submit(&u->ring);
+    if (r < 0 && r != -EBUSY && r != -EAGAIN && r != -EINTR)
+      return r;
+    sqe = io_uring_get_sqe(&u->ring);
+    if (sqe == NULL)
+      return -EAGAIN;
+  }
+  io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op, 0);
+  io_uring_sqe_set_data64(sqe, INTERNAL_TAG);
+  return 0;
+}
+
+/* The op's result as the binding wants it. */
+static int64_t op_result(const ioq_op *op, int res) {
+  if (op->code == IOQ_SLEEP && res == -ETIME)
+    return 0;  /* the time passed: that is success for a sleep */
+  if (res == -ECANCELED && op->timeout_ns > 0 && !op->cancel_requested)
+    return -ETIMEDOUT;  /* its linked timeout fired */
+  return res;
+}
+
+static int collect(uring_backend *u, ioq_op **done, int max) {
+  struct io_uring_cqe *cqes[CQE_BATCH];
+  unsigned want = max < CQE_BATCH ? (unsigned)max : CQE_BATCH;
+  unsigned n = io_uring_peek_batch_cqe(&u->ring, cqes, want);
+  unsigned i;
+  int k = 0;
+  for (i = 0; i < n; i++) {
+    uint64_t tag = io_uring_cqe_get_data64(cqes[i]);
+    if (tag != INTERNAL_TAG) {
+      ioq_op *op = (ioq_op *)(uintptr_t)tag;
+      op->res = op_result(op, cqes[i]->res);
+      done[k++] = op;
+    }
+  }
+  io_uring_cq_advance(&u->ring, n);
+  return k;
+}
+
+static int uring_reap(ioq_backend *b, ioq_op **done, int max,
+                      int64_t timeout_ns) {
+  uring_backend *u = (uring_backend *)b;
+  struct io_uring_cqe *cqe;
+  int r;
+  if (io_uring_cq_ready(&u->ring) > 0) {
+    if (io_uring_sq_ready(&u->ring) > 0) {
+      r = io_uring_submit(&u->ring);
+      if (r < 0 && r != -EBUSY && r != -EAGAIN && r != -EINTR)
+        return r;
+    }
+    return collect(u, done, max);
+  }
+  if (timeout_ns == 0) {
+    r = io_uring_submit_and_get_events(&u->ring);
+  } else if (timeout_ns < 0) {
+    r = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, NULL, NULL);
+  } else {
+    struct __kernel_timespec ts;
+    set_timespec(&ts, timeout_ns);
+    r = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+  }
+  if (r < 0 && r != -ETIME && r != -EBUSY && r != -EAGAIN)
+    return r;  /* -EINTR included: the caller decides whether to go on */
+  return collect(u, done, max);
+}
+
+const ioq_backend_class ioq_uring_backend = {
+  "io_uring",
+  uring_create,
+  uring_destroy,
+  uring_start,
+  uring_cancel,
+  uring_submit,
+  uring_reap,
+};

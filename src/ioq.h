@@ -1,0 +1,98 @@
+/*
+** ioq.h: the one interface between the Lua binding and the backends.
+**
+** The binding fills an `ioq_op` (what to do, on which descriptor, with which
+** memory), gives it to a backend with `start`, and later gets it back from
+** `reap` with `res` set. From `start` until the op comes back from `reap`
+** the backend (and the kernel behind it) owns the op and every byte it
+** points to; the binding must neither free nor reuse them.
+**
+** Backends know nothing about Lua. The binding knows nothing about io_uring,
+** epoll or IOCP.
+*/
+#ifndef IOQ_H
+#define IOQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IOQ_VERSION "0.1.0"
+
+typedef enum ioq_opcode {
+  IOQ_NOP,
+  IOQ_READ,     /* fd, buf, len, offset (-1: current position) */
+  IOQ_WRITE,    /* fd, buf, len, offset (-1: current position) */
+  IOQ_FSYNC,    /* fd */
+  IOQ_OPEN,     /* path, flags, mode; res is the new descriptor */
+  IOQ_SLEEP,    /* ns; res is 0 when the time has passed */
+  IOQ_NOPCODES
+} ioq_opcode;
+
+/* Largest byte count one read or write asks for (Linux's MAX_RW_COUNT). */
+#define IOQ_MAX_RW 0x7ffff000u
+
+typedef struct ioq_op ioq_op;
+
+struct ioq_op {
+  /* What to do: set by the binding before `start`. */
+  uint8_t code;             /* an ioq_opcode */
+  uint8_t cancel_requested; /* set by the binding before calling `cancel` */
+  int fd;
+  int flags;                /* IOQ_OPEN: O_* flags */
+  int mode;                 /* IOQ_OPEN: permission bits */
+  void *buf;                /* IOQ_READ/IOQ_WRITE: the bytes; IOQ_OPEN: path */
+  uint32_t len;
+  int64_t offset;           /* -1: the descriptor's current position */
+  int64_t ns;               /* IOQ_SLEEP: how long */
+  int64_t timeout_ns;       /* > 0: fail the op with -ETIMEDOUT after this long
+                               (the backend arms it at `start`) */
+
+  /* The outcome: set by the backend before `reap` returns the op. */
+  int64_t res;              /* >= 0 on success, else -errno */
+
+  /* Private to the binding: the list the op sits on. */
+  ioq_op *next, *prev;
+
+  /* Private to the backend. */
+  union {
+    struct { int64_t sec, nsec; } ts[2];  /* kernel timespecs */
+    void *link[4];
+  } be;
+};
+
+typedef struct ioq_backend ioq_backend;
+
+typedef struct ioq_backend_class {
+  const char *name;
+  /* Creates a backend with room for about `entries` ops in one batch.
+  ** Returns 0, or -errno (the caller may then try another backend). */
+  int (*create)(ioq_backend **out, unsigned entries);
+  /* Frees the backend. Every started op must have been reaped. */
+  void (*destroy)(ioq_backend *b);
+  /* Takes ownership of `op`. Returns 0; -EAGAIN when there is no room now
+  ** (call `submit` or `reap`, then try again); or another -errno, in which
+  ** case the op was not taken and fails with that error. */
+  int (*start)(ioq_backend *b, ioq_op *op);
+  /* Asks the kernel to cancel a started op. The op is still returned by
+  ** `reap`, with -ECANCELED or with its real result if the cancel lost the
+  ** race. Returns 0 or -errno (-EAGAIN: no room, try after `reap`). */
+  int (*cancel)(ioq_backend *b, ioq_op *op);
+  /* Hands started ops to the kernel; returns how many, or -errno. */
+  int (*submit)(ioq_backend *b);
+  /* Submits, then waits up to timeout_ns (0: do not wait, < 0: forever) for
+  ** completions and stores up to `max` completed ops in `done`. Returns the
+  ** count (0 on timeout or when only internal events arrived), -EINTR when a
+  ** signal interrupted the wait, or another -errno. */
+  int (*reap)(ioq_backend *b, ioq_op **done, int max, int64_t timeout_ns);
+} ioq_backend_class;
+
+/* Every backend struct starts with this. */
+struct ioq_backend {
+  const ioq_backend_class *cls;
+};
+
+#ifdef IOQ_HAVE_URING
+extern const ioq_backend_class ioq_uring_backend;
+#endif
+
+#endif

@@ -1,0 +1,61 @@
+/*
+** lioq.h: what the binding's files share. The binding turns Lua calls into
+** ioq_ops for a backend (see ioq.h) and turns completed ops back into Lua
+** values; it checks every argument before any state changes.
+*/
+#ifndef LIOQ_H
+#define LIOQ_H
+
+#include <stddef.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "ioq.h"
+
+#define LIOQ_QUEUE  "ioq.queue"
+#define LIOQ_HANDLE "ioq.handle"
+#define LIOQ_BUFFER "ioq.buffer"
+#define LIOQ_FILE   "ioq.file"
+
+/*
+** A buffer's bytes live outside the Lua heap in a block with a reference
+** count: the buffer userdata holds one reference and each op that uses the
+** block holds one, so the bytes outlive a collected buffer until the kernel
+** is done with them.
+*/
+typedef struct lioq_block {
+  size_t refs;
+  size_t size;
+  int busy;              /* an op owns the bytes: Lua may not touch them */
+  unsigned char *data;
+} lioq_block;
+
+/* lioq_buffer.c */
+void lioq_open_buffer(lua_State *L);
+int lioq_buffer_new(lua_State *L);
+lioq_block *lioq_checkblock(lua_State *L, int arg);
+lioq_block *lioq_testblock(lua_State *L, int arg);
+void lioq_block_unref(lioq_block *b);
+
+/* An ioq.file: a descriptor ioq opened. fd is -1 while closed. */
+typedef struct lioq_file {
+  int fd;
+} lioq_file;
+
+/* lioq_file.c */
+void lioq_open_file(lua_State *L);
+int lioq_file_prepare(lua_State *L);
+int lioq_checkfd(lua_State *L, int arg);
+
+/* lioq_queue.c */
+void lioq_open_queue(lua_State *L);
+int lioq_queue_new(lua_State *L);
+int lioq_backends(lua_State *L);
+
+/* lioq_core.c */
+int lioq_fail(lua_State *L, const char *what, int err);
+void lioq_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
+                   const luaL_Reg *metamethods);
+
+#endif

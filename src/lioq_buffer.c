@@ -1,0 +1,201 @@
+/*
+** lioq_buffer.c: ioq.buffer, fixed-size byte buffers whose memory the kernel
+** may write into while Lua goes on running.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "lioq.h"
+
+typedef struct lbuffer {
+  lioq_block *block;     /* NULL once closed (or before it was allocated) */
+} lbuffer;
+
+/* Page alignment keeps buffers usable with O_DIRECT. */
+#define BLOCK_ALIGN 4096
+
+void lioq_block_unref(lioq_block *b) {
+  if (--b->refs == 0) {
+    free(b->data);
+    free(b);
+  }
+}
+
+static lioq_block *block_new(size_t size) {
+  lioq_block *b = malloc(sizeof *b);
+  void *data = NULL;
+  size_t rounded = (size + BLOCK_ALIGN - 1) / BLOCK_ALIGN * BLOCK_ALIGN;
+  if (b == NULL)
+    return NULL;
+  if (rounded < size || posix_memalign(&data, BLOCK_ALIGN,
+                                       rounded ? rounded : BLOCK_ALIGN) != 0) {
+    free(b);
+    return NULL;
+  }
+  b->refs = 1;
+  b->size = size;
+  b->busy = 0;
+  b->data = data;
+  return b;
+}
+
+/*
+** ioq.buffer(size) or ioq.buffer(string). The userdata exists (empty) before
+** the block is allocated, so a failed allocation leaks nothing.
+*/
+int lioq_buffer_new(lua_State *L) {
+  size_t size;
+  const char *init = NULL;
+  lbuffer *ub;
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    init = lua_tolstring(L, 1, &size);
+  } else {
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= 0, 1, "size must be non-negative");
+    luaL_argcheck(L, (lua_Unsigned)n <= (lua_Unsigned)(SIZE_MAX / 2), 1,
+                  "size too large");
+    size = (size_t)n;
+  }
+  ub = lua_newuserdatauv(L, sizeof *ub, 0);
+  ub->block = NULL;
+  luaL_setmetatable(L, LIOQ_BUFFER);
+  ub->block = block_new(size);
+  if (ub->block == NULL)
+    return luaL_error(L, "not enough memory for a buffer of %I bytes",
+                      (lua_Integer)size);
+  if (init != NULL)
+    memcpy(ub->block->data, init, size);
+  else
+    memset(ub->block->data, 0, size);
+  return 1;
+}
+
+lioq_block *lioq_testblock(lua_State *L, int arg) {
+  lbuffer *ub = luaL_testudata(L, arg, LIOQ_BUFFER);
+  if (ub == NULL)
+    return NULL;
+  luaL_argcheck(L, ub->block != NULL, arg, "buffer is closed");
+  return ub->block;
+}
+
+lioq_block *lioq_checkblock(lua_State *L, int arg) {
+  lioq_block *b = lioq_testblock(L, arg);
+  if (b == NULL)
+    luaL_typeerror(L, arg, LIOQ_BUFFER);
+  return b;
+}
+
+/* The block of a buffer Lua wants to read or change. */
+static lioq_block *idle_block(lua_State *L, int arg) {
+  lioq_block *b = lioq_checkblock(L, arg);
+  luaL_argcheck(L, !b->busy, arg, "buffer in use by a pending operation");
+  return b;
+}
+
+/* Turns string.sub-style positions i..j into a 0-based start and a length. */
+static size_t span(lua_State *L, size_t size, int iarg, int jarg,
+                   size_t *start) {
+  lua_Integer i = luaL_optinteger(L, iarg, 1);
+  lua_Integer j = luaL_optinteger(L, jarg, -1);
+  lua_Integer n = (lua_Integer)size;
+  if (i < 0) i = i < -n ? 1 : n + i + 1;
+  else if (i == 0) i = 1;
+  if (j < 0) j = j < -n ? 0 : n + j + 1;
+  else if (j > n) j = n;
+  if (i > j) {
+    *start = 0;
+    return 0;
+  }
+  *start = (size_t)(i - 1);
+  return (size_t)(j - i + 1);
+}
+
+/* buf:tostring([i [, j]]) */
+static int buffer_tostring(lua_State *L) {
+  lioq_block *b = idle_block(L, 1);
+  size_t start, len = span(L, b->size, 2, 3, &start);
+  lua_pushlstring(L, (const char *)b->data + start, len);
+  return 1;
+}
+
+/* buf:set(s [, i]): copies s into the buffer from position i (default 1). */
+static int buffer_set(lua_State *L) {
+  lioq_block *b = idle_block(L, 1);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  lua_Integer i = luaL_optinteger(L, 3, 1);
+  luaL_argcheck(L, i >= 1, 3, "position must be at least 1");
+  luaL_argcheck(L, (lua_Unsigned)(i - 1) <= b->size &&
+                   len <= b->size - (size_t)(i - 1), 2,
+                "string does not fit in the buffer");
+  memcpy(b->data + (i - 1), s, len);
+  return 0;
+}
+
+/* buf:fill([byte [, i [, j]]]): sets bytes i..j (default all) to byte. */
+static int buffer_fill(lua_State *L) {
+  lioq_block *b = idle_block(L, 1);
+  lua_Integer c = luaL_optinteger(L, 2, 0);
+  size_t start, len;
+  luaL_argcheck(L, c >= 0 && c <= 255, 2, "byte must be in 0..255");
+  len = span(L, b->size, 3, 4, &start);
+  memset(b->data + start, (int)c, len);
+  return 0;
+}
+
+/* buf:busy() */
+static int buffer_busy(lua_State *L) {
+  lioq_block *b = lioq_checkblock(L, 1);
+  lua_pushboolean(L, b->busy);
+  return 1;
+}
+
+static int buffer_len(lua_State *L) {
+  lioq_block *b = lioq_checkblock(L, 1);
+  lua_pushinteger(L, (lua_Integer)b->size);
+  return 1;
+}
+
+/*
+** buf:close(), <close> and __gc: drop the buffer's reference. A pending op
+** keeps its own reference, so the bytes stay until the kernel is done.
+*/
+static int buffer_close(lua_State *L) {
+  lbuffer *ub = luaL_checkudata(L, 1, LIOQ_BUFFER);
+  if (ub->block != NULL) {
+    lioq_block *b = ub->block;
+    ub->block = NULL;
+    lioq_block_unref(b);
+  }
+  return 0;
+}
+
+static int buffer_repr(lua_State *L) {
+  lbuffer *ub = luaL_checkudata(L, 1, LIOQ_BUFFER);
+  if (ub->block == NULL)
+    lua_pushfstring(L, "ioq.buffer (closed): %p", (void *)ub);
+  else
+    lua_pushfstring(L, "ioq.buffer (%I bytes%s): %p",
+                    (lua_Integer)ub->block->size,
+                    ub->block->busy ? ", busy" : "", (void *)ub);
+  return 1;
+}
+
+void lioq_open_buffer(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"tostring", buffer_tostring},
+    {"set", buffer_set},
+    {"fill", buffer_fill},
+    {"busy", buffer_busy},
+    {"close", buffer_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg meta[] = {
+    {"__len", buffer_len},
+    {"__tostring", buffer_repr},
+    {"__close", buffer_close},
+    {"__gc", buffer_close},
+    {NULL, NULL}
+  };
+  lioq_newclass(L, LIOQ_BUFFER, methods, meta);
+}

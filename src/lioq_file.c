@@ -1,0 +1,100 @@
+/*
+** lioq_file.c: ioq.file objects (descriptors that ioq opened) and the one
+** place that turns an argument into a descriptor.
+*/
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "lualib.h"
+
+#include "lioq.h"
+
+/*
+** Pushes a file object in the closed state, so that the object exists
+** before the descriptor does and a failed allocation cannot leak one.
+*/
+int lioq_file_prepare(lua_State *L) {
+  lioq_file *f = lua_newuserdatauv(L, sizeof *f, 0);
+  f->fd = -1;
+  luaL_setmetatable(L, LIOQ_FILE);
+  return 1;
+}
+
+static lioq_file *checkopen(lua_State *L, int arg) {
+  lioq_file *f = luaL_checkudata(L, arg, LIOQ_FILE);
+  luaL_argcheck(L, f->fd >= 0, arg, "attempt to use a closed file");
+  return f;
+}
+
+/*
+** The descriptor behind argument `arg`: an integer, a Lua io file, or an
+** ioq file. Anything else, or a closed file, raises an error naming `arg`.
+*/
+int lioq_checkfd(lua_State *L, int arg) {
+  void *ud;
+  if (lua_type(L, arg) == LUA_TNUMBER) {
+    lua_Integer fd = luaL_checkinteger(L, arg);
+    luaL_argcheck(L, fd >= 0 && fd <= 0x7fffffff, arg,
+                  "descriptor must be a non-negative integer");
+    return (int)fd;
+  }
+  if ((ud = luaL_testudata(L, arg, LIOQ_FILE)) != NULL)
+    return checkopen(L, arg)->fd;
+  if ((ud = luaL_testudata(L, arg, LUA_FILEHANDLE)) != NULL) {
+    luaL_Stream *s = ud;
+    luaL_argcheck(L, s->closef != NULL, arg, "attempt to use a closed file");
+    return fileno(s->f);
+  }
+  return luaL_typeerror(L, arg, "descriptor (integer, file or socket)");
+}
+
+/* f:close(): true, or fail, msg, errno. */
+static int file_close(lua_State *L) {
+  lioq_file *f = checkopen(L, 1);
+  int fd = f->fd;
+  f->fd = -1;
+  if (close(fd) != 0 && errno != EINTR)
+    return lioq_fail(L, "close", errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* __gc and __close: close quietly, and only once. */
+static int file_gc(lua_State *L) {
+  lioq_file *f = luaL_checkudata(L, 1, LIOQ_FILE);
+  if (f->fd >= 0) {
+    close(f->fd);
+    f->fd = -1;
+  }
+  return 0;
+}
+
+static int file_fileno(lua_State *L) {
+  lua_pushinteger(L, checkopen(L, 1)->fd);
+  return 1;
+}
+
+static int file_repr(lua_State *L) {
+  lioq_file *f = luaL_checkudata(L, 1, LIOQ_FILE);
+  if (f->fd < 0)
+    lua_pushliteral(L, "ioq.file (closed)");
+  else
+    lua_pushfstring(L, "ioq.file (fd %d)", f->fd);
+  return 1;
+}
+
+void lioq_open_file(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"close", file_close},
+    {"fileno", file_fileno},
+    {NULL, NULL}
+  };
+  static const luaL_Reg meta[] = {
+    {"__tostring", file_repr},
+    {"__close", file_gc},
+    {"__gc", file_gc},
+    {NULL, NULL}
+  };
+  lioq_newclass(L, LIOQ_FILE, methods, meta);
+}

@@ -1,0 +1,900 @@
+/*
+** lioq_queue.c: ioq.queue and ioq.handle.
+**
+** A handle is a userdata that embeds its ioq_op, so the op needs no memory
+** of its own. Each op moves through three lists of its queue:
+**
+**   unsent    created by q:read & co., not yet given to the backend (this is
+**             also where ops wait while the submission queue is full)
+**   inflight  started: the backend and the kernel own it
+**   ready     finished without the kernel (cancelled before it was sent, or
+**             refused by the backend), waiting for q:wait to report it
+**
+** and is then "done": its result is in op.res and its handle is an ordinary
+** Lua value again. Until then the handle sits in the queue's anchor table
+** (the queue's first user value), so Lua cannot collect it, nor the buffer,
+** string or file it keeps in its own user values.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lioq.h"
+
+/* Completions handled per backend call. */
+#define REAP_BATCH 128
+
+enum { ST_UNSENT, ST_INFLIGHT, ST_READY, ST_DONE };
+
+typedef struct oplist {
+  ioq_op *head, *tail;
+  size_t n;
+} oplist;
+
+typedef struct lqueue {
+  ioq_backend *be;         /* NULL once closed */
+  pid_t owner;             /* the process that created the ring */
+  oplist unsent, inflight, ready;
+  int *free_slots;         /* anchor slots free for reuse */
+  int nfree;               /* how many of them */
+  int top;                 /* highest anchor slot ever used */
+  int slots_cap;           /* capacity of free_slots (>= top) */
+  ioq_op *done[REAP_BATCH];
+} lqueue;
+
+/* Handle user values. */
+enum { UV_QUEUE = 1, UV_DATA, UV_EXTRA, HANDLE_NUV = UV_EXTRA };
+
+typedef struct lhandle {
+  ioq_op op;               /* first: an ioq_op* is an lhandle* */
+  lqueue *q;
+  lioq_block *block;       /* the buffer's bytes, referenced while pending */
+  lioq_file *file_out;     /* IOQ_OPEN: receives the new descriptor */
+  int slot;                /* index in the anchor table while pending */
+  int state;
+} lhandle;
+
+static const char *const op_names[IOQ_NOPCODES] = {
+  "nop", "read", "write", "fsync", "open", "sleep"
+};
+
+/* Backends this build has, best first. */
+static const ioq_backend_class *const backends[] = {
+#ifdef IOQ_HAVE_URING
+  &ioq_uring_backend,
+#endif
+  NULL
+};
+
+/* ---------------------------------------------------------------- lists */
+
+static void list_push(oplist *l, ioq_op *op) {
+  op->next = NULL;
+  op->prev = l->tail;
+  if (l->tail) l->tail->next = op;
+  else l->head = op;
+  l->tail = op;
+  l->n++;
+}
+
+static void list_remove(oplist *l, ioq_op *op) {
+  if (op->prev) op->prev->next = op->next;
+  else l->head = op->next;
+  if (op->next) op->next->prev = op->prev;
+  else l->tail = op->prev;
+  op->next = op->prev = NULL;
+  l->n--;
+}
+
+static size_t queue_pending(const lqueue *q) {
+  return q->unsent.n + q->inflight.n + q->ready.n;
+}
+
+/* ---------------------------------------------------------------- time */
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Seconds at `arg` (a non-negative number) as nanoseconds; `dflt` if nil. */
+static int64_t checkseconds(lua_State *L, int arg, int64_t dflt) {
+  lua_Number s;
+  if (lua_isnoneornil(L, arg))
+    return dflt;
+  s = luaL_checknumber(L, arg);
+  luaL_argcheck(L, s >= 0, arg, "seconds must be a non-negative number");
+  if (s > 1e9)  /* about 31 years: as good as forever, and no overflow */
+    s = 1e9;
+  return (int64_t)(s * 1e9);
+}
+
+/* ---------------------------------------------------------------- settling */
+
+/*
+** Finishes an op in C: frees what it held and records its result. Touches
+** no Lua state, so queue destruction in __gc can use it.
+*/
+static void settle(lhandle *h, int from_gc) {
+  h->state = ST_DONE;
+  if (h->block != NULL) {
+    h->block->busy = 0;
+    lioq_block_unref(h->block);
+    h->block = NULL;
+  }
+  if (h->file_out != NULL) {
+    if (h->op.res >= 0) {
+      if (from_gc)  /* nobody can see the file object any more */
+        close((int)h->op.res);
+      else
+        h->file_out->fd = (int)h->op.res;
+    }
+    h->file_out = NULL;
+  }
+}
+
+/* Anchor slots: the anchor table's integer keys, reused through a stack. */
+static void release_slot(lqueue *q, int slot) {
+  q->free_slots[q->nfree++] = slot;  /* fits: slots_cap >= top */
+}
+
+/*
+** Drops the anchors of `n` settled ops, leaving their handles on the Lua
+** stack (the caller made room), then appends them to the table at `into`
+** (0: none). Only that last step can allocate.
+*/
+static void unanchor(lua_State *L, lqueue *q, int anchors, ioq_op **ops,
+                     int n, int into, lua_Integer *count) {
+  int i;
+  for (i = 0; i < n; i++) {
+    lhandle *h = (lhandle *)ops[i];
+    lua_rawgeti(L, anchors, h->slot);
+    lua_pushnil(L);
+    lua_rawseti(L, anchors, h->slot);
+    release_slot(q, h->slot);
+    h->slot = 0;
+  }
+  for (i = 0; i < n; i++) {
+    if (into) {
+      lua_pushvalue(L, -n + i);
+      lua_rawseti(L, into, ++*count);
+    } else {
+      ++*count;
+    }
+  }
+  lua_pop(L, n);
+}
+
+/* ---------------------------------------------------------------- driving */
+
+/*
+** Gives unsent ops to the backend, oldest first, until it has no room.
+** Ops the backend refuses outright finish at once with its error.
+*/
+static void flush(lqueue *q) {
+  while (q->unsent.head != NULL) {
+    ioq_op *op = q->unsent.head;
+    int r = q->be->cls->start(q->be, op);
+    if (r == -EAGAIN) {
+      q->be->cls->submit(q->be);
+      r = q->be->cls->start(q->be, op);
+      if (r == -EAGAIN)
+        return;
+    }
+    list_remove(&q->unsent, op);
+    if (r < 0) {
+      op->res = r;
+      ((lhandle *)op)->state = ST_READY;
+      list_push(&q->ready, op);
+    } else {
+      ((lhandle *)op)->state = ST_INFLIGHT;
+      list_push(&q->inflight, op);
+    }
+  }
+}
+
+/* Takes up to REAP_BATCH ops off the ready list into q->done. */
+static int take_ready(lqueue *q) {
+  int n = 0;
+  while (q->ready.head != NULL && n < REAP_BATCH) {
+    ioq_op *op = q->ready.head;
+    list_remove(&q->ready, op);
+    q->done[n++] = op;
+  }
+  return n;
+}
+
+/* Asks the backend for completions; the ops it returns leave `inflight`. */
+static int reap(lqueue *q, int64_t timeout_ns) {
+  int i, n = q->be->cls->reap(q->be, q->done, REAP_BATCH, timeout_ns);
+  for (i = 0; i < n; i++)
+    list_remove(&q->inflight, q->done[i]);
+  return n;
+}
+
+/*
+** Drives the queue until at least one op finishes or `timeout_ns` passes
+** (< 0: no limit). Finished ops are settled and unanchored, and appended to
+** the table at `into` when that is not 0. Returns how many finished, or
+** -errno when the backend fails.
+*/
+static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
+                int into) {
+  int64_t deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
+  lua_Integer count = 0;
+  int anchors;
+  if (queue_pending(q) == 0)
+    return 0;
+  luaL_checkstack(L, REAP_BATCH + 4, "too many completions");
+  lua_getiuservalue(L, qidx, 1);
+  anchors = lua_gettop(L);
+  for (;;) {
+    int i, n;
+    flush(q);
+    n = take_ready(q);
+    if (n == 0) {
+      int64_t wait = timeout_ns;
+      if (timeout_ns > 0) {
+        wait = deadline - now_ns();
+        if (wait < 0) wait = 0;
+      }
+      n = reap(q, wait);
+      if (n == -EINTR)
+        n = 0;
+      else if (n < 0) {
+        lua_pop(L, 1);
+        return n;
+      }
+    }
+    for (i = 0; i < n; i++)
+      settle((lhandle *)q->done[i], 0);
+    unanchor(L, q, anchors, q->done, n, into, &count);
+    if (count > 0 || timeout_ns == 0 || queue_pending(q) == 0)
+      break;
+    if (timeout_ns > 0 && now_ns() >= deadline)
+      break;
+  }
+  lua_pop(L, 1);
+  return (int)count;
+}
+
+/*
+** Cancels every op, waits for the kernel to hand each one back, then frees
+** the backend. Shared by q:close(), <close> and __gc; calls no Lua code.
+*/
+static void destroy(lqueue *q, int from_gc) {
+  ioq_backend *be = q->be;
+  ioq_op *op;
+  int forked;
+  if (be == NULL)
+    return;
+  forked = getpid() != q->owner;
+  while ((op = q->unsent.head) != NULL) {
+    list_remove(&q->unsent, op);
+    op->res = -ECANCELED;
+    settle((lhandle *)op, from_gc);
+  }
+  while ((op = q->ready.head) != NULL) {
+    list_remove(&q->ready, op);
+    settle((lhandle *)op, from_gc);
+  }
+  if (!forked) {
+    for (op = q->inflight.head; op != NULL; op = op->next) {
+      op->cancel_requested = 1;
+      be->cls->cancel(be, op);
+    }
+    while (q->inflight.n > 0) {
+      int i, n = reap(q, -1);
+      if (n < 0 && n != -EINTR) {
+        /* The ring is broken: the kernel may still write into these
+        ** buffers, so leak them (and the ring) rather than free them. */
+        q->be = NULL;
+        return;
+      }
+      for (i = 0; i < n; i++)
+        settle((lhandle *)q->done[i], from_gc);
+    }
+  } else {
+    /* In a forked child the kernel works for the parent, not for us. */
+    while ((op = q->inflight.head) != NULL) {
+      list_remove(&q->inflight, op);
+      op->res = -ECANCELED;
+      settle((lhandle *)op, from_gc);
+    }
+  }
+  q->be = NULL;
+  be->cls->destroy(be);
+}
+
+/* ---------------------------------------------------------------- queue */
+
+static lqueue *checkqueue(lua_State *L) {
+  return luaL_checkudata(L, 1, LIOQ_QUEUE);
+}
+
+static lqueue *checkopenqueue(lua_State *L) {
+  lqueue *q = checkqueue(L);
+  luaL_argcheck(L, q->be != NULL, 1, "queue is closed");
+  return q;
+}
+
+/* Makes sure a new anchor slot can be released later without allocating. */
+static void reserve_slot(lua_State *L, lqueue *q) {
+  if (q->nfree == 0 && q->top >= q->slots_cap) {
+    int cap = q->slots_cap ? q->slots_cap * 2 : 64;
+    int *s;
+    if (cap <= q->slots_cap)
+      luaL_error(L, "too many pending operations");
+    s = realloc(q->free_slots, (size_t)cap * sizeof *s);
+    if (s == NULL)
+      luaL_error(L, "not enough memory");
+    q->free_slots = s;
+    q->slots_cap = cap;
+  }
+}
+
+/*
+** Pushes a new handle for op `code` on queue q (at index 1). The caller
+** fills h->op and the user values, then calls commit().
+*/
+static lhandle *newhandle(lua_State *L, lqueue *q, int code) {
+  lhandle *h;
+  reserve_slot(L, q);
+  h = lua_newuserdatauv(L, sizeof *h, HANDLE_NUV);
+  memset(h, 0, sizeof *h);
+  h->op.code = (uint8_t)code;
+  h->op.fd = -1;
+  h->op.offset = -1;
+  h->q = q;
+  h->state = ST_DONE;  /* not pending until committed */
+  luaL_setmetatable(L, LIOQ_HANDLE);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, UV_QUEUE);
+  return h;
+}
+
+/*
+** Anchors the handle on top of the stack and queues its op. The anchor is
+** stored before any C state changes: if that store runs out of memory,
+** nothing is left half done.
+*/
+static int commit(lua_State *L, lqueue *q, lhandle *h, lioq_block *block) {
+  int slot = q->nfree > 0 ? q->free_slots[q->nfree - 1] : q->top + 1;
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, slot);
+  lua_pop(L, 1);
+  if (q->nfree > 0) q->nfree--;
+  else q->top++;
+  h->slot = slot;
+  if (block != NULL) {
+    block->busy = 1;
+    block->refs++;
+    h->block = block;
+  }
+  h->state = ST_UNSENT;
+  list_push(&q->unsent, &h->op);
+  return 1;
+}
+
+static int64_t checkoffset(lua_State *L, int arg) {
+  lua_Integer off;
+  if (lua_isnoneornil(L, arg))
+    return -1;
+  off = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, off >= 0, arg, "offset must be non-negative");
+  return off;
+}
+
+static uint32_t checklength(lua_State *L, int arg, size_t max) {
+  lua_Integer len;
+  if (lua_isnoneornil(L, arg))
+    len = (lua_Integer)max;
+  else {
+    len = luaL_checkinteger(L, arg);
+    luaL_argcheck(L, len >= 0, arg, "length must be non-negative");
+    if ((lua_Unsigned)len > max)
+      luaL_argerror(L, arg, lua_pushfstring(L,
+                    "length exceeds the data size (%I bytes)",
+                    (lua_Integer)max));
+  }
+  return len > (lua_Integer)IOQ_MAX_RW ? IOQ_MAX_RW : (uint32_t)len;
+}
+
+/* The descriptor at arg 2, kept alive by the handle when it is an object. */
+static void setfd(lua_State *L, lhandle *h) {
+  h->op.fd = lioq_checkfd(L, 2);
+  if (lua_type(L, 2) == LUA_TUSERDATA) {
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, UV_EXTRA);
+  }
+}
+
+/* q:read(f, buf [, offset [, length]]) */
+static int queue_read(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_block *b;
+  lhandle *h;
+  int64_t off;
+  uint32_t len;
+  lioq_checkfd(L, 2);
+  b = lioq_checkblock(L, 3);
+  luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
+  off = checkoffset(L, 4);
+  len = checklength(L, 5, b->size);
+  h = newhandle(L, q, IOQ_READ);
+  setfd(L, h);
+  h->op.buf = b->data;
+  h->op.len = len;
+  h->op.offset = off;
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, UV_DATA);
+  return commit(L, q, h, b);
+}
+
+/* q:write(f, data [, offset [, length]]): data is a buffer or a string. */
+static int queue_write(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_block *b = NULL;
+  const void *bytes;
+  size_t size;
+  lhandle *h;
+  int64_t off;
+  uint32_t len;
+  lioq_checkfd(L, 2);
+  if (lua_type(L, 3) == LUA_TSTRING) {
+    bytes = lua_tolstring(L, 3, &size);
+  } else {
+    b = lioq_testblock(L, 3);
+    if (b == NULL)
+      return luaL_typeerror(L, 3, "ioq.buffer or string");
+    luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
+    bytes = b->data;
+    size = b->size;
+  }
+  off = checkoffset(L, 4);
+  len = checklength(L, 5, size);
+  h = newhandle(L, q, IOQ_WRITE);
+  setfd(L, h);
+  h->op.buf = (void *)bytes;  /* the kernel only reads it */
+  h->op.len = len;
+  h->op.offset = off;
+  lua_pushvalue(L, 3);  /* keeps a string alive while the kernel reads it */
+  lua_setiuservalue(L, -2, UV_DATA);
+  return commit(L, q, h, b);
+}
+
+/* q:fsync(f) */
+static int queue_fsync(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lhandle *h;
+  lioq_checkfd(L, 2);
+  h = newhandle(L, q, IOQ_FSYNC);
+  setfd(L, h);
+  return commit(L, q, h, NULL);
+}
+
+/* q:nop() */
+static int queue_nop(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lhandle *h = newhandle(L, q, IOQ_NOP);
+  return commit(L, q, h, NULL);
+}
+
+/* q:sleep(seconds) */
+static int queue_sleep(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  int64_t ns;
+  lhandle *h;
+  luaL_checkany(L, 2);
+  ns = checkseconds(L, 2, 0);
+  h = newhandle(L, q, IOQ_SLEEP);
+  h->op.ns = ns;
+  return commit(L, q, h, NULL);
+}
+
+/* io.open's mode letters as open(2) flags; -1 when the mode is invalid. */
+static int mode_flags(const char *mode) {
+  int flags;
+  switch (*mode++) {
+    case 'r': flags = O_RDONLY; break;
+    case 'w': flags = O_WRONLY | O_CREAT | O_TRUNC; break;
+    case 'a': flags = O_WRONLY | O_CREAT | O_APPEND; break;
+    default: return -1;
+  }
+  if (*mode == '+') {
+    flags = (flags & ~O_ACCMODE) | O_RDWR;
+    mode++;
+  }
+  for (; *mode; mode++) {
+    switch (*mode) {
+      case 'b': break;
+      case 'x': flags |= O_EXCL; break;
+      case 'd': flags |= O_DIRECT; break;
+      default: return -1;
+    }
+  }
+  return flags | O_CLOEXEC;
+}
+
+/* q:open(path [, mode [, perm]]): resolves to an ioq.file. */
+static int queue_open(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  size_t plen;
+  const char *path = luaL_checklstring(L, 2, &plen);
+  const char *mode = luaL_optstring(L, 3, "r");
+  lua_Integer perm = luaL_optinteger(L, 4, 0666);
+  int flags = mode_flags(mode);
+  lhandle *h;
+  luaL_argcheck(L, strlen(path) == plen, 2, "path contains a zero byte");
+  luaL_argcheck(L, flags != -1, 3, "invalid mode");
+  luaL_argcheck(L, perm >= 0 && perm <= 07777, 4, "invalid permissions");
+  h = newhandle(L, q, IOQ_OPEN);
+  h->op.buf = (void *)path;
+  h->op.flags = flags;
+  h->op.mode = (int)perm;
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, UV_DATA);
+  lioq_file_prepare(L);
+  h->file_out = lua_touserdata(L, -1);
+  lua_setiuservalue(L, -2, UV_EXTRA);
+  return commit(L, q, h, NULL);
+}
+
+/* q:submit(): hands every unsent op to the kernel; returns how many. */
+static int queue_submit(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  int r;
+  flush(q);
+  r = q->be->cls->submit(q->be);
+  if (r < 0)
+    return lioq_fail(L, "submit", -r);
+  lua_pushinteger(L, r);
+  return 1;
+}
+
+/* q:wait([timeout [, into]]): returns how many handles resolved. */
+static int queue_wait(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  int64_t timeout = checkseconds(L, 2, -1);
+  int into = 0, n;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    into = 3;
+  }
+  n = pump(L, q, 1, timeout, into);
+  if (n < 0)
+    return lioq_fail(L, "wait", -n);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* q:pending(): ops not yet resolved. */
+static int queue_pending_m(lua_State *L) {
+  lqueue *q = checkqueue(L);
+  lua_pushinteger(L, (lua_Integer)queue_pending(q));
+  return 1;
+}
+
+/* q:close(): cancels and drains every op; closing twice does nothing. */
+static int queue_close(lua_State *L) {
+  lqueue *q = checkqueue(L);
+  destroy(q, 0);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 1);  /* the anchors: every op is done */
+  return 0;
+}
+
+static int queue_gc(lua_State *L) {
+  lqueue *q = checkqueue(L);
+  destroy(q, 1);
+  free(q->free_slots);
+  q->free_slots = NULL;
+  q->nfree = q->top = q->slots_cap = 0;
+  return 0;
+}
+
+static int queue_index(lua_State *L) {
+  const char *key = lua_tostring(L, 2);
+  if (key != NULL && strcmp(key, "backend") == 0) {
+    lua_getiuservalue(L, 1, 2);
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+static int queue_repr(lua_State *L) {
+  lqueue *q = checkqueue(L);
+  if (q->be == NULL)
+    lua_pushfstring(L, "ioq.queue (closed): %p", (void *)q);
+  else
+    lua_pushfstring(L, "ioq.queue (%s, %I pending): %p", q->be->cls->name,
+                    (lua_Integer)queue_pending(q), (void *)q);
+  return 1;
+}
+
+static const ioq_backend_class *find_backend(const char *name) {
+  int i;
+  for (i = 0; backends[i] != NULL; i++)
+    if (strcmp(backends[i]->name, name) == 0)
+      return backends[i];
+  return NULL;
+}
+
+/* The "entries" and "backend" fields of the options table at arg 1. */
+static void queue_options(lua_State *L, lua_Integer *entries,
+                          const char **backend) {
+  if (lua_isnoneornil(L, 1))
+    return;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_getfield(L, 1, "entries") != LUA_TNIL) {
+    int ok;
+    *entries = lua_tointegerx(L, -1, &ok);
+    luaL_argcheck(L, ok && *entries >= 1 && *entries <= 32768, 1,
+                  "entries must be an integer in 1..32768");
+  }
+  if (lua_getfield(L, 1, "backend") != LUA_TNIL) {
+    *backend = lua_tostring(L, -1);
+    luaL_argcheck(L, *backend != NULL && lua_type(L, -1) == LUA_TSTRING, 1,
+                  "backend must be a string");
+  }
+  lua_pop(L, 2);
+}
+
+/* ioq.queue([{entries = n, backend = name}]) */
+int lioq_queue_new(lua_State *L) {
+  lua_Integer entries = 256;
+  const char *want = "auto";
+  const char *env = getenv("IOQ_BACKEND");
+  lqueue *q;
+  int r = -ENOSYS, i;
+  queue_options(L, &entries, &want);
+  if (strcmp(want, "auto") == 0 && env != NULL && *env != '\0')
+    want = env;
+  if (strcmp(want, "auto") != 0 && find_backend(want) == NULL)
+    return luaL_argerror(L, 1, lua_pushfstring(L,
+                         "unknown backend '%s'", want));
+  q = lua_newuserdatauv(L, sizeof *q, 2);
+  memset(q, 0, sizeof *q);
+  q->owner = getpid();
+  luaL_setmetatable(L, LIOQ_QUEUE);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  for (i = 0; backends[i] != NULL; i++) {
+    if (strcmp(want, "auto") != 0 && strcmp(want, backends[i]->name) != 0)
+      continue;
+    r = backends[i]->create(&q->be, (unsigned)entries);
+    if (r == 0 || (r != -EPERM && r != -ENOSYS && r != -ENOMEM))
+      break;
+  }
+  if (r != 0)
+    return luaL_error(L, "cannot create a queue (%s): %s", want,
+                      strerror(-r));
+  lua_pushstring(L, q->be->cls->name);
+  lua_setiuservalue(L, -2, 2);
+  return 1;
+}
+
+/* ioq.backends(): the backends that work here, best first. */
+int lioq_backends(lua_State *L) {
+  int i, n = 0;
+  lua_newtable(L);
+  for (i = 0; backends[i] != NULL; i++) {
+    ioq_backend *be;
+    if (backends[i]->create(&be, 2) == 0) {
+      be->cls->destroy(be);
+      lua_pushstring(L, backends[i]->name);
+      lua_rawseti(L, -2, ++n);
+    }
+  }
+  return 1;
+}
+
+/* ---------------------------------------------------------------- handle */
+
+static lhandle *checkhandle(lua_State *L) {
+  return luaL_checkudata(L, 1, LIOQ_HANDLE);
+}
+
+/* Pushes the handle's outcome: its value, or fail, msg, errno. */
+static int push_result(lua_State *L, lhandle *h) {
+  int64_t res = h->op.res;
+  if (res < 0) {
+    int err = (int)-res;
+    luaL_pushfail(L);
+    if (err == ETIMEDOUT)
+      lua_pushliteral(L, "timed out");
+    else if (err == ECANCELED)
+      lua_pushliteral(L, "canceled");
+    else
+      lua_pushfstring(L, "%s: %s", op_names[h->op.code], strerror(err));
+    lua_pushinteger(L, err);
+    return 3;
+  }
+  switch (h->op.code) {
+    case IOQ_READ:
+    case IOQ_WRITE:
+      lua_pushinteger(L, (lua_Integer)res);
+      break;
+    case IOQ_OPEN:
+      lua_getiuservalue(L, 1, UV_EXTRA);
+      break;
+    default:
+      lua_pushboolean(L, 1);
+  }
+  return 1;
+}
+
+/* h:done() */
+static int handle_done(lua_State *L) {
+  lua_pushboolean(L, checkhandle(L)->state == ST_DONE);
+  return 1;
+}
+
+/* h:result(): the outcome; raises while the op is pending. */
+static int handle_result(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  if (h->state != ST_DONE)
+    return luaL_error(L, "handle is pending: wait for it first");
+  return push_result(L, h);
+}
+
+/*
+** Asks for the op to be cancelled. An unsent op is cancelled on the spot;
+** a started one when the kernel agrees. Either way the handle still
+** resolves through the queue. Returns true if a cancel was asked for.
+*/
+static int cancel(lhandle *h) {
+  lqueue *q = h->q;
+  switch (h->state) {
+    case ST_UNSENT:
+      list_remove(&q->unsent, &h->op);
+      h->op.res = -ECANCELED;
+      h->state = ST_READY;
+      list_push(&q->ready, &h->op);
+      return 0;
+    case ST_INFLIGHT:
+      if (h->op.cancel_requested)
+        return 0;
+      h->op.cancel_requested = 1;
+      return q->be->cls->cancel(q->be, &h->op);
+    default:
+      return -EALREADY;
+  }
+}
+
+/* h:cancel(): true if asked, false if already done, or fail, msg, errno. */
+static int handle_cancel(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  int r = cancel(h);
+  if (r == -EALREADY) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (r < 0) {
+    h->op.cancel_requested = 0;
+    return lioq_fail(L, "cancel", -r);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** h:wait([timeout]): drives the queue until the handle resolves, then
+** returns its result. When the timeout passes first the op is cancelled,
+** and once the kernel hands it back, it resolves to "timed out" (or to its
+** real result if it finished anyway).
+*/
+static int handle_wait(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  int64_t timeout = checkseconds(L, 2, -1);
+  int64_t deadline = timeout >= 0 ? now_ns() + timeout : 0;
+  int pumped = 0, timed_out = 0;
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, UV_QUEUE);  /* index 2 */
+  while (h->state != ST_DONE) {
+    int64_t left = -1;
+    int n;
+    if (h->q->be == NULL)
+      return luaL_error(L, "queue is closed");
+    if (timeout >= 0 && !timed_out) {
+      left = deadline - now_ns();
+      if (left <= 0 && pumped) {
+        timed_out = 1;
+        cancel(h);  /* on failure the op still ends by itself */
+        left = -1;
+      } else if (left < 0) {
+        left = 0;
+      }
+    }
+    n = pump(L, h->q, 2, left, 0);
+    if (n < 0)
+      return lioq_fail(L, "wait", -n);
+    pumped = 1;
+  }
+  if (timed_out && h->op.res == -ECANCELED)
+    h->op.res = -ETIMEDOUT;
+  lua_settop(L, 1);
+  return push_result(L, h);
+}
+
+static int handle_index(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  const char *key = lua_tostring(L, 2);
+  if (key != NULL) {
+    if (strcmp(key, "op") == 0) {
+      lua_pushstring(L, op_names[h->op.code]);
+      return 1;
+    }
+    if (strcmp(key, "buffer") == 0) {
+      lua_getiuservalue(L, 1, UV_DATA);
+      if (luaL_testudata(L, -1, LIOQ_BUFFER) == NULL)
+        lua_pushnil(L);
+      return 1;
+    }
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+static int handle_repr(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  lua_pushfstring(L, "ioq.handle (%s, %s): %p", op_names[h->op.code],
+                  h->state == ST_DONE ? "done" : "pending", (void *)h);
+  return 1;
+}
+
+/* Replaces a class's __index table with `index`, which gets it as upvalue. */
+static void index_through(lua_State *L, const char *name,
+                          lua_CFunction index) {
+  luaL_getmetatable(L, name);
+  lua_getfield(L, -1, "__index");
+  lua_pushcclosure(L, index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+void lioq_open_queue(lua_State *L) {
+  static const luaL_Reg queue_methods[] = {
+    {"read", queue_read},
+    {"write", queue_write},
+    {"fsync", queue_fsync},
+    {"nop", queue_nop},
+    {"sleep", queue_sleep},
+    {"open", queue_open},
+    {"submit", queue_submit},
+    {"wait", queue_wait},
+    {"pending", queue_pending_m},
+    {"close", queue_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg queue_meta[] = {
+    {"__tostring", queue_repr},
+    {"__close", queue_close},
+    {"__gc", queue_gc},
+    {NULL, NULL}
+  };
+  static const luaL_Reg handle_methods[] = {
+    {"done", handle_done},
+    {"result", handle_result},
+    {"wait", handle_wait},
+    {"cancel", handle_cancel},
+    {NULL, NULL}
+  };
+  static const luaL_Reg handle_meta[] = {
+    {"__tostring", handle_repr},
+    {NULL, NULL}
+  };
+  lioq_newclass(L, LIOQ_QUEUE, queue_methods, queue_meta);
+  index_through(L, LIOQ_QUEUE, queue_index);
+  lioq_newclass(L, LIOQ_HANDLE, handle_methods, handle_meta);
+  index_through(L, LIOQ_HANDLE, handle_index);
+}
