@@ -24,6 +24,7 @@ SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
                src/lioq_file.c src/backend_uring.c
 HDRS        := src/ioq.h src/lioq.h
 CORE        := $(BUILD)/ioq/core.so
+TESTLIB     := $(BUILD)/ioq_test.so
 
 BUSTED      ?= $(LUA) /usr/bin/busted
 LUACHECK    ?= luacheck
@@ -37,9 +38,14 @@ $(CORE): $(SRCS) $(HDRS) Makefile
 	$(CC) $(WARNINGS) $(DEFINES) -fPIC -I$(LUA_INCDIR) $(URING_CFLAGS) \
 	  $(CFLAGS) $(LIBFLAG) -o $@ $(SRCS) $(URING_LIBS)
 
+$(TESTLIB): spec/support/testsupport.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC -I$(LUA_INCDIR) $(CFLAGS) $(LIBFLAG) \
+	  -o $@ spec/support/testsupport.c
+
 # Runs the specs against the freshly built module (not an installed one).
-test: $(CORE)
-	LUA="$(LUA)" BUSTED="$(BUSTED)" IOQ_CPATH="$(BUILD)" sh spec/run.sh
+test: $(CORE) $(TESTLIB)
+	LUA="$(LUA)" BUSTED="$(BUSTED)" IOQ_CPATH="$(BUILD)" bash spec/run.sh
 
 lint:
 	$(LUACHECK) -q lua spec examples bench
@@ -49,7 +55,7 @@ check: lint test
 # AddressSanitizer + UBSan build in its own folder, running every spec.
 # The sanitizer runtime must be preloaded: lua5.4 itself is not instrumented.
 asan:
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" LIBFLAG="-shared -fsanitize=address,undefined" build-asan/ioq/core.so
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" LIBFLAG="-shared -fsanitize=address,undefined" build-asan/ioq/core.so build-asan/ioq_test.so
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=23 \
 	LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \

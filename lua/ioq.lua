@@ -8,6 +8,7 @@ local ioq = {
   queue = core.queue,
   buffer = core.buffer,
   backends = core.backends,
+  now = core.now,
 }
 
 return ioq

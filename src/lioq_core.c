@@ -83,6 +83,7 @@ int luaopen_ioq_core(lua_State *L) {
     {"queue", lioq_queue_new},
     {"buffer", lioq_buffer_new},
     {"backends", lioq_backends},
+    {"now", lioq_now},
     {NULL, NULL}
   };
   lioq_open_buffer(L);

@@ -114,6 +114,12 @@ static int64_t checkseconds(lua_State *L, int arg, int64_t dflt) {
   return (int64_t)(s * 1e9);
 }
 
+/* ioq.now(): monotonic seconds. */
+int lioq_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)now_ns() / 1e9);
+  return 1;
+}
+
 /* ---------------------------------------------------------------- settling */
 
 /*

@@ -1,0 +1,92 @@
+/*
+** testsupport.c: a few process-level tools the specs need and Lua lacks.
+** Built only for the test run (build/ioq_test.so), never installed.
+*/
+#include <dirent.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <errno.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+static volatile sig_atomic_t alarms;
+
+static void on_alarm(int sig) {
+  (void)sig;
+  alarms++;
+}
+
+/*
+** arm_alarm(seconds): SIGALRM after `seconds`, caught by a handler installed
+** without SA_RESTART, so a blocking system call then fails with EINTR.
+*/
+static int arm_alarm(lua_State *L) {
+  lua_Number s = luaL_checknumber(L, 1);
+  struct sigaction sa;
+  struct itimerval it;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGALRM, &sa, NULL);
+  memset(&it, 0, sizeof it);
+  it.it_value.tv_sec = (time_t)s;
+  it.it_value.tv_usec = (suseconds_t)((s - (lua_Number)(time_t)s) * 1e6);
+  setitimer(ITIMER_REAL, &it, NULL);
+  return 0;
+}
+
+/* alarms(): how many SIGALRMs the handler has caught. */
+static int get_alarms(lua_State *L) {
+  lua_pushinteger(L, alarms);
+  return 1;
+}
+
+/* fdcount(): the number of open descriptors of this process. */
+static int fdcount(lua_State *L) {
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  lua_Integer n = 0;
+  if (d == NULL)
+    return luaL_error(L, "cannot list /proc/self/fd");
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.')
+      n++;
+  closedir(d);
+  lua_pushinteger(L, n - 1);  /* less the one opendir used */
+  return 1;
+}
+
+/* pipe(): the read and write descriptors of a new pipe (close-on-exec). */
+static int make_pipe(lua_State *L) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0)
+    return luaL_error(L, "pipe: %s", strerror(errno));
+  lua_pushinteger(L, fds[0]);
+  lua_pushinteger(L, fds[1]);
+  return 2;
+}
+
+/* close(fd): closes a raw descriptor; true on success. */
+static int close_fd(lua_State *L) {
+  lua_pushboolean(L, close((int)luaL_checkinteger(L, 1)) == 0);
+  return 1;
+}
+
+int luaopen_ioq_test(lua_State *L);
+
+int luaopen_ioq_test(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"arm_alarm", arm_alarm},
+    {"alarms", get_alarms},
+    {"fdcount", fdcount},
+    {"pipe", make_pipe},
+    {"close", close_fd},
+    {NULL, NULL}
+  };
+  luaL_newlib(L, funcs);
+  return 1;
+}
