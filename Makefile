@@ -56,10 +56,10 @@ check: lint test
 # The sanitizer runtime must be preloaded: lua5.4 itself is not instrumented.
 asan:
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" LIBFLAG="-shared -fsanitize=address,undefined" build-asan/ioq/core.so build-asan/ioq_test.so
-	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=23 \
+	ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:exitcode=23 \
 	LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	IOQ_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 	  $(MAKE) BUILD=build-asan test
 
 install: $(CORE)

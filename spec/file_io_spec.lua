@@ -96,7 +96,8 @@ describe("file reads and writes", function()
     assert.are.equal("some bytes", buf:tostring(1, 10))
     assert.is_true(file:close())
     assert.has_error(function() file:fileno() end)
-    assert.has_error(function() q:read(file, buf) end, "bad argument #1 to 'read' (attempt to use a closed file)")
+    assert.has_error(function() q:read(file, buf) end,
+      "bad argument #1 to 'read' (attempt to use a closed file)")
   end)
 
   it("opens with io.open's modes and a permission mask", function()

@@ -3,3 +3,12 @@
 local build = os.getenv("IOQ_CPATH") or "build"
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
 package.cpath = build .. "/?.so;" .. package.cpath
+
+-- Under `make asan` the sanitizer runtime is preloaded into this process.
+-- Keep it out of the shell commands specs run (they are not ours to check),
+-- and hand it back explicitly to the child Lua processes (spec/support/util).
+local preload = os.getenv("LD_PRELOAD")
+if preload then
+  require("ioq_test").setenv("LD_PRELOAD")
+  require("support.util").preload = preload
+end

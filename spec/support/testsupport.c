@@ -4,6 +4,7 @@
 */
 #include <dirent.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -76,6 +77,15 @@ static int close_fd(lua_State *L) {
   return 1;
 }
 
+/* setenv(name [, value]): sets, or with no value removes, a variable. */
+static int set_env(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const char *value = luaL_optstring(L, 2, NULL);
+  int r = value ? setenv(name, value, 1) : unsetenv(name);
+  lua_pushboolean(L, r == 0);
+  return 1;
+}
+
 int luaopen_ioq_test(lua_State *L);
 
 int luaopen_ioq_test(lua_State *L) {
@@ -85,6 +95,7 @@ int luaopen_ioq_test(lua_State *L) {
     {"fdcount", fdcount},
     {"pipe", make_pipe},
     {"close", close_fd},
+    {"setenv", set_env},
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);

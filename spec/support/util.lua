@@ -54,6 +54,9 @@ end
 function util.run_lua(code, env)
   local script = util.tmpfile(code)
   local prefix = ""
+  if util.preload then
+    prefix = "LD_PRELOAD=" .. shell_quote(util.preload) .. " "
+  end
   for k, v in pairs(env or {}) do
     prefix = prefix .. k .. "=" .. shell_quote(v) .. " "
   end
