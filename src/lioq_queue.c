@@ -831,12 +831,35 @@ static int handle_wait(lua_State *L) {
   return push_result(L, h);
 }
 
+/*
+** h:timeout(seconds): arms a timeout that the backend enforces, if the op
+** has not been handed to it yet (on io_uring, a linked timeout). Returns
+** true if armed; false if the op is already in flight or done, in which
+** case the caller must time it out itself (a timer and h:cancel()).
+*/
+static int handle_timeout(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  int64_t ns = checkseconds(L, 2, 0);
+  luaL_argcheck(L, ns > 0, 2, "timeout must be positive");
+  if (h->state != ST_UNSENT) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  h->op.timeout_ns = ns;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int handle_index(lua_State *L) {
   lhandle *h = checkhandle(L);
   const char *key = lua_tostring(L, 2);
   if (key != NULL) {
     if (strcmp(key, "op") == 0) {
       lua_pushstring(L, op_names[h->op.code]);
+      return 1;
+    }
+    if (strcmp(key, "queue") == 0) {
+      lua_getiuservalue(L, 1, UV_QUEUE);
       return 1;
     }
     if (strcmp(key, "buffer") == 0) {
@@ -893,6 +916,7 @@ void lioq_open_queue(lua_State *L) {
     {"result", handle_result},
     {"wait", handle_wait},
     {"cancel", handle_cancel},
+    {"timeout", handle_timeout},
     {NULL, NULL}
   };
   static const luaL_Reg handle_meta[] = {

@@ -68,7 +68,7 @@ function util.run_lua(code, env)
   local p = assert(io.popen(cmd))
   local out = p:read("a")
   local ok, _, code_ = p:close()
-  return ok, code_, out
+  return ok == true, code_, out
 end
 
 --- A path that root, too, may not open for writing (sysfs refuses), or a

@@ -1,0 +1,379 @@
+-- The coroutine loop: tasks, await, deadlines, cancellation, errors.
+local ioq = require "ioq"
+local util = require "support.util"
+local t = require "ioq_test"
+local E = ioq.errno
+
+describe("ioq.run", function()
+  after_each(util.cleanup)
+
+  it("returns the main function's results and ends with every task", function()
+    local log = {}
+    local a, b = ioq.run(function(x)
+      ioq.spawn(function() ioq.sleep(0.02); log[#log + 1] = "late" end)
+      return x, "two"
+    end, "one")
+    assert.are.equal("one", a)
+    assert.are.equal("two", b)
+    assert.are.same({ "late" }, log)
+    assert.is_nil(ioq.current())
+  end)
+
+  it("runs tasks in the order they were spawned", function()
+    local log = {}
+    ioq.run(function()
+      for i = 1, 5 do ioq.spawn(function() log[#log + 1] = i end) end
+      log[#log + 1] = "main"
+      ioq.current():nop():await()
+      log[#log + 1] = "main again"
+    end)
+    assert.are.same({ "main", 1, 2, 3, 4, 5, "main again" }, log)
+  end)
+
+  it("refuses a nested run", function()
+    ioq.run(function()
+      assert.has_error(function() ioq.run(function() end) end,
+        "ioq.run: a loop is already running (nested ioq.run)")
+    end)
+  end)
+
+  it("gives the running queue through ioq.current", function()
+    assert.is_nil(ioq.current())
+    ioq.run(function()
+      local q = ioq.current()
+      assert.are.equal("ioq.queue", getmetatable(q).__name)
+      assert.is_true(q:nop():await())
+    end)
+  end)
+
+  it("takes a queue of the caller's and leaves it open", function()
+    local q <close> = ioq.queue()
+    ioq.run({ queue = q }, function() assert.are.equal(q, ioq.current()) end)
+    assert.is_true(q:nop():wait())
+  end)
+end)
+
+describe("tasks", function()
+  after_each(util.cleanup)
+
+  it("join returns a task's results, also after it ended", function()
+    ioq.run(function()
+      local a = ioq.spawn(function(x) ioq.sleep(0.01); return x * 2, "ok" end, 21)
+      local b = ioq.spawn(function() return "quick" end)
+      assert.are.same({ 42, "ok" }, { a:join() })
+      assert.is_true(b:done())
+      assert.are.equal("quick", b:join())
+      assert.are.equal("quick", b:join())
+    end)
+  end)
+
+  it("join re-raises a task's error with the task's traceback", function()
+    ioq.run(function()
+      local task = ioq.spawn(function()
+        ioq.sleep(0.001)
+        local function deep() error("boom in task") end
+        deep()
+      end)
+      local ok, err = pcall(task.join, task)
+      assert.is_false(ok)
+      assert.matches("boom in task", err)
+      assert.matches("stack traceback:", err)
+      assert.matches("in [%a ]*'deep'", err)
+    end)
+  end)
+
+  it("join can time out, leaving the task running", function()
+    ioq.run(function()
+      local slow = ioq.spawn(function() ioq.sleep(0.1); return "slow" end)
+      assert.are.same({ nil, "timed out", E.ETIMEDOUT }, { slow:join(0.01) })
+      assert.is_false(slow:done())
+      assert.are.equal("slow", slow:join())
+    end)
+  end)
+
+  it("an error in a task ends that task, not the loop", function()
+    local after = false
+    local ok, err = pcall(ioq.run, function()
+      local bad = ioq.spawn(function() error("task failed") end)
+      ioq.sleep(0.01)
+      assert.is_true(bad:done())
+      after = true
+    end)
+    assert.is_true(after)
+    -- Nobody joined the failed task: ioq.run raises its error at the end.
+    assert.is_false(ok)
+    assert.matches("task failed", err)
+  end)
+
+  it("reports an unjoined failed task on stderr, and raises unless told not to", function()
+    local ok, code, out = util.run_lua([[
+      local ioq = require "ioq"
+      ioq.run({ errors = "report" }, function()
+        ioq.spawn(function() error("nobody joins me") end)
+      end)
+      print("run returned")
+    ]])
+    assert.is_true(ok, "exit code " .. tostring(code) .. ": " .. out)
+    assert.matches("a task failed and nobody joined it: [^\n]*nobody joins me", out)
+    assert.matches("stack traceback:", out)
+    assert.matches("run returned", out)
+    local ok2, _, out2 = util.run_lua([[
+      local ioq = require "ioq"
+      ioq.run(function() ioq.spawn(function() error("nobody joins me") end) end)
+    ]])
+    assert.is_false(ok2)
+    assert.matches("nobody joins me", out2)
+  end)
+
+  it("a failed main task cancels the others and ioq.run raises its error", function()
+    local closed = false
+    local ok, err = pcall(ioq.run, function()
+      ioq.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function() closed = true end })
+        local v, msg = ioq.sleep(30)
+        assert(v, msg)
+      end)
+      ioq.sleep(0.01)
+      error("main failed")
+    end)
+    assert.is_false(ok)
+    assert.matches("main failed", err)
+    assert.is_true(closed)
+  end)
+
+  it("detects tasks that wait for each other with nothing pending", function()
+    local ok, err = pcall(ioq.run, function()
+      local me = ioq.spawn(function() end)
+      local a
+      local b = ioq.spawn(function() return a:join() end)
+      a = ioq.spawn(function() return b:join() end)
+      me:join()
+      a:join()
+    end)
+    assert.is_false(ok)
+    assert.matches("deadlock", err)
+  end)
+
+  it("a plain coroutine.yield() in a task lets the others run", function()
+    local log = {}
+    ioq.run(function()
+      local other = ioq.spawn(function() log[#log + 1] = "other" end)
+      coroutine.yield()
+      log[#log + 1] = "main"
+      other:join()
+    end)
+    assert.are.same({ "other", "main" }, log)
+  end)
+end)
+
+describe("await", function()
+  after_each(util.cleanup)
+
+  it("behaves as h:wait outside a loop", function()
+    local q <close> = ioq.queue()
+    assert.is_true(q:nop():await())
+    assert.are.same({ nil, "timed out", E.ETIMEDOUT }, { q:sleep(5):await(0.01) })
+  end)
+
+  it("times out a read whose op was not sent yet (linked timeout)", function()
+    local r, w = t.pipe()
+    local buf = ioq.buffer(8)
+    ioq.run(function()
+      local h = ioq.current():read(r, buf)
+      local t0 = ioq.now()
+      assert.are.same({ nil, "timed out", E.ETIMEDOUT }, { h:await(0.05) })
+      assert.is_true(ioq.now() - t0 >= 0.045)
+      assert.is_false(buf:busy())  -- the kernel let go before await returned
+      assert.is_true(h:done())
+    end)
+    t.close(r); t.close(w)
+  end)
+
+  it("times out a read already in the kernel (timer and cancel)", function()
+    local r, w = t.pipe()
+    local buf = ioq.buffer(8)
+    ioq.run(function()
+      local q = ioq.current()
+      local h = q:read(r, buf)
+      q:submit()
+      assert.is_false(h:timeout(1))  -- too late for a linked timeout
+      local t0 = ioq.now()
+      assert.are.same({ nil, "timed out", E.ETIMEDOUT }, { h:await(0.05) })
+      assert.is_true(ioq.now() - t0 >= 0.045)
+      assert.is_false(buf:busy())
+    end)
+    t.close(r); t.close(w)
+  end)
+
+  it("returns the data when it comes before the deadline", function()
+    local r, w = t.pipe()
+    ioq.run(function()
+      local buf = ioq.buffer(8)
+      ioq.spawn(function() ioq.sleep(0.01); ioq.current():write(w, "hi"):await() end)
+      assert.are.equal(2, ioq.current():read(r, buf):await(5))
+      assert.are.equal("hi", buf:tostring(1, 2))
+    end)
+    t.close(r); t.close(w)
+  end)
+
+  it("sleeps 50 ms in 50 to 80 ms", function()
+    ioq.run(function()
+      for _ = 1, 3 do
+        local t0 = ioq.now()
+        assert.is_true(ioq.sleep(0.05))
+        local dt = ioq.now() - t0
+        assert.is_true(dt >= 0.049 and dt <= 0.08, "slept " .. dt)
+      end
+    end)
+  end)
+
+  it("uses next to no CPU while idle", function()
+    ioq.run(function()
+      local c0, t0 = os.clock(), ioq.now()
+      ioq.sleep(0.5)
+      local cpu, wall = os.clock() - c0, ioq.now() - t0
+      assert.is_true(cpu < 0.05 * wall, string.format("%.3f s CPU in %.3f s", cpu, wall))
+    end)
+  end)
+end)
+
+describe("task:cancel", function()
+  after_each(util.cleanup)
+
+  it("ends the current await with ECANCELED once the kernel let go", function()
+    local r, w = t.pipe()
+    local buf = ioq.buffer(8)
+    ioq.run(function()
+      local result
+      local reader = ioq.spawn(function()
+        result = { ioq.current():read(r, buf):await() }
+        assert.is_false(buf:busy())
+        return "cleaned up"
+      end)
+      ioq.sleep(0.01)
+      assert.is_true(buf:busy())
+      assert.is_true(reader:cancel())
+      assert.are.equal("cleaned up", reader:join())
+      assert.are.same({ nil, "canceled", E.ECANCELED }, result)
+    end)
+    t.close(r); t.close(w)
+  end)
+
+  it("closes the <close> variables of a cancelled task", function()
+    local closed = {}
+    ioq.run(function()
+      local task = ioq.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function() closed[#closed + 1] = "a" end })
+        local f <close> = assert(ioq.open("/dev/null"))
+        assert(ioq.sleep(10))     -- raises once canceled
+        closed[#closed + 1] = "not reached"
+      end)
+      ioq.sleep(0.01)
+      task:cancel()
+      local ok, err = pcall(task.join, task)
+      assert.is_false(ok)
+      assert.matches("canceled", err)
+    end)
+    assert.are.same({ "a" }, closed)
+  end)
+
+  it("cancels a task that never ran, which then never runs", function()
+    local ran = false
+    ioq.run(function()
+      local task = ioq.spawn(function() ran = true end)
+      assert.is_true(task:cancel())
+      assert.are.same({ nil, "canceled", E.ECANCELED }, { task:join() })
+      assert.is_false(task:cancel())
+    end)
+    assert.is_false(ran)
+  end)
+
+  it("cancels a task waiting in join", function()
+    ioq.run(function()
+      local sleeper = ioq.spawn(function() return ioq.sleep(0.05) end)
+      local joiner = ioq.spawn(function() return sleeper:join() end)
+      ioq.sleep(0.001)
+      joiner:cancel()
+      assert.are.same({ nil, "canceled", E.ECANCELED }, { joiner:join() })
+      assert.is_true(sleeper:join())
+    end)
+  end)
+end)
+
+describe("gather and first", function()
+  it("gather waits for all and keeps their order", function()
+    ioq.run(function()
+      local q = ioq.current()
+      local a = ioq.spawn(function() ioq.sleep(0.02); return "a" end)
+      local b = ioq.spawn(function() return "b", 2 end)
+      local ra, rb, rc = ioq.gather(a, b, q:nop())
+      assert.are.same({ n = 1, "a" }, ra)
+      assert.are.same({ n = 2, "b", 2 }, rb)
+      assert.are.same({ n = 1, true }, rc)
+    end)
+  end)
+
+  it("first returns the first to end and leaves the others going", function()
+    ioq.run(function()
+      local q = ioq.current()
+      local slow = ioq.spawn(function() ioq.sleep(0.2); return "slow" end)
+      local sleep = q:sleep(0.01)
+      local i, v = ioq.first(slow, sleep)
+      assert.are.equal(2, i)
+      assert.is_true(v)
+      assert.is_false(slow:done())
+      local fast = ioq.spawn(function() return "fast" end)
+      assert.are.same({ 2, "fast" }, { ioq.first(q:sleep(1), fast) })
+      slow:cancel()
+    end)
+  end)
+end)
+
+describe("files in the loop", function()
+  after_each(util.cleanup)
+
+  it("opens through the queue and reads and writes with file methods", function()
+    local name = util.tmpfile()
+    ioq.run(function()
+      local f <close> = assert(ioq.open(name, "w+"))
+      assert.are.equal(5, f:write("hello", 0):await())
+      assert.is_true(f:fsync():await())
+      local buf = ioq.buffer(16)
+      assert.are.equal(5, f:read(buf, 0):await())
+      assert.are.equal("hello", buf:tostring(1, 5))
+      local _, msg, err = ioq.open("/no/such/file")
+      assert.are.equal(E.ENOENT, err)
+      assert.matches("^open: ", msg)
+    end)
+    -- Outside a loop the same calls block.
+    local f <close> = assert(ioq.open(name))
+    local buf = ioq.buffer(5)
+    assert.are.equal(5, f:read(buf, 0):await())
+    assert.are.equal("hello", buf:tostring())
+    assert.is_true(ioq.sleep(0.001))
+  end)
+end)
+
+describe("scale", function()
+  after_each(util.cleanup)
+
+  it("runs 10,000 tasks that each sleep and read", function()
+    local name = util.tmpfile(util.random_bytes(65536, 9))
+    local data = util.readfile(name)
+    local f <close> = assert(io.open(name, "rb"))
+    local ok = 0
+    ioq.run(function()
+      local q = ioq.current()
+      for i = 1, 10000 do
+        ioq.spawn(function()
+          ioq.sleep((i % 10) * 0.001)
+          local buf = ioq.buffer(16)
+          local off = (i * 37) % 65000
+          assert.are.equal(16, q:read(f, buf, off):await())
+          if buf:tostring() == data:sub(off + 1, off + 16) then ok = ok + 1 end
+        end)
+      end
+    end)
+    assert.are.equal(10000, ok)
+  end)
+end)
