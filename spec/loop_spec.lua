@@ -265,6 +265,7 @@ describe("task:cancel", function()
       local task = ioq.spawn(function()
         local _ <close> = setmetatable({}, { __close = function() closed[#closed + 1] = "a" end })
         local f <close> = assert(ioq.open("/dev/null"))
+        closed.fd = f:fileno()
         assert(ioq.sleep(10))     -- raises once canceled
         closed[#closed + 1] = "not reached"
       end)
@@ -274,6 +275,8 @@ describe("task:cancel", function()
       assert.is_false(ok)
       assert.matches("canceled", err)
     end)
+    assert.is_number(closed.fd)
+    closed.fd = nil
     assert.are.same({ "a" }, closed)
   end)
 
