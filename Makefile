@@ -29,7 +29,7 @@ TESTLIB     := $(BUILD)/ioq_test.so
 BUSTED      ?= $(LUA) /usr/bin/busted
 LUACHECK    ?= luacheck
 
-.PHONY: all check test lint asan install clean
+.PHONY: all check test lint asan asan-build demo install clean
 
 all: $(CORE)
 
@@ -43,24 +43,33 @@ $(TESTLIB): spec/support/testsupport.c Makefile
 	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC -I$(LUA_INCDIR) $(CFLAGS) $(LIBFLAG) \
 	  -o $@ spec/support/testsupport.c
 
-# Runs the specs against the freshly built module (not an installed one).
+ASAN_FLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+               -fno-sanitize-recover=all
+
+asan-build:
+	$(MAKE) BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" \
+	  LIBFLAG="-shared -fsanitize=address,undefined" \
+	  build-asan/ioq/core.so build-asan/ioq_test.so
+
+# The specs against this checkout's build (never an installed ioq).
 test: $(CORE) $(TESTLIB)
-	LUA="$(LUA)" BUSTED="$(BUSTED)" IOQ_CPATH="$(BUILD)" bash spec/run.sh
+	IOQ_MODES=plain LUA="$(LUA)" bash spec/run.sh
+
+# The specs again on an AddressSanitizer + UBSan build.
+asan: asan-build
+	IOQ_MODES=asan LUA="$(LUA)" bash spec/run.sh
 
 lint:
 	$(LUACHECK) -q lua spec examples bench
 
-check: lint test
+# Everything CI runs: lint, then the specs on the plain and the sanitizer
+# builds, ending with one summary line for all of them.
+check: lint $(CORE) $(TESTLIB) asan-build
+	IOQ_MODES="plain asan" LUA="$(LUA)" bash spec/run.sh
 
-# AddressSanitizer + UBSan build in its own folder, running every spec.
-# The sanitizer runtime must be preloaded: lua5.4 itself is not instrumented.
-asan:
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" LIBFLAG="-shared -fsanitize=address,undefined" build-asan/ioq/core.so build-asan/ioq_test.so
-	ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:exitcode=23 \
-	LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
-	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	IOQ_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
-	  $(MAKE) BUILD=build-asan test
+# The main demo: copy a file with many reads in flight, and check it.
+demo: $(CORE)
+	LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) examples/copy.lua
 
 install: $(CORE)
 	install -d $(DESTDIR)$(INST_LIBDIR)/ioq $(DESTDIR)$(INST_LUADIR)/ioq

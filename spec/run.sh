@@ -1,37 +1,59 @@
 #!/bin/bash
-# Runs every spec under busted, once per backend given in IOQ_BACKENDS
-# (default: every backend this machine supports), and ends with one plain
-# summary line: "N passed, N failed, N skipped".
-# IOQ_PRELOAD (set by `make asan`) is preloaded into the Lua processes only.
+# Runs every spec under busted, for each build mode in IOQ_MODES and each
+# backend in IOQ_BACKENDS, and ends with one plain summary line:
+# "N passed, N failed, N skipped".
+#
+#   IOQ_MODES     "plain" (build/) and/or "asan" (build-asan/, ASan+UBSan,
+#                 the sanitizer runtime preloaded into the Lua processes
+#                 only); default "plain"
+#   IOQ_BACKENDS  default: every backend ioq.backends() finds here
 set -u
 LUA=${LUA:-lua5.4}
 BUSTED=${BUSTED:-"$LUA /usr/bin/busted"}
-export IOQ_CPATH=${IOQ_CPATH:-build}
-run() { if [ -n "${IOQ_PRELOAD:-}" ]; then LD_PRELOAD="$IOQ_PRELOAD" "$@"; else "$@"; fi; }
-backends=${IOQ_BACKENDS:-$(LUA_CPATH="$IOQ_CPATH/?.so;;" LUA_PATH="lua/?.lua;;" \
-  run $LUA -e 'print(table.concat(require("ioq").backends(), " "))')}
-if [ -z "$backends" ]; then
-  echo "no usable backend found (could ioq.core load from $IOQ_CPATH?)"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
+modes=${IOQ_MODES:-plain}
 passed=0 failed=0 skipped=0 status=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for backend in $backends; do
-  echo "== specs on backend: $backend"
-  IOQ_BACKEND=$backend run timeout 1200 $BUSTED -o utfTerminal "$@" 2>&1 | tee "$log"
-  rc=${PIPESTATUS[0]}
-  summary=$(grep -aE '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' "$log" | tail -n 1 |
-    sed -E 's/\x1b\[[0-9;]*m//g')
+
+run() { if [ -n "${IOQ_PRELOAD:-}" ]; then LD_PRELOAD="$IOQ_PRELOAD" "$@"; else "$@"; fi; }
+
+count() {  # adds busted's summary in $log to the totals
+  local summary s f e p
+  summary=$(grep -aE '[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors? / [0-9]+ pending' "$log" |
+    tail -n 1 | sed -E 's/\x1b\[[0-9;]*m//g')
   if [ -z "$summary" ]; then
-    echo "busted ended without a summary (exit $rc)"
-    failed=$((failed + 1)); status=1; continue
+    echo "busted ended without a summary"
+    failed=$((failed + 1)); status=1; return
   fi
   read -r s f e p <<<"$(grep -oE '[0-9]+ (success|failure|error|pending)' <<<"$summary" |
     awk '{ printf "%s ", $1 }')"
   passed=$((passed + s)); failed=$((failed + f + e)); skipped=$((skipped + p))
-  [ "$rc" -eq 0 ] || status=1
+}
+
+for mode in $modes; do
+  case $mode in
+    plain) export IOQ_CPATH=build; unset IOQ_PRELOAD ;;
+    asan)
+      export IOQ_CPATH=build-asan
+      export IOQ_PRELOAD="$(${CC:-cc} -print-file-name=libasan.so) $(${CC:-cc} -print-file-name=libubsan.so)"
+      export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:exitcode=23
+      export LSAN_OPTIONS=suppressions=$PWD/spec/lsan.supp:print_suppressions=0
+      export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+      ;;
+    *) echo "unknown mode $mode"; exit 2 ;;
+  esac
+  backends=${IOQ_BACKENDS:-$(LUA_CPATH="$IOQ_CPATH/?.so;;" LUA_PATH="lua/?.lua;;" \
+    run $LUA -e 'print(table.concat(require("ioq").backends(), " "))')}
+  if [ -z "$backends" ]; then
+    echo "no usable backend found (could ioq.core load from $IOQ_CPATH?)"
+    failed=$((failed + 1)); status=1; continue
+  fi
+  for backend in $backends; do
+    echo "== specs: $mode build, $backend backend"
+    IOQ_BACKEND=$backend run timeout 1200 $BUSTED -o utfTerminal "$@" 2>&1 | tee "$log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    count
+  done
 done
 [ "$failed" -eq 0 ] || status=1
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -1,0 +1,47 @@
+rockspec_format = "3.0"
+package = "ioq"
+version = "scm-1"
+source = {
+  url = "git+file:///dev/null",  -- built from a checkout: luarocks make rockspec/ioq-scm-1.rockspec
+}
+description = {
+  summary = "Completion-based asynchronous I/O for Lua 5.4: io_uring queues, coroutines, deadlines",
+  detailed = [[
+ioq gives Lua scripts a completion-based I/O queue (io_uring on Linux):
+hand it a buffer and a descriptor, get a handle back at once, and resolve
+it from a wait loop or from coroutines with ioq.run / spawn / await.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4",
+}
+external_dependencies = {
+  platforms = {
+    linux = {
+      LIBURING = { header = "liburing.h", library = "uring" },
+    },
+  },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ioq = "lua/ioq.lua",
+  },
+  platforms = {
+    linux = {
+      modules = {
+        ["ioq.core"] = {
+          sources = {
+            "src/lioq_core.c", "src/lioq_queue.c", "src/lioq_buffer.c",
+            "src/lioq_file.c", "src/backend_uring.c",
+          },
+          defines = { "_GNU_SOURCE", "IOQ_HAVE_URING" },
+          libraries = { "uring" },
+          incdirs = { "$(LIBURING_INCDIR)" },
+          libdirs = { "$(LIBURING_LIBDIR)" },
+        },
+      },
+    },
+  },
+}
