@@ -1,8 +1,13 @@
 --- bench/ops.lua: per-op cost of ioq, the same jobs as bench/uring_bench.c.
 --
 --   lua5.4 bench/ops.lua nop N              N NOPs in batches of 64
+--   lua5.4 bench/ops.lua nop-reuse N        the same 64 handles, resubmitted
 --   lua5.4 bench/ops.lua randread FILE N    N buffered 4 KiB random reads,
---                                           64 always in flight
+--                                           64 always in flight, a new
+--                                           handle per read
+--   lua5.4 bench/ops.lua randread-reuse FILE N
+--                                           the same, each handle put back
+--                                           to work with h:resubmit(offset)
 --
 -- Prints one line like uring_bench does, e.g.
 --   nop ops=6400000 secs=1.234567 rate=5184000
@@ -43,15 +48,22 @@ local function count_arg(s)
   return n
 end
 
-local function job_nop(n)
+local function job_nop(n, reuse)
   local q = ioq.queue()
   local into = {}
   local done = 0
+  local handles = {}
   local t0 = now()
   while done < n do
     local batch = math.min(DEPTH, n - done)
-    for _ = 1, batch do
-      q:nop()
+    for i = 1, batch do
+      local h = handles[i]
+      if h then
+        h:resubmit()
+      else
+        h = q:nop()
+        if reuse then handles[i] = h end
+      end
     end
     local resolved = 0
     while resolved < batch do
@@ -59,11 +71,11 @@ local function job_nop(n)
     end
     done = done + batch
   end
-  report("nop", n, now() - t0)
+  report(reuse and "nop-reuse" or "nop", n, now() - t0)
   q:close()
 end
 
-local function job_randread(path, n)
+local function job_randread(path, n, reuse)
   local q = ioq.queue()
   local size = assert(io.open(path, "rb")):seek("end")
   local nblocks = size // BLOCK
@@ -97,23 +109,28 @@ local function job_randread(path, n)
       done = done + 1
       -- Put the buffer straight back to work, as uring_bench does.
       if issued < n then
-        q:read(f, h.buffer, random(0, nblocks - 1) * BLOCK)
+        if reuse then
+          h:resubmit(random(0, nblocks - 1) * BLOCK)
+        else
+          q:read(f, h.buffer, random(0, nblocks - 1) * BLOCK)
+        end
         issued = issued + 1
       end
     end
   end
-  report("randread", n, now() - t0)
+  report(reuse and "randread-reuse" or "randread", n, now() - t0)
   q:close()
   f:close()
 end
 
 local job = arg[1]
-if job == "nop" and #arg == 2 then
-  job_nop(count_arg(arg[2]))
-elseif job == "randread" and #arg == 3 then
-  job_randread(arg[2], count_arg(arg[3]))
+if (job == "nop" or job == "nop-reuse") and #arg == 2 then
+  job_nop(count_arg(arg[2]), job == "nop-reuse")
+elseif (job == "randread" or job == "randread-reuse") and #arg == 3 then
+  job_randread(arg[2], count_arg(arg[3]), job == "randread-reuse")
 else
-  io.stderr:write("usage: lua5.4 bench/ops.lua nop N\n",
-                  "       lua5.4 bench/ops.lua randread FILE N\n")
+  io.stderr:write("usage: lua5.4 bench/ops.lua nop|nop-reuse N\n",
+                  "       lua5.4 bench/ops.lua randread FILE N\n",
+                  "       lua5.4 bench/ops.lua randread-reuse FILE N\n")
   os.exit(2)
 end

@@ -62,15 +62,21 @@ median() {
     END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# Each Lua job is measured against the C job of the same kind; the reuse
+# variant (h:resubmit) is the same work as randread for C.
+JOBS=(nop nop-reuse randread randread-reuse)
 declare -A c_med lua_med
-for job in nop randread; do
-  if [ "$job" = nop ]; then args=(nop "$NOP_OPS"); else args=(randread "$BENCH_FILE" "$READ_OPS"); fi
+for job in "${JOBS[@]}"; do
+  case $job in
+    nop*) cjob=(nop "$NOP_OPS"); ljob=("$job" "$NOP_OPS") ;;
+    *) cjob=(randread "$BENCH_FILE" "$READ_OPS"); ljob=("$job" "$BENCH_FILE" "$READ_OPS") ;;
+  esac
   c_rates=() lua_rates=()
   for ((rep = 1; rep <= REPS; rep++)); do
-    line=$("$TMP/uring_bench" "${args[@]}")
+    line=$("$TMP/uring_bench" "${cjob[@]}")
     echo "C    $line" >&2
     c_rates+=("$(rate_of "$line")")
-    line=$("$LUA" bench/ops.lua "${args[@]}")
+    line=$("$LUA" bench/ops.lua "${ljob[@]}")
     echo "ioq  $line" >&2
     lua_rates+=("$(rate_of "$line")")
   done
@@ -79,9 +85,9 @@ for job in nop randread; do
 done
 
 echo
-printf '%-9s %12s %12s %7s\n' job "C ops/s" "ioq ops/s" ratio
-for job in nop randread; do
+printf '%-15s %12s %12s %7s\n' job "C ops/s" "ioq ops/s" ratio
+for job in "${JOBS[@]}"; do
   awk -v j="$job" -v c="${c_med[$job]}" -v l="${lua_med[$job]}" \
-    'BEGIN { printf "%-9s %12.0f %12.0f %7.2f\n", j, c, l, l / c }'
+    'BEGIN { printf "%-15s %12.0f %12.0f %7.2f\n", j, c, l, l / c }'
 done
 echo "(medians of $REPS runs each; nop: $NOP_OPS ops, randread: $READ_OPS ops)"

@@ -18,6 +18,19 @@
 #define LIOQ_BUFFER "ioq.buffer"
 #define LIOQ_FILE   "ioq.file"
 
+/* Registry key of the queue methods shared by every backend. */
+#define LIOQ_QUEUE_METHODS "ioq.queue methods"
+
+/*
+** The classes. Each class's metatable holds, at index 1, the address of
+** its entry in lioq_tags: checking a userdata's class is then two array
+** reads, where luaL_checkudata hashes the class name in the registry (a
+** cost every op would pay several times).
+*/
+enum { TAG_QUEUE, TAG_HANDLE, TAG_BUFFER, TAG_FILE, LIOQ_NTAGS };
+extern const char lioq_tags[LIOQ_NTAGS];
+extern const char *const lioq_class_names[LIOQ_NTAGS];
+
 /*
 ** A buffer's bytes live outside the Lua heap in a block with a reference
 ** count: the buffer userdata holds one reference and each op that uses the
@@ -47,6 +60,7 @@ typedef struct lioq_file {
 void lioq_open_file(lua_State *L);
 int lioq_file_prepare(lua_State *L);
 int lioq_checkfd(lua_State *L, int arg);
+int lioq_tofd(lua_State *L, int idx);
 
 /* lioq_queue.c */
 void lioq_open_queue(lua_State *L);
@@ -56,7 +70,10 @@ int lioq_now(lua_State *L);
 
 /* lioq_core.c */
 int lioq_fail(lua_State *L, const char *what, int err);
-void lioq_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
+void *lioq_toudata(lua_State *L, int idx, int tag);
+void *lioq_checkudata(lua_State *L, int idx, int tag);
+void lioq_newmetatable(lua_State *L, int tag, const luaL_Reg *metamethods);
+void lioq_newclass(lua_State *L, int tag, const luaL_Reg *methods,
                    const luaL_Reg *metamethods);
 
 #endif

@@ -71,7 +71,7 @@ int lioq_buffer_new(lua_State *L) {
 }
 
 lioq_block *lioq_testblock(lua_State *L, int arg) {
-  lbuffer *ub = luaL_testudata(L, arg, LIOQ_BUFFER);
+  lbuffer *ub = lioq_toudata(L, arg, TAG_BUFFER);
   if (ub == NULL)
     return NULL;
   luaL_argcheck(L, ub->block != NULL, arg, "buffer is closed");
@@ -161,7 +161,7 @@ static int buffer_len(lua_State *L) {
 ** keeps its own reference, so the bytes stay until the kernel is done.
 */
 static int buffer_close(lua_State *L) {
-  lbuffer *ub = luaL_checkudata(L, 1, LIOQ_BUFFER);
+  lbuffer *ub = lioq_checkudata(L, 1, TAG_BUFFER);
   if (ub->block != NULL) {
     lioq_block *b = ub->block;
     ub->block = NULL;
@@ -171,7 +171,7 @@ static int buffer_close(lua_State *L) {
 }
 
 static int buffer_repr(lua_State *L) {
-  lbuffer *ub = luaL_checkudata(L, 1, LIOQ_BUFFER);
+  lbuffer *ub = lioq_checkudata(L, 1, TAG_BUFFER);
   if (ub->block == NULL)
     lua_pushfstring(L, "ioq.buffer (closed): %p", (void *)ub);
   else
@@ -197,5 +197,5 @@ void lioq_open_buffer(lua_State *L) {
     {"__gc", buffer_close},
     {NULL, NULL}
   };
-  lioq_newclass(L, LIOQ_BUFFER, methods, meta);
+  lioq_newclass(L, TAG_BUFFER, methods, meta);
 }

@@ -15,14 +15,55 @@ int lioq_fail(lua_State *L, const char *what, int err) {
   return 3;
 }
 
+const char lioq_tags[LIOQ_NTAGS];
+const char *const lioq_class_names[LIOQ_NTAGS] = {
+  LIOQ_QUEUE, LIOQ_HANDLE, LIOQ_BUFFER, LIOQ_FILE
+};
+
+/* The userdata at idx if it is of class `tag`, else NULL. */
+void *lioq_toudata(lua_State *L, int idx, int tag) {
+  void *p = lua_touserdata(L, idx);
+  if (p != NULL && lua_getmetatable(L, idx)) {
+    int ok = lua_rawgeti(L, -1, 1) == LUA_TLIGHTUSERDATA &&
+             lua_touserdata(L, -1) == (void *)&lioq_tags[tag];
+    lua_pop(L, 2);
+    if (ok)
+      return p;
+  }
+  return NULL;
+}
+
+void *lioq_checkudata(lua_State *L, int idx, int tag) {
+  void *p = lioq_toudata(L, idx, tag);
+  if (p == NULL)
+    luaL_typeerror(L, idx, lioq_class_names[tag]);
+  return p;
+}
+
 /*
-** Creates the metatable `name` with a dotted __name (so type errors read
-** "ioq.buffer expected"), the metamethods, and __index = methods.
+** Pushes a new metatable of class `tag`: its tag, a dotted __name (so
+** errors read "ioq.buffer expected"), and the metamethods. The first
+** metatable of a class is also registered under its name.
 */
-void lioq_newclass(lua_State *L, const char *name, const luaL_Reg *methods,
-                   const luaL_Reg *metamethods) {
-  luaL_newmetatable(L, name);
+void lioq_newmetatable(lua_State *L, int tag, const luaL_Reg *metamethods) {
+  const char *name = lioq_class_names[tag];
+  lua_newtable(L);
+  lua_pushlightuserdata(L, (void *)&lioq_tags[tag]);
+  lua_rawseti(L, -2, 1);
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__name");
   luaL_setfuncs(L, metamethods, 0);
+  if (luaL_getmetatable(L, name) == LUA_TNIL) {
+    lua_pushvalue(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, name);
+  }
+  lua_pop(L, 1);
+}
+
+/* Registers class `tag` with __index = its methods. */
+void lioq_newclass(lua_State *L, int tag, const luaL_Reg *methods,
+                   const luaL_Reg *metamethods) {
+  lioq_newmetatable(L, tag, metamethods);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
   lua_setfield(L, -2, "__index");
@@ -65,6 +106,11 @@ static void push_classes(lua_State *L) {
   size_t i;
   lua_newtable(L);
   for (i = 0; i < sizeof classes / sizeof classes[0]; i++) {
+    if (strcmp(classes[i][1], LIOQ_QUEUE) == 0) {  /* shared by backends */
+      lua_getfield(L, LUA_REGISTRYINDEX, LIOQ_QUEUE_METHODS);
+      lua_setfield(L, -2, classes[i][0]);
+      continue;
+    }
     luaL_getmetatable(L, classes[i][1]);
     lua_getfield(L, -1, "__index");
     if (lua_iscfunction(L, -1)) {  /* an __index function keeps its table */

@@ -22,9 +22,24 @@ int lioq_file_prepare(lua_State *L) {
 }
 
 static lioq_file *checkopen(lua_State *L, int arg) {
-  lioq_file *f = luaL_checkudata(L, arg, LIOQ_FILE);
+  lioq_file *f = lioq_checkudata(L, arg, TAG_FILE);
   luaL_argcheck(L, f->fd >= 0, arg, "attempt to use a closed file");
   return f;
+}
+
+/*
+** The descriptor of the file object (ioq or Lua io) at idx; -1 if it is
+** closed or not a file object.
+*/
+int lioq_tofd(lua_State *L, int idx) {
+  void *ud;
+  if ((ud = lioq_toudata(L, idx, TAG_FILE)) != NULL)
+    return ((lioq_file *)ud)->fd;
+  if ((ud = luaL_testudata(L, idx, LUA_FILEHANDLE)) != NULL) {
+    luaL_Stream *s = ud;
+    return s->closef != NULL ? fileno(s->f) : -1;
+  }
+  return -1;
 }
 
 /*
@@ -39,8 +54,11 @@ int lioq_checkfd(lua_State *L, int arg) {
                   "descriptor must be a non-negative integer");
     return (int)fd;
   }
-  if ((ud = luaL_testudata(L, arg, LIOQ_FILE)) != NULL)
-    return checkopen(L, arg)->fd;
+  if ((ud = lioq_toudata(L, arg, TAG_FILE)) != NULL) {
+    lioq_file *f = ud;
+    luaL_argcheck(L, f->fd >= 0, arg, "attempt to use a closed file");
+    return f->fd;
+  }
   if ((ud = luaL_testudata(L, arg, LUA_FILEHANDLE)) != NULL) {
     luaL_Stream *s = ud;
     luaL_argcheck(L, s->closef != NULL, arg, "attempt to use a closed file");
@@ -62,7 +80,7 @@ static int file_close(lua_State *L) {
 
 /* __gc and __close: close quietly, and only once. */
 static int file_gc(lua_State *L) {
-  lioq_file *f = luaL_checkudata(L, 1, LIOQ_FILE);
+  lioq_file *f = lioq_checkudata(L, 1, TAG_FILE);
   if (f->fd >= 0) {
     close(f->fd);
     f->fd = -1;
@@ -76,7 +94,7 @@ static int file_fileno(lua_State *L) {
 }
 
 static int file_repr(lua_State *L) {
-  lioq_file *f = luaL_checkudata(L, 1, LIOQ_FILE);
+  lioq_file *f = lioq_checkudata(L, 1, TAG_FILE);
   if (f->fd < 0)
     lua_pushliteral(L, "ioq.file (closed)");
   else
@@ -96,5 +114,5 @@ void lioq_open_file(lua_State *L) {
     {"__gc", file_gc},
     {NULL, NULL}
   };
-  lioq_newclass(L, LIOQ_FILE, methods, meta);
+  lioq_newclass(L, TAG_FILE, methods, meta);
 }

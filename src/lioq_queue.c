@@ -46,6 +46,13 @@ typedef struct lqueue {
   ioq_op *done[REAP_BATCH];
 } lqueue;
 
+/* Registry keys: the queue metatables (one per backend) and their methods. */
+#define QUEUE_METATABLES "ioq.queue metatables"
+#define QUEUE_METHODS    LIOQ_QUEUE_METHODS
+
+/* Queue user values. */
+enum { QUV_ANCHORS = 1, QUV_HANDLE_MT, QUEUE_NUV = QUV_HANDLE_MT };
+
 /* Handle user values. */
 enum { UV_QUEUE = 1, UV_DATA, UV_EXTRA, HANDLE_NUV = UV_EXTRA };
 
@@ -237,7 +244,7 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
   if (queue_pending(q) == 0)
     return 0;
   luaL_checkstack(L, REAP_BATCH + 4, "too many completions");
-  lua_getiuservalue(L, qidx, 1);
+  lua_getiuservalue(L, qidx, QUV_ANCHORS);
   anchors = lua_gettop(L);
   for (;;) {
     int i, n;
@@ -320,7 +327,7 @@ static void destroy(lqueue *q, int from_gc) {
 /* ---------------------------------------------------------------- queue */
 
 static lqueue *checkqueue(lua_State *L) {
-  return luaL_checkudata(L, 1, LIOQ_QUEUE);
+  return lioq_checkudata(L, 1, TAG_QUEUE);
 }
 
 static lqueue *checkopenqueue(lua_State *L) {
@@ -350,28 +357,33 @@ static void reserve_slot(lua_State *L, lqueue *q) {
 */
 static lhandle *newhandle(lua_State *L, lqueue *q, int code) {
   lhandle *h;
+  /* Ops with no data and no descriptor need only the queue user value
+  ** (reading a missing user value gives nil). */
+  int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? UV_QUEUE : HANDLE_NUV;
   reserve_slot(L, q);
-  h = lua_newuserdatauv(L, sizeof *h, HANDLE_NUV);
+  h = lua_newuserdatauv(L, sizeof *h, nuv);
   memset(h, 0, sizeof *h);
   h->op.code = (uint8_t)code;
   h->op.fd = -1;
   h->op.offset = -1;
   h->q = q;
   h->state = ST_DONE;  /* not pending until committed */
-  luaL_setmetatable(L, LIOQ_HANDLE);
+  lua_getiuservalue(L, 1, QUV_HANDLE_MT);
+  lua_setmetatable(L, -2);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_QUEUE);
   return h;
 }
 
 /*
-** Anchors the handle on top of the stack and queues its op. The anchor is
-** stored before any C state changes: if that store runs out of memory,
-** nothing is left half done.
+** Anchors the handle on top of the stack in queue q (at stack index qidx)
+** and queues its op. The anchor is stored before any C state changes: if
+** that store runs out of memory, nothing is left half done.
 */
-static int commit(lua_State *L, lqueue *q, lhandle *h, lioq_block *block) {
+static int commit(lua_State *L, int qidx, lqueue *q, lhandle *h,
+                  lioq_block *block) {
   int slot = q->nfree > 0 ? q->free_slots[q->nfree - 1] : q->top + 1;
-  lua_getiuservalue(L, 1, 1);
+  lua_getiuservalue(L, qidx, QUV_ANCHORS);
   lua_pushvalue(L, -2);
   lua_rawseti(L, -2, slot);
   lua_pop(L, 1);
@@ -412,9 +424,9 @@ static uint32_t checklength(lua_State *L, int arg, size_t max) {
   return len > (lua_Integer)IOQ_MAX_RW ? IOQ_MAX_RW : (uint32_t)len;
 }
 
-/* The descriptor at arg 2, kept alive by the handle when it is an object. */
-static void setfd(lua_State *L, lhandle *h) {
-  h->op.fd = lioq_checkfd(L, 2);
+/* Sets the op's descriptor; the handle keeps a file object alive. */
+static void setfd(lua_State *L, lhandle *h, int fd) {
+  h->op.fd = fd;
   if (lua_type(L, 2) == LUA_TUSERDATA) {
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, UV_EXTRA);
@@ -424,23 +436,22 @@ static void setfd(lua_State *L, lhandle *h) {
 /* q:read(f, buf [, offset [, length]]) */
 static int queue_read(lua_State *L) {
   lqueue *q = checkopenqueue(L);
-  lioq_block *b;
+  int fd = lioq_checkfd(L, 2);
+  lioq_block *b = lioq_checkblock(L, 3);
   lhandle *h;
   int64_t off;
   uint32_t len;
-  lioq_checkfd(L, 2);
-  b = lioq_checkblock(L, 3);
   luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
   off = checkoffset(L, 4);
   len = checklength(L, 5, b->size);
   h = newhandle(L, q, IOQ_READ);
-  setfd(L, h);
+  setfd(L, h, fd);
   h->op.buf = b->data;
   h->op.len = len;
   h->op.offset = off;
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, -2, UV_DATA);
-  return commit(L, q, h, b);
+  return commit(L, 1, q, h, b);
 }
 
 /* q:write(f, data [, offset [, length]]): data is a buffer or a string. */
@@ -452,7 +463,7 @@ static int queue_write(lua_State *L) {
   lhandle *h;
   int64_t off;
   uint32_t len;
-  lioq_checkfd(L, 2);
+  int fd = lioq_checkfd(L, 2);
   if (lua_type(L, 3) == LUA_TSTRING) {
     bytes = lua_tolstring(L, 3, &size);
   } else {
@@ -466,30 +477,29 @@ static int queue_write(lua_State *L) {
   off = checkoffset(L, 4);
   len = checklength(L, 5, size);
   h = newhandle(L, q, IOQ_WRITE);
-  setfd(L, h);
+  setfd(L, h, fd);
   h->op.buf = (void *)bytes;  /* the kernel only reads it */
   h->op.len = len;
   h->op.offset = off;
   lua_pushvalue(L, 3);  /* keeps a string alive while the kernel reads it */
   lua_setiuservalue(L, -2, UV_DATA);
-  return commit(L, q, h, b);
+  return commit(L, 1, q, h, b);
 }
 
 /* q:fsync(f) */
 static int queue_fsync(lua_State *L) {
   lqueue *q = checkopenqueue(L);
-  lhandle *h;
-  lioq_checkfd(L, 2);
-  h = newhandle(L, q, IOQ_FSYNC);
-  setfd(L, h);
-  return commit(L, q, h, NULL);
+  int fd = lioq_checkfd(L, 2);
+  lhandle *h = newhandle(L, q, IOQ_FSYNC);
+  setfd(L, h, fd);
+  return commit(L, 1, q, h, NULL);
 }
 
 /* q:nop() */
 static int queue_nop(lua_State *L) {
   lqueue *q = checkopenqueue(L);
   lhandle *h = newhandle(L, q, IOQ_NOP);
-  return commit(L, q, h, NULL);
+  return commit(L, 1, q, h, NULL);
 }
 
 /* q:sleep(seconds) */
@@ -501,7 +511,7 @@ static int queue_sleep(lua_State *L) {
   ns = checkseconds(L, 2, 0);
   h = newhandle(L, q, IOQ_SLEEP);
   h->op.ns = ns;
-  return commit(L, q, h, NULL);
+  return commit(L, 1, q, h, NULL);
 }
 
 /* io.open's mode letters as open(2) flags; -1 when the mode is invalid. */
@@ -549,7 +559,7 @@ static int queue_open(lua_State *L) {
   lioq_file_prepare(L);
   h->file_out = lua_touserdata(L, -1);
   lua_setiuservalue(L, -2, UV_EXTRA);
-  return commit(L, q, h, NULL);
+  return commit(L, 1, q, h, NULL);
 }
 
 /* q:submit(): hands every unsent op to the kernel; returns how many. */
@@ -592,7 +602,7 @@ static int queue_close(lua_State *L) {
   lqueue *q = checkqueue(L);
   destroy(q, 0);
   lua_pushnil(L);
-  lua_setiuservalue(L, 1, 1);  /* the anchors: every op is done */
+  lua_setiuservalue(L, 1, QUV_ANCHORS);  /* every op is done */
   return 0;
 }
 
@@ -603,17 +613,6 @@ static int queue_gc(lua_State *L) {
   q->free_slots = NULL;
   q->nfree = q->top = q->slots_cap = 0;
   return 0;
-}
-
-static int queue_index(lua_State *L) {
-  const char *key = lua_tostring(L, 2);
-  if (key != NULL && strcmp(key, "backend") == 0) {
-    lua_getiuservalue(L, 1, 2);
-    return 1;
-  }
-  lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1));
-  return 1;
 }
 
 static int queue_repr(lua_State *L) {
@@ -667,12 +666,14 @@ int lioq_queue_new(lua_State *L) {
   if (strcmp(want, "auto") != 0 && find_backend(want) == NULL)
     return luaL_argerror(L, 1, lua_pushfstring(L,
                          "unknown backend '%s'", want));
-  q = lua_newuserdatauv(L, sizeof *q, 2);
+  q = lua_newuserdatauv(L, sizeof *q, QUEUE_NUV);
   memset(q, 0, sizeof *q);
   q->owner = getpid();
-  luaL_setmetatable(L, LIOQ_QUEUE);
+  luaL_setmetatable(L, LIOQ_QUEUE);  /* for __gc, before the ring exists */
   lua_newtable(L);
-  lua_setiuservalue(L, -2, 1);
+  lua_setiuservalue(L, -2, QUV_ANCHORS);
+  luaL_getmetatable(L, LIOQ_HANDLE);
+  lua_setiuservalue(L, -2, QUV_HANDLE_MT);
   for (i = 0; backends[i] != NULL; i++) {
     if (strcmp(want, "auto") != 0 && strcmp(want, backends[i]->name) != 0)
       continue;
@@ -683,8 +684,11 @@ int lioq_queue_new(lua_State *L) {
   if (r != 0)
     return luaL_error(L, "cannot create a queue (%s): %s", want,
                       strerror(-r));
-  lua_pushstring(L, q->be->cls->name);
-  lua_setiuservalue(L, -2, 2);
+  /* The metatable whose methods table says which backend this is. */
+  lua_getfield(L, LUA_REGISTRYINDEX, QUEUE_METATABLES);
+  lua_rawgeti(L, -1, i + 1);
+  lua_setmetatable(L, -3);
+  lua_pop(L, 1);
   return 1;
 }
 
@@ -706,7 +710,7 @@ int lioq_backends(lua_State *L) {
 /* ---------------------------------------------------------------- handle */
 
 static lhandle *checkhandle(lua_State *L) {
-  return luaL_checkudata(L, 1, LIOQ_HANDLE);
+  return lioq_checkudata(L, 1, TAG_HANDLE);
 }
 
 /* Pushes the handle's outcome: its value, or fail, msg, errno. */
@@ -850,9 +854,59 @@ static int handle_timeout(lua_State *L) {
   return 1;
 }
 
-static int handle_index(lua_State *L) {
+/*
+** h:resubmit([offset]): starts a resolved read, write, fsync, nop or sleep
+** again with the same descriptor, buffer (or string) and length, at
+** `offset` if given. A loop of I/O then needs no new handle per op.
+*/
+static int handle_resubmit(lua_State *L) {
   lhandle *h = checkhandle(L);
-  const char *key = lua_tostring(L, 2);
+  lqueue *q = h->q;
+  lioq_block *b = NULL;
+  int code = h->op.code;
+  int64_t off = h->op.offset;
+  luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
+  luaL_argcheck(L, code != IOQ_OPEN, 1, "an open cannot be resubmitted");
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_argcheck(L, code == IOQ_READ || code == IOQ_WRITE, 2,
+                  "only reads and writes take an offset");
+    off = checkoffset(L, 2);
+  }
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, UV_QUEUE);              /* 2 */
+  lua_getiuservalue(L, 1, UV_DATA);               /* 3 */
+  lua_getiuservalue(L, 1, UV_EXTRA);              /* 4 */
+  luaL_argcheck(L, q->be != NULL, 1, "queue is closed");
+  if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
+    int fd = lioq_tofd(L, 4);
+    if (fd < 0)
+      return luaL_error(L, "the handle's file is closed");
+    h->op.fd = fd;
+  }
+  if (lua_type(L, 3) == LUA_TUSERDATA) {
+    b = lioq_toudata(L, 3, TAG_BUFFER) ? lioq_checkblock(L, 3) : NULL;
+    if (b != NULL && b->busy)
+      return luaL_error(L, "buffer in use by a pending operation");
+  }
+  reserve_slot(L, q);
+  h->op.offset = off;
+  h->op.res = 0;
+  h->op.timeout_ns = 0;
+  h->op.cancel_requested = 0;
+  lua_settop(L, 2);
+  lua_insert(L, 1);                               /* queue, handle */
+  return commit(L, 1, q, h, b);
+}
+
+/* Methods first (the common case), then the fields op, queue, buffer. */
+static int handle_index(lua_State *L) {
+  lhandle *h;
+  const char *key;
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+    return 1;
+  h = checkhandle(L);
+  key = lua_tostring(L, 2);
   if (key != NULL) {
     if (strcmp(key, "op") == 0) {
       lua_pushstring(L, op_names[h->op.code]);
@@ -864,13 +918,12 @@ static int handle_index(lua_State *L) {
     }
     if (strcmp(key, "buffer") == 0) {
       lua_getiuservalue(L, 1, UV_DATA);
-      if (luaL_testudata(L, -1, LIOQ_BUFFER) == NULL)
+      if (lioq_toudata(L, -1, TAG_BUFFER) == NULL)
         lua_pushnil(L);
       return 1;
     }
   }
-  lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1));
+  lua_pushnil(L);
   return 1;
 }
 
@@ -879,16 +932,6 @@ static int handle_repr(lua_State *L) {
   lua_pushfstring(L, "ioq.handle (%s, %s): %p", op_names[h->op.code],
                   h->state == ST_DONE ? "done" : "pending", (void *)h);
   return 1;
-}
-
-/* Replaces a class's __index table with `index`, which gets it as upvalue. */
-static void index_through(lua_State *L, const char *name,
-                          lua_CFunction index) {
-  luaL_getmetatable(L, name);
-  lua_getfield(L, -1, "__index");
-  lua_pushcclosure(L, index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
 }
 
 void lioq_open_queue(lua_State *L) {
@@ -917,14 +960,39 @@ void lioq_open_queue(lua_State *L) {
     {"wait", handle_wait},
     {"cancel", handle_cancel},
     {"timeout", handle_timeout},
+    {"resubmit", handle_resubmit},
     {NULL, NULL}
   };
   static const luaL_Reg handle_meta[] = {
     {"__tostring", handle_repr},
     {NULL, NULL}
   };
-  lioq_newclass(L, LIOQ_QUEUE, queue_methods, queue_meta);
-  index_through(L, LIOQ_QUEUE, queue_index);
-  lioq_newclass(L, LIOQ_HANDLE, handle_methods, handle_meta);
-  index_through(L, LIOQ_HANDLE, handle_index);
+  int i;
+  /* Handles: a C __index, for the fields that live in each handle. */
+  lioq_newmetatable(L, TAG_HANDLE, handle_meta);
+  lua_newtable(L);
+  luaL_setfuncs(L, handle_methods, 0);
+  lua_pushcclosure(L, handle_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  /* Queues: one metatable per backend, whose __index table holds the
+  ** backend's name and inherits the shared methods, so both q.backend and
+  ** q:read are plain table lookups. */
+  lua_newtable(L);                            /* the shared methods */
+  luaL_setfuncs(L, queue_methods, 0);
+  lua_newtable(L);                            /* the metatables, in order */
+  for (i = 0; backends[i] != NULL; i++) {
+    lioq_newmetatable(L, TAG_QUEUE, queue_meta);
+    lua_createtable(L, 0, 1);                 /* its __index */
+    lua_pushstring(L, backends[i]->name);
+    lua_setfield(L, -2, "backend");
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, -5);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, -2, "__index");
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, QUEUE_METATABLES);
+  lua_setfield(L, LUA_REGISTRYINDEX, QUEUE_METHODS);
 }
