@@ -91,3 +91,7 @@ for job in "${JOBS[@]}"; do
     'BEGIN { printf "%-15s %12.0f %12.0f %7.2f\n", j, c, l, l / c }'
 done
 echo "(medians of $REPS runs each; nop: $NOP_OPS ops, randread: $READ_OPS ops)"
+
+# The coroutine layer: tasks and awaits against raw nops, in one script.
+echo
+if [ "${QUICK:-0}" = 1 ]; then "$LUA" bench/tasks.lua 20000 1; else "$LUA" bench/tasks.lua 100000 3; fi

@@ -9,6 +9,7 @@ local core = require "ioq.core"
 local coroutine, error, select, setmetatable, tostring, type =
   coroutine, error, select, setmetatable, tostring, type
 local pack, unpack = table.pack, table.unpack
+local resume, yield, running_co = coroutine.resume, coroutine.yield, coroutine.running
 local now = core.now
 local E = core.errno
 
@@ -23,17 +24,41 @@ local ioq = {
 
 local handle_methods = core.classes.handle
 local file_methods = core.classes.file
+local queue_methods = core.classes.queue
 
--- The value tasks yield to the loop when they wait; any other yield from a
--- task just lets the other tasks run first.
+-- The loop calls these directly: a handle's __index is a C function (its
+-- fields live in the userdata), so h:done() would cost two C calls.
+local h_done, h_result, h_cancel, h_timeout = handle_methods.done,
+  handle_methods.result, handle_methods.cancel, handle_methods.timeout
+local q_wait, q_pending = queue_methods.wait, queue_methods.pending
+local queue_of = core.queue_of
+
+-- What a task's coroutine hands the loop: WAIT when it waits for a wake-up,
+-- DONE (then its status and values) when its body has returned. Any other
+-- yield just lets the other tasks run first.
 local WAIT = setmetatable({}, { __name = "ioq.wait" })
-
-local running = nil       -- the running loop, if any
-local sync_queue = nil    -- for blocking calls made outside any loop
+local DONE = setmetatable({}, { __name = "ioq.done" })
 
 local function fail(msg, err)
   return nil, msg, err
 end
+
+---------------------------------------------------------------- loop state
+-- At most one loop runs per Lua state (ioq.run refuses to nest), so the
+-- running loop's state lives in these upvalues: the cheapest place Lua has.
+
+local running = false      -- true while ioq.run runs
+local loop_q = nil         -- its queue
+local tasks = {}           -- coroutine -> live task
+local alive = 0            -- live tasks
+local ready, rhead, rtail = {}, 1, 0   -- FIFO of tasks to resume
+local waiters = {}         -- handle -> the task (or function) awaiting it
+local timers = {}          -- min-heap of { at =, fn =, pos = }
+local failed = {}          -- tasks that ended with an error, in order
+local into = {}            -- scratch table for q:wait
+local main_task = nil
+
+local sync_queue = nil     -- for blocking calls made outside any loop
 
 --- The queue for an op started outside a loop: a private one, made on first
 -- use, driven by h:wait().
@@ -43,49 +68,49 @@ local function blocking_queue()
 end
 
 local function current_queue()
-  return running and running.q or blocking_queue()
+  return loop_q or blocking_queue()
 end
 
 ---------------------------------------------------------------- timers
--- A binary min-heap of timers ordered by deadline. Each timer is a table
--- { at = deadline, fn = callback, pos = index } so it can be removed.
 
-local function heap_swap(h, i, j)
+local function heap_swap(i, j)
+  local h = timers
   h[i], h[j] = h[j], h[i]
   h[i].pos, h[j].pos = i, j
 end
 
-local function heap_up(h, i)
+local function heap_up(i)
+  local h = timers
   while i > 1 do
     local parent = i // 2
     if h[parent].at <= h[i].at then break end
-    heap_swap(h, i, parent)
+    heap_swap(i, parent)
     i = parent
   end
 end
 
-local function heap_down(h, i)
+local function heap_down(i)
+  local h = timers
   local n = #h
   while true do
     local l, small = 2 * i, i
     if l <= n and h[l].at < h[small].at then small = l end
     if l + 1 <= n and h[l + 1].at < h[small].at then small = l + 1 end
     if small == i then return end
-    heap_swap(h, i, small)
+    heap_swap(i, small)
     i = small
   end
 end
 
-local function add_timer(loop, seconds, fn)
-  local h = loop.timers
-  local t = { at = now() + seconds, fn = fn, pos = #h + 1 }
-  h[t.pos] = t
-  heap_up(h, t.pos)
+local function add_timer(seconds, fn)
+  local t = { at = now() + seconds, fn = fn, pos = #timers + 1 }
+  timers[t.pos] = t
+  heap_up(t.pos)
   return t
 end
 
-local function cancel_timer(loop, t)
-  local h = loop.timers
+local function cancel_timer(t)
+  local h = timers
   local i = t.pos
   if not i then return end
   t.pos = nil
@@ -94,19 +119,20 @@ local function cancel_timer(loop, t)
     h[i] = h[last]
     h[i].pos = i
     h[last] = nil
-    heap_down(h, i)
-    heap_up(h, i)
+    heap_down(i)
+    heap_up(i)
   else
     h[last] = nil
   end
 end
 
-local function fire_timers(loop)
-  local h = loop.timers
+local function fire_timers()
+  local h = timers
+  if not h[1] then return end
   local t = now()
   while h[1] and h[1].at <= t do
     local first = h[1]
-    cancel_timer(loop, first)
+    cancel_timer(first)
     first.fn()
   end
 end
@@ -117,13 +143,18 @@ local Task = {}
 Task.__index = Task
 Task.__name = "ioq.task"
 
-local function make_ready(loop, task)
-  local r = loop.ready
-  r.tail = r.tail + 1
-  r[r.tail] = task
+local function make_ready(task)
+  task.status = "ready"
+  rtail = rtail + 1
+  ready[rtail] = task
 end
 
---- Wakes whatever waits for `task` (tasks in join, or first/gather).
+local function ended(task)
+  local s = task.status
+  return s == "done" or s == "failed"
+end
+
+--- Calls whatever waits for `task` to end (joiners, ioq.first).
 local function notify_joiners(task)
   local joiners = task.joiners
   task.joiners = nil
@@ -132,15 +163,16 @@ local function notify_joiners(task)
   end
 end
 
-local function finish(loop, task, ok, ...)
-  task.status = ok and "done" or "failed"
-  loop.tasks[task.co] = nil
-  loop.alive = loop.alive - 1
+local function finish(task, ok, ...)
+  tasks[task.co] = nil
+  alive = alive - 1
   if ok then
+    task.status = "done"
     task.results = pack(...)
   else
+    task.status = "failed"
     task.error = ...
-    loop.failed[#loop.failed + 1] = task
+    failed[#failed + 1] = task
   end
   notify_joiners(task)
 end
@@ -153,45 +185,56 @@ local function traceback_handler(err)
 end
 
 -- What a resume of a task's coroutine came back with.
-local function resumed(loop, task, ok, a, ...)
+local function resumed(task, ok, a, ...)
+  if a == WAIT then return end
   if not ok then  -- only if the body could not even start
-    finish(loop, task, false, traceback_handler(a))
-  elseif coroutine.status(task.co) == "dead" then
-    finish(loop, task, a, ...)  -- the body ran in xpcall: a is its status
-  elseif a ~= WAIT then  -- a plain coroutine.yield(): run again later
-    task.status = "ready"
-    make_ready(loop, task)
+    finish(task, false, traceback_handler(a))
+  elseif a == DONE then
+    finish(task, ...)  -- the xpcall status, then the values
+  else  -- a plain coroutine.yield(): run again later
+    make_ready(task)
   end
 end
 
-local function step(loop, task)
-  resumed(loop, task, coroutine.resume(task.co))
+local function step(task)
+  task.status = "running"
+  local fn = task.fn
+  if fn then  -- the first run: hand the body its function and arguments
+    local args = task.args
+    task.fn, task.args = nil, nil
+    if args then
+      resumed(task, resume(task.co, fn, unpack(args, 1, args.n)))
+    else
+      resumed(task, resume(task.co, fn))
+    end
+  else
+    resumed(task, resume(task.co))
+  end
 end
 
-local function new_task(loop, fn, ...)
-  local task = setmetatable({ status = "ready", loop = loop }, Task)
-  local args = pack(...)
-  task.co = coroutine.create(function()
-    return xpcall(fn, traceback_handler, unpack(args, 1, args.n))
-  end)
-  loop.tasks[task.co] = task
-  loop.alive = loop.alive + 1
-  make_ready(loop, task)
+-- Every task's coroutine runs this (one shared function: no closure per task).
+local function task_body(fn, ...)
+  return DONE, xpcall(fn, traceback_handler, ...)
+end
+
+local function new_task(fn, ...)
+  local task = setmetatable({ fn = fn, co = coroutine.create(task_body) }, Task)
+  if select("#", ...) > 0 then task.args = pack(...) end
+  tasks[task.co] = task
+  alive = alive + 1
+  make_ready(task)
   return task
 end
 
 local function current_task()
-  if not running then return nil end
-  local co = coroutine.running()
-  return running.tasks[co]
+  return running and tasks[running_co()] or nil
 end
 
 --- Suspends the running task until something calls wake(task, value);
 -- returns that value.
 local function suspend(task)
   task.status = "waiting"
-  coroutine.yield(WAIT)
-  task.status = "running"
+  yield(WAIT)
   local v = task.wake_value
   task.wake_value = nil
   return v
@@ -199,9 +242,8 @@ end
 
 local function wake(task, value)
   if task.status == "waiting" then
-    task.status = "ready"
     task.wake_value = value
-    make_ready(task.loop, task)
+    make_ready(task)
   end
 end
 
@@ -211,81 +253,82 @@ end
 -- elsewhere, the same as h:wait([timeout]).
 function handle_methods.await(h, timeout)
   local task = current_task()
-  if not task or h.queue ~= task.loop.q then
+  if not task or queue_of(h) ~= loop_q then
     return h:wait(timeout)  -- no loop, or a queue the loop does not drive
   end
   if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
     error("bad argument #1 to 'await' (timeout must be a non-negative number)", 2)
   end
-  if h:done() then
+  if h_done(h) then
     if task.cancel_pending then
       task.cancel_pending = nil
       return fail("canceled", E.ECANCELED)
     end
-    return h:result()
+    return h_result(h)
   end
-  local loop = task.loop
   local timer, timed_out
   if task.cancel_pending then
     task.cancel_pending = nil
     task.canceled = true
-    h:cancel()
+    h_cancel(h)
   elseif timeout then
     -- An op still in user space gets a timeout the kernel enforces;
     -- one already in flight gets a timer that cancels it.
-    if timeout == 0 or not h:timeout(timeout) then
-      timer = add_timer(loop, timeout, function()
+    if timeout == 0 or not h_timeout(h, timeout) then
+      timer = add_timer(timeout, function()
         timed_out = true
-        h:cancel()
+        h_cancel(h)
       end)
     end
   end
-  loop.waiters[h] = task
+  waiters[h] = task
   task.waiting_on = h
   suspend(task)
   task.waiting_on = nil
-  if timer then cancel_timer(loop, timer) end
+  if timer then cancel_timer(timer) end
   if task.canceled then
     task.canceled = nil
     return fail("canceled", E.ECANCELED)
   end
-  local v, msg, err = h:result()
+  local v, msg, err = h_result(h)
   if timed_out and err == E.ECANCELED then
     return fail("timed out", E.ETIMEDOUT)
   end
   return v, msg, err
 end
 
---- Waits, inside a task, until `task` ends or `timeout` passes.
-local function wait_task(self, task, timeout)
-  local loop = self.loop
-  if task.status == "done" or task.status == "failed" then return true end
+local function remove_joiner(task, fn)
+  local j = task.joiners
+  if not j then return end
+  for i = #j, 1, -1 do
+    if j[i] == fn then table.remove(j, i) end
+  end
+end
+
+--- Suspends task `me` until `task` ends (true) or `timeout` passes (false).
+local function wait_task(me, task, timeout)
   local timer
   local function on_end()
-    if timer then cancel_timer(loop, timer) end
-    wake(self, true)
+    if timer then cancel_timer(timer) end
+    wake(me, true)
   end
   task.joiners = task.joiners or {}
   task.joiners[#task.joiners + 1] = on_end
   if timeout then
-    timer = add_timer(loop, timeout, function() wake(self, false) end)
+    timer = add_timer(timeout, function() wake(me, false) end)
   end
-  self.waiting_task = task
-  local ended = suspend(self)
-  self.waiting_task = nil
-  if not ended then
-    local j = task.joiners
-    for i = #(j or {}), 1, -1 do
-      if j[i] == on_end then table.remove(j, i) end
-    end
+  local done = suspend(me)
+  if not done then
+    if timer then cancel_timer(timer) end
+    remove_joiner(task, on_end)
   end
-  return ended
+  return done
 end
 
 --- task:join([timeout]): the task's results; re-raises its error (with the
 -- task's traceback); or fail, "timed out", ETIMEDOUT.
 function Task:join(timeout)
-  if self.status ~= "done" and self.status ~= "failed" then
+  if not ended(self) then
     local me = current_task()
     if not me then
       error("join: the task has not ended and no loop is running here", 2)
@@ -295,39 +338,36 @@ function Task:join(timeout)
       me.cancel_pending = nil
       return fail("canceled", E.ECANCELED)
     end
-    local ended = wait_task(me, self, timeout)
+    local done = wait_task(me, self, timeout)
     if me.canceled then
       me.canceled = nil
       return fail("canceled", E.ECANCELED)
     end
-    if not ended then return fail("timed out", E.ETIMEDOUT) end
+    if not done then return fail("timed out", E.ETIMEDOUT) end
   end
   self.joined = true
   if self.status == "failed" then error(self.error, 0) end
   return unpack(self.results, 1, self.results.n)
 end
 
-function Task:done()
-  return self.status == "done" or self.status == "failed"
-end
+Task.done = ended
 
 --- task:cancel(): the task's current (or next) await returns
 -- fail, "canceled", ECANCELED, after its op has left the kernel. A task
 -- that has not started yet never runs. Returns true if the task was live.
 function Task:cancel()
-  local loop = self.loop
-  if self:done() then return false end
-  if self.status == "ready" and not self.started then
+  if ended(self) then return false end
+  if self.fn then
     -- It never ran: end it now, with the result a canceled await gives.
     coroutine.close(self.co)
-    finish(loop, self, true, fail("canceled", E.ECANCELED))
+    finish(self, true, fail("canceled", E.ECANCELED))
     return true
   end
   if self.status == "waiting" then
     self.canceled = true
     local h = self.waiting_on
     if h then
-      h:cancel()  -- the task resumes when the kernel lets go of the op
+      h_cancel(h)  -- the task resumes when the kernel lets go of the op
     else
       wake(self, false)
     end
@@ -338,70 +378,77 @@ function Task:cancel()
 end
 
 function Task:__tostring()
-  return string.format("ioq.task (%s): %s", self.status, tostring(self.co):match("0x%x+") or "")
+  return string.format("ioq.task (%s): %s", self.status,
+                       tostring(self.co):match("0x%x+") or "")
 end
 
 ---------------------------------------------------------------- the loop
 
-local function loop_new(q)
-  return {
-    q = q,
-    tasks = {},            -- coroutine -> task
-    alive = 0,
-    ready = { head = 1, tail = 0 },
-    waiters = {},          -- handle -> task awaiting it
-    timers = {},
-    failed = {},
-    into = {},
-  }
-end
-
-local function run_ready(loop)
-  local r = loop.ready
+local function run_ready()
   -- Tasks made ready while this runs wait for the next round, so a task
   -- that keeps yielding cannot starve the queue.
-  local last = r.tail
-  while r.head <= last do
-    local task = r[r.head]
-    r[r.head] = nil
-    r.head = r.head + 1
-    if task.status == "ready" then
-      task.status = "running"
-      task.started = true
-      step(loop, task)
-    end
+  local last = rtail
+  while rhead <= last do
+    local task = ready[rhead]
+    ready[rhead] = nil
+    rhead = rhead + 1
+    if task.status == "ready" then step(task) end
   end
-  if r.head > r.tail then r.head, r.tail = 1, 0 end
+  if rhead > rtail then rhead, rtail = 1, 0 end
 end
 
-local function poll(loop)
-  local q, into = loop.q, loop.into
+--- Waits for completions (or the next timer) and wakes their tasks.
+-- Returns false when nothing at all can wake a task any more.
+local function poll()
+  local q = loop_q
   local timeout
-  if loop.ready.head <= loop.ready.tail then
+  if rhead <= rtail then
     timeout = 0
-  elseif loop.timers[1] then
-    timeout = loop.timers[1].at - now()
+  elseif timers[1] then
+    timeout = timers[1].at - now()
     if timeout < 0 then timeout = 0 end
   end
-  if q:pending() == 0 then
+  local n, msg = q_wait(q, timeout, into)
+  if not n then error("ioq.run: " .. msg, 0) end
+  if n == 0 and q_pending(q) == 0 then  -- nothing in the kernel: only timers
     if timeout == nil then return false end
     if timeout > 0 then q:sleep(timeout):wait() end
-  else
-    local n, msg = q:wait(timeout, into)
-    if not n then error("ioq.run: " .. msg, 0) end
-    local waiters = loop.waiters
-    for i = 1, n do
-      local h = into[i]
-      into[i] = nil
-      local w = waiters[h]
-      if w then
-        waiters[h] = nil
-        if type(w) == "function" then w() else wake(w) end
-      end
+  end
+  for i = 1, n do
+    local h = into[i]
+    into[i] = nil
+    local w = waiters[h]
+    if w then
+      waiters[h] = nil
+      if type(w) == "function" then w() else wake(w) end
     end
   end
-  fire_timers(loop)
+  fire_timers()
   return true
+end
+
+local function drive()
+  local cancelling = false
+  while alive > 0 do
+    run_ready()
+    if alive == 0 then break end
+    if main_task.status == "failed" and not cancelling then
+      -- The main task failed: cancel the others, then let them end.
+      cancelling = true
+      for _, t in pairs(tasks) do t:cancel() end
+    elseif not poll() then
+      local n = alive
+      for co in pairs(tasks) do coroutine.close(co) end
+      error(string.format("ioq.run: %d task(s) wait for each other and nothing" ..
+        " else can wake them (deadlock)", n), 0)
+    end
+  end
+end
+
+local function reset_loop()
+  running, loop_q, main_task = false, nil, nil
+  tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
+  ready, rhead, rtail = {}, 1, 0
 end
 
 local function report(task)
@@ -409,19 +456,7 @@ local function report(task)
                   tostring(task.error), "\n")
 end
 
---- ioq.run([opts,] fn, ...): runs fn as the main task and drives the queue
--- until every task has ended; returns fn's results. opts: { queue = q,
--- errors = "raise" | "report" } (what to do with failed unjoined tasks).
-function ioq.run(opts, ...)
-  local fn
-  if type(opts) == "table" then
-    fn = ...
-    return ioq._run(opts, fn, select(2, ...))
-  end
-  return ioq._run({}, opts, ...)
-end
-
-function ioq._run(opts, fn, ...)
+local function run(opts, fn, ...)
   if running then error("ioq.run: a loop is already running (nested ioq.run)", 3) end
   if type(fn) ~= "function" then
     error("bad argument #1 to 'run' (function expected, got " .. type(fn) .. ")", 3)
@@ -431,33 +466,16 @@ function ioq._run(opts, fn, ...)
     error("bad argument #1 to 'run' (errors must be \"raise\" or \"report\")", 3)
   end
   local q = opts.queue or core.queue()
-  local loop = loop_new(q)
-  running = loop
-  local ok, err = pcall(function(...)
-    local main = new_task(loop, fn, ...)
-    loop.main = main
-    while loop.alive > 0 do
-      run_ready(loop)
-      if loop.alive == 0 then break end
-      if main:done() and main.status == "failed" and not loop.cancelling then
-        -- The main task failed: cancel the others, then let them end.
-        loop.cancelling = true
-        for _, t in pairs(loop.tasks) do t:cancel() end
-      elseif not poll(loop) then
-        local n = loop.alive
-        for _, t in pairs(loop.tasks) do coroutine.close(t.co) end
-        error(string.format("ioq.run: %d task(s) wait for each other and nothing else" ..
-          " can wake them (deadlock)", n), 0)
-      end
-    end
-    return main
-  end, ...)
-  running = nil
+  reset_loop()
+  running, loop_q = true, q
+  main_task = new_task(fn, ...)
+  local main, failures = main_task, failed
+  local ok, err = pcall(drive)
+  reset_loop()
   if not opts.queue then q:close() end
   if not ok then error(err, 0) end
-  local main = err
   local unjoined
-  for _, t in ipairs(loop.failed) do
+  for _, t in ipairs(failures) do
     if t ~= main and not t.joined then
       report(t)
       unjoined = unjoined or t
@@ -468,18 +486,26 @@ function ioq._run(opts, fn, ...)
   return unpack(main.results, 1, main.results.n)
 end
 
+--- ioq.run([opts,] fn, ...): runs fn as the main task and drives the queue
+-- until every task has ended; returns fn's results. opts: { queue = q,
+-- errors = "raise" | "report" } (what to do with failed unjoined tasks).
+function ioq.run(opts, ...)
+  if type(opts) == "table" then return run(opts, ...) end
+  return run({}, opts, ...)
+end
+
 --- ioq.spawn(fn, ...): a new task in the running loop.
 function ioq.spawn(fn, ...)
   if not running then error("ioq.spawn: no loop is running (call it inside ioq.run)", 2) end
   if type(fn) ~= "function" then
     error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
   end
-  return new_task(running, fn, ...)
+  return new_task(fn, ...)
 end
 
 --- ioq.current(): the running loop's queue, or nil outside a loop.
 function ioq.current()
-  return running and running.q or nil
+  return loop_q
 end
 
 --- ioq.sleep(seconds): suspends the task (or blocks, outside a loop).
@@ -518,7 +544,6 @@ function ioq.first(...)
   end
   local me = current_task()
   if not me then error("ioq.first: no loop is running (call it inside a task)", 2) end
-  local loop = me.loop
   local winner
   local hooks = {}
   for i = 1, items.n do
@@ -530,21 +555,18 @@ function ioq.first(...)
       it.joiners = it.joiners or {}
       it.joiners[#it.joiners + 1] = hooks[i]
     else
-      if it.queue ~= loop.q then error("ioq.first: a handle of another queue", 2) end
-      if loop.waiters[it] then error("ioq.first: a handle that a task already awaits", 2) end
-      loop.waiters[it] = hooks[i]
+      if queue_of(it) ~= loop_q then error("ioq.first: a handle of another queue", 2) end
+      if waiters[it] then error("ioq.first: a handle that a task already awaits", 2) end
+      waiters[it] = hooks[i]
     end
   end
   suspend(me)
   for i = 1, items.n do  -- unhook from the items that did not win
     local it = items[i]
     if getmetatable(it) == Task then
-      local j = it.joiners or {}
-      for k = #j, 1, -1 do
-        if j[k] == hooks[i] then table.remove(j, k) end
-      end
-    elseif loop.waiters[it] == hooks[i] then
-      loop.waiters[it] = nil
+      remove_joiner(it, hooks[i])
+    elseif waiters[it] == hooks[i] then
+      waiters[it] = nil
     end
   end
   if me.canceled then

@@ -67,6 +67,7 @@ void lioq_open_queue(lua_State *L);
 int lioq_queue_new(lua_State *L);
 int lioq_backends(lua_State *L);
 int lioq_now(lua_State *L);
+int lioq_queue_of(lua_State *L);
 
 /* lioq_core.c */
 int lioq_fail(lua_State *L, const char *what, int err);

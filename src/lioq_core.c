@@ -130,6 +130,7 @@ int luaopen_ioq_core(lua_State *L) {
     {"buffer", lioq_buffer_new},
     {"backends", lioq_backends},
     {"now", lioq_now},
+    {"queue_of", lioq_queue_of},
     {NULL, NULL}
   };
   lioq_open_buffer(L);

@@ -742,6 +742,13 @@ static int push_result(lua_State *L, lhandle *h) {
   return 1;
 }
 
+/* core.queue_of(h): h.queue without the __index detour (for lua/ioq.lua). */
+int lioq_queue_of(lua_State *L) {
+  checkhandle(L);
+  lua_getiuservalue(L, 1, UV_QUEUE);
+  return 1;
+}
+
 /* h:done() */
 static int handle_done(lua_State *L) {
   lua_pushboolean(L, checkhandle(L)->state == ST_DONE);
@@ -976,20 +983,17 @@ void lioq_open_queue(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   /* Queues: one metatable per backend, whose __index table holds the
-  ** backend's name and inherits the shared methods, so both q.backend and
-  ** q:read are plain table lookups. */
-  lua_newtable(L);                            /* the shared methods */
+  ** methods and the backend's name, so both q:read and q.backend are one
+  ** plain table lookup. */
+  lua_newtable(L);                            /* the methods, for reference */
   luaL_setfuncs(L, queue_methods, 0);
   lua_newtable(L);                            /* the metatables, in order */
   for (i = 0; backends[i] != NULL; i++) {
     lioq_newmetatable(L, TAG_QUEUE, queue_meta);
-    lua_createtable(L, 0, 1);                 /* its __index */
+    lua_newtable(L);                          /* its __index */
+    luaL_setfuncs(L, queue_methods, 0);
     lua_pushstring(L, backends[i]->name);
     lua_setfield(L, -2, "backend");
-    lua_createtable(L, 0, 1);
-    lua_pushvalue(L, -5);
-    lua_setfield(L, -2, "__index");
-    lua_setmetatable(L, -2);
     lua_setfield(L, -2, "__index");
     lua_rawseti(L, -2, i + 1);
   }
