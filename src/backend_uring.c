@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <liburing.h>
@@ -17,7 +18,9 @@
 typedef struct uring_backend {
   ioq_backend base;
   struct io_uring ring;
-  unsigned features;
+  unsigned features;       /* IORING_FEAT_* the kernel reported */
+  unsigned setup;          /* the IORING_SETUP_* flags the ring has */
+  char describe[96];
 } uring_backend;
 
 /* user_data of SQEs whose completions nobody waits for. */
@@ -39,17 +42,50 @@ static void set_timespec(struct __kernel_timespec *ts, int64_t ns) {
 }
 
 /*
-** The ring flags worth having, best first. Older kernels reject newer flags
-** with EINVAL, so creation walks down this list.
+** The ring flags worth having, best first: one task submits and reaps
+** (SINGLE_ISSUER), so completions can run when we ask for them
+** (DEFER_TASKRUN) instead of interrupting us; failing that, without
+** forced interrupts (COOP_TASKRUN). Older kernels reject newer flags with
+** EINVAL, so creation walks down this list. IOQ_URING_SETUP=NAME starts
+** lower, to test the fallbacks.
 */
-static const unsigned setup_flags[] = {
-  IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
-    IORING_SETUP_DEFER_TASKRUN,
-  IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
-    IORING_SETUP_TASKRUN_FLAG,
-  IORING_SETUP_SUBMIT_ALL,
-  0,
+static const struct { const char *name; unsigned flags; } setups[] = {
+  {"defer", IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
+              IORING_SETUP_DEFER_TASKRUN},
+  {"coop", IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
+             IORING_SETUP_TASKRUN_FLAG},
+  {"submit_all", IORING_SETUP_SUBMIT_ALL},
+  {"plain", 0},
 };
+#define NSETUPS (sizeof setups / sizeof setups[0])
+
+static size_t first_setup(void) {
+  const char *want = getenv("IOQ_URING_SETUP");
+  size_t i;
+  if (want != NULL)
+    for (i = 0; i < NSETUPS; i++)
+      if (strcmp(setups[i].name, want) == 0)
+        return i;
+  return 0;
+}
+
+static void describe(uring_backend *u) {
+  static const struct { unsigned flag; const char *word; } words[] = {
+    {IORING_SETUP_SINGLE_ISSUER, "single_issuer"},
+    {IORING_SETUP_DEFER_TASKRUN, "defer_taskrun"},
+    {IORING_SETUP_COOP_TASKRUN, "coop_taskrun"},
+    {IORING_SETUP_SUBMIT_ALL, "submit_all"},
+  };
+  size_t i, n = 0;
+  u->describe[0] = '\0';
+  for (i = 0; i < sizeof words / sizeof words[0]; i++)
+    if (u->setup & words[i].flag)
+      n += (size_t)snprintf(u->describe + n, sizeof u->describe - n, "%s%s",
+                            n ? " " : "", words[i].word);
+  if (u->features & IORING_FEAT_NODROP)
+    snprintf(u->describe + n, sizeof u->describe - n, "%snodrop",
+             n ? " " : "");
+}
 
 static int uring_create(ioq_backend **out, unsigned entries) {
   uring_backend *u = calloc(1, sizeof *u);
@@ -57,13 +93,14 @@ static int uring_create(ioq_backend **out, unsigned entries) {
   int r = -EINVAL;
   if (u == NULL)
     return -ENOMEM;
-  for (i = 0; i < sizeof setup_flags / sizeof setup_flags[0]; i++) {
+  for (i = first_setup(); i < NSETUPS; i++) {
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
-    p.flags = setup_flags[i];
+    p.flags = setups[i].flags;
     r = io_uring_queue_init_params(entries, &u->ring, &p);
     if (r == 0) {
       u->features = p.features;
+      u->setup = setups[i].flags;
       break;
     }
     if (r != -EINVAL)
@@ -73,6 +110,7 @@ static int uring_create(ioq_backend **out, unsigned entries) {
     free(u);
     return r;
   }
+  describe(u);
   u->base.cls = &ioq_uring_backend;
   *out = &u->base;
   return 0;
@@ -204,6 +242,10 @@ static int uring_reap(ioq_backend *b, ioq_op **done, int max,
   return collect(u, done, max);
 }
 
+static const char *uring_features(ioq_backend *b) {
+  return ((uring_backend *)b)->describe;
+}
+
 const ioq_backend_class ioq_uring_backend = {
   "io_uring",
   uring_create,
@@ -212,4 +254,5 @@ const ioq_backend_class ioq_uring_backend = {
   uring_cancel,
   uring_submit,
   uring_reap,
+  uring_features,
 };

@@ -84,6 +84,8 @@ typedef struct ioq_backend_class {
   ** count (0 on timeout or when only internal events arrived), -EINTR when a
   ** signal interrupted the wait, or another -errno. */
   int (*reap)(ioq_backend *b, ioq_op **done, int max, int64_t timeout_ns);
+  /* The optional features in use, as space-separated words (may be ""). */
+  const char *(*features)(ioq_backend *b);
 } ioq_backend_class;
 
 /* Every backend struct starts with this. */

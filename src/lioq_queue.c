@@ -590,6 +590,23 @@ static int queue_wait(lua_State *L) {
   return 1;
 }
 
+/* q:features(): the backend's optional features in use, as a list. */
+static int queue_features(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  const char *s = q->be->cls->features(q->be);
+  int n = 0;
+  lua_newtable(L);
+  while (*s) {
+    const char *end = strchr(s, ' ');
+    size_t len = end ? (size_t)(end - s) : strlen(s);
+    lua_pushlstring(L, s, len);
+    lua_rawseti(L, -2, ++n);
+    s += len;
+    while (*s == ' ') s++;
+  }
+  return 1;
+}
+
 /* q:pending(): ops not yet resolved. */
 static int queue_pending_m(lua_State *L) {
   lqueue *q = checkqueue(L);
@@ -952,6 +969,7 @@ void lioq_open_queue(lua_State *L) {
     {"submit", queue_submit},
     {"wait", queue_wait},
     {"pending", queue_pending_m},
+    {"features", queue_features},
     {"close", queue_close},
     {NULL, NULL}
   };
