@@ -21,7 +21,7 @@ INST_LUADIR ?= $(PREFIX)/share/lua/5.4
 
 BUILD       ?= build
 SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
-               src/lioq_file.c src/backend_uring.c
+               src/lioq_file.c src/lioq_socket.c src/backend_uring.c
 HDRS        := src/ioq.h src/lioq.h
 CORE        := $(BUILD)/ioq/core.so
 TESTLIB     := $(BUILD)/ioq_test.so

@@ -20,6 +20,8 @@ local ioq = {
   buffer = core.buffer,
   backends = core.backends,
   now = now,
+  socket = core.socket,
+  socketpair = core.socketpair,
 }
 
 local handle_methods = core.classes.handle
@@ -591,6 +593,38 @@ end
 
 function file_methods.fsync(f)
   return current_queue():fsync(f)
+end
+
+---------------------------------------------------------------- sockets
+
+--- s:accept(), s:connect(host, port), s:recv(buf [, length]),
+-- s:send(data [, length]), s:recvfrom(buf [, length]),
+-- s:sendto(data, host, port): the op on the running loop's queue (or a
+-- private one outside a loop); each returns a handle to await.
+local socket_methods = core.classes.socket
+
+function socket_methods.accept(s)
+  return current_queue():accept(s)
+end
+
+function socket_methods.connect(s, host, port)
+  return current_queue():connect(s, host, port)
+end
+
+function socket_methods.recv(s, buf, length)
+  return current_queue():recv(s, buf, length)
+end
+
+function socket_methods.send(s, data, length)
+  return current_queue():send(s, data, length)
+end
+
+function socket_methods.recvfrom(s, buf, length)
+  return current_queue():recvfrom(s, buf, length)
+end
+
+function socket_methods.sendto(s, data, host, port)
+  return current_queue():sendto(s, data, host, port)
 end
 
 ioq.Task = Task

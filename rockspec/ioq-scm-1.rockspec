@@ -34,7 +34,7 @@ build = {
         ["ioq.core"] = {
           sources = {
             "src/lioq_core.c", "src/lioq_queue.c", "src/lioq_buffer.c",
-            "src/lioq_file.c", "src/backend_uring.c",
+            "src/lioq_file.c", "src/lioq_socket.c", "src/backend_uring.c",
           },
           defines = { "_GNU_SOURCE", "IOQ_HAVE_URING" },
           libraries = { "uring" },

@@ -181,7 +181,7 @@ describe("h:resubmit", function()
     local o = q:open(name)
     local file <close> = o:wait()
     assert.has_error(function() o:resubmit() end,
-      "calling 'resubmit' on bad self (an open cannot be resubmitted)")
+      "calling 'resubmit' on bad self (only data transfers, fsync, nop and sleep can be resubmitted)")
     local rd = q:read(file, ioq.buffer(2), 0)
     rd:wait()
     file:close()

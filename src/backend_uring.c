@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <liburing.h>
 
 #include "ioq.h"
@@ -34,6 +37,31 @@ _Static_assert(sizeof(struct __kernel_timespec) == 2 * sizeof(int64_t),
 
 static struct __kernel_timespec *op_timespec(ioq_op *op, int i) {
   return (struct __kernel_timespec *)(void *)&op->be.ts[i];
+}
+
+/* sendmsg/recvmsg keep their msghdr and iovec in the op's private space. */
+typedef struct msgspace {
+  struct msghdr msg;
+  struct iovec iov;
+} msgspace;
+
+_Static_assert(sizeof(msgspace) <= sizeof(((ioq_op *)0)->be),
+               "ioq_op's private space holds a msghdr and an iovec");
+
+static msgspace *op_msgspace(ioq_op *op) {
+  return (msgspace *)(void *)&op->be;
+}
+
+static struct msghdr *op_msghdr(ioq_op *op) {
+  msgspace *m = op_msgspace(op);
+  memset(m, 0, sizeof *m);
+  m->iov.iov_base = op->buf;
+  m->iov.iov_len = op->len;
+  m->msg.msg_name = op->addr;
+  m->msg.msg_namelen = op->addrlen;
+  m->msg.msg_iov = &m->iov;
+  m->msg.msg_iovlen = 1;
+  return &m->msg;
 }
 
 static void set_timespec(struct __kernel_timespec *ts, int64_t ns) {
@@ -150,6 +178,29 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
       set_timespec(op_timespec(op, 0), op->ns);
       io_uring_prep_timeout(sqe, op_timespec(op, 0), 0, 0);
       break;
+    case IOQ_ACCEPT:
+      io_uring_prep_accept(sqe, op->fd, NULL, NULL,
+                           SOCK_NONBLOCK | SOCK_CLOEXEC);
+      break;
+    case IOQ_CONNECT:
+      io_uring_prep_connect(sqe, op->fd, op->addr, op->addrlen);
+      break;
+    case IOQ_RECV:
+      io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0);
+      break;
+    case IOQ_SEND:
+      io_uring_prep_send(sqe, op->fd, op->buf, op->len, MSG_NOSIGNAL);
+      break;
+    case IOQ_RECVFROM:
+      op->addrlen = sizeof(struct sockaddr_storage);
+      io_uring_prep_recvmsg(sqe, op->fd, op_msghdr(op), 0);
+      break;
+    case IOQ_SENDTO:
+      io_uring_prep_sendmsg(sqe, op->fd, op_msghdr(op), MSG_NOSIGNAL);
+      break;
+    case IOQ_SHUTDOWN:
+      io_uring_prep_shutdown(sqe, op->fd, op->flags);
+      break;
     default:
       /* The SQE is already taken: turn it into a NOP nobody waits for. */
       io_uring_prep_nop(sqe);
@@ -208,6 +259,8 @@ static int collect(uring_backend *u, ioq_op **done, int max) {
     if (tag != INTERNAL_TAG) {
       ioq_op *op = (ioq_op *)(uintptr_t)tag;
       op->res = op_result(op, cqes[i]->res);
+      if (op->code == IOQ_RECVFROM)
+        op->addrlen = op_msgspace(op)->msg.msg_namelen;
       done[k++] = op;
     }
   }

@@ -25,6 +25,13 @@ typedef enum ioq_opcode {
   IOQ_FSYNC,    /* fd */
   IOQ_OPEN,     /* path, flags, mode; res is the new descriptor */
   IOQ_SLEEP,    /* ns; res is 0 when the time has passed */
+  IOQ_ACCEPT,   /* fd; res is the new socket (non-blocking, close-on-exec) */
+  IOQ_CONNECT,  /* fd, addr, addrlen */
+  IOQ_RECV,     /* fd, buf, len */
+  IOQ_SEND,     /* fd, buf, len (never raises SIGPIPE: EPIPE instead) */
+  IOQ_RECVFROM, /* fd, buf, len; the sender's address lands in addr/addrlen */
+  IOQ_SENDTO,   /* fd, buf, len, addr, addrlen */
+  IOQ_SHUTDOWN, /* fd, flags (SHUT_RD, SHUT_WR, SHUT_RDWR) */
   IOQ_NOPCODES
 } ioq_opcode;
 
@@ -38,7 +45,7 @@ struct ioq_op {
   uint8_t code;             /* an ioq_opcode */
   uint8_t cancel_requested; /* set by the binding before calling `cancel` */
   int fd;
-  int flags;                /* IOQ_OPEN: O_* flags */
+  int flags;                /* IOQ_OPEN: O_* flags; IOQ_SHUTDOWN: how */
   int mode;                 /* IOQ_OPEN: permission bits */
   void *buf;                /* IOQ_READ/IOQ_WRITE: the bytes; IOQ_OPEN: path */
   uint32_t len;
@@ -46,6 +53,8 @@ struct ioq_op {
   int64_t ns;               /* IOQ_SLEEP: how long */
   int64_t timeout_ns;       /* > 0: fail the op with -ETIMEDOUT after this long
                                (the backend arms it at `start`) */
+  void *addr;               /* a struct sockaddr_storage, for socket ops */
+  uint32_t addrlen;         /* its length in use (in and out) */
 
   /* The outcome: set by the backend before `reap` returns the op. */
   int64_t res;              /* >= 0 on success, else -errno */
@@ -53,10 +62,10 @@ struct ioq_op {
   /* Private to the binding: the list the op sits on. */
   ioq_op *next, *prev;
 
-  /* Private to the backend. */
+  /* Private to the backend (timespecs, a msghdr, list links...). */
   union {
-    struct { int64_t sec, nsec; } ts[2];  /* kernel timespecs */
-    void *link[4];
+    struct { int64_t sec, nsec; } ts[2];
+    void *ptr[10];
   } be;
 };
 

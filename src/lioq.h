@@ -7,6 +7,8 @@
 #define LIOQ_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -17,6 +19,7 @@
 #define LIOQ_HANDLE "ioq.handle"
 #define LIOQ_BUFFER "ioq.buffer"
 #define LIOQ_FILE   "ioq.file"
+#define LIOQ_SOCKET "ioq.socket"
 
 /* Registry key of the queue methods shared by every backend. */
 #define LIOQ_QUEUE_METHODS "ioq.queue methods"
@@ -27,7 +30,7 @@
 ** reads, where luaL_checkudata hashes the class name in the registry (a
 ** cost every op would pay several times).
 */
-enum { TAG_QUEUE, TAG_HANDLE, TAG_BUFFER, TAG_FILE, LIOQ_NTAGS };
+enum { TAG_QUEUE, TAG_HANDLE, TAG_BUFFER, TAG_FILE, TAG_SOCKET, LIOQ_NTAGS };
 extern const char lioq_tags[LIOQ_NTAGS];
 extern const char *const lioq_class_names[LIOQ_NTAGS];
 
@@ -51,9 +54,13 @@ lioq_block *lioq_checkblock(lua_State *L, int arg);
 lioq_block *lioq_testblock(lua_State *L, int arg);
 void lioq_block_unref(lioq_block *b);
 
-/* An ioq.file: a descriptor ioq opened. fd is -1 while closed. */
+/*
+** An ioq.file or ioq.socket: a descriptor ioq opened. fd is -1 while
+** closed; family and type are 0 for files.
+*/
 typedef struct lioq_file {
   int fd;
+  int family, type;
 } lioq_file;
 
 /* lioq_file.c */
@@ -61,6 +68,17 @@ void lioq_open_file(lua_State *L);
 int lioq_file_prepare(lua_State *L);
 int lioq_checkfd(lua_State *L, int arg);
 int lioq_tofd(lua_State *L, int idx);
+
+/* lioq_socket.c */
+void lioq_open_socket(lua_State *L);
+int lioq_socket_new(lua_State *L);
+int lioq_socketpair(lua_State *L);
+lioq_file *lioq_socket_prepare(lua_State *L, int family, int type);
+const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
+                        struct sockaddr_storage *ss, uint32_t *len, int *err);
+int lioq_pushaddr(lua_State *L, const struct sockaddr_storage *ss,
+                  uint32_t len);
+int lioq_checkhow(lua_State *L, int arg);
 
 /* lioq_queue.c */
 void lioq_open_queue(lua_State *L);

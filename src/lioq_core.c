@@ -17,7 +17,7 @@ int lioq_fail(lua_State *L, const char *what, int err) {
 
 const char lioq_tags[LIOQ_NTAGS];
 const char *const lioq_class_names[LIOQ_NTAGS] = {
-  LIOQ_QUEUE, LIOQ_HANDLE, LIOQ_BUFFER, LIOQ_FILE
+  LIOQ_QUEUE, LIOQ_HANDLE, LIOQ_BUFFER, LIOQ_FILE, LIOQ_SOCKET
 };
 
 /* The userdata at idx if it is of class `tag`, else NULL. */
@@ -101,7 +101,7 @@ static void push_errnos(lua_State *L) {
 static void push_classes(lua_State *L) {
   static const char *const classes[][2] = {
     {"queue", LIOQ_QUEUE}, {"handle", LIOQ_HANDLE},
-    {"buffer", LIOQ_BUFFER}, {"file", LIOQ_FILE},
+    {"buffer", LIOQ_BUFFER}, {"file", LIOQ_FILE}, {"socket", LIOQ_SOCKET},
   };
   size_t i;
   lua_newtable(L);
@@ -131,10 +131,13 @@ int luaopen_ioq_core(lua_State *L) {
     {"backends", lioq_backends},
     {"now", lioq_now},
     {"queue_of", lioq_queue_of},
+    {"socket", lioq_socket_new},
+    {"socketpair", lioq_socketpair},
     {NULL, NULL}
   };
   lioq_open_buffer(L);
   lioq_open_file(L);
+  lioq_open_socket(L);
   lioq_open_queue(L);
   luaL_newlib(L, funcs);
   push_errnos(L);

@@ -17,6 +17,7 @@
 int lioq_file_prepare(lua_State *L) {
   lioq_file *f = lua_newuserdatauv(L, sizeof *f, 0);
   f->fd = -1;
+  f->family = f->type = 0;
   luaL_setmetatable(L, LIOQ_FILE);
   return 1;
 }
@@ -33,7 +34,8 @@ static lioq_file *checkopen(lua_State *L, int arg) {
 */
 int lioq_tofd(lua_State *L, int idx) {
   void *ud;
-  if ((ud = lioq_toudata(L, idx, TAG_FILE)) != NULL)
+  if ((ud = lioq_toudata(L, idx, TAG_FILE)) != NULL ||
+      (ud = lioq_toudata(L, idx, TAG_SOCKET)) != NULL)
     return ((lioq_file *)ud)->fd;
   if ((ud = luaL_testudata(L, idx, LUA_FILEHANDLE)) != NULL) {
     luaL_Stream *s = ud;
@@ -57,6 +59,11 @@ int lioq_checkfd(lua_State *L, int arg) {
   if ((ud = lioq_toudata(L, arg, TAG_FILE)) != NULL) {
     lioq_file *f = ud;
     luaL_argcheck(L, f->fd >= 0, arg, "attempt to use a closed file");
+    return f->fd;
+  }
+  if ((ud = lioq_toudata(L, arg, TAG_SOCKET)) != NULL) {
+    lioq_file *f = ud;
+    luaL_argcheck(L, f->fd >= 0, arg, "attempt to use a closed socket");
     return f->fd;
   }
   if ((ud = luaL_testudata(L, arg, LUA_FILEHANDLE)) != NULL) {

@@ -54,19 +54,27 @@ typedef struct lqueue {
 enum { QUV_ANCHORS = 1, QUV_HANDLE_MT, QUEUE_NUV = QUV_HANDLE_MT };
 
 /* Handle user values. */
-enum { UV_QUEUE = 1, UV_DATA, UV_EXTRA, HANDLE_NUV = UV_EXTRA };
+enum {
+  UV_QUEUE = 1,   /* its queue */
+  UV_DATA,        /* the buffer, string or path the kernel uses; or the
+                     error message of an op that failed before it started */
+  UV_FD,          /* the file or socket object of its descriptor */
+  UV_RESULT       /* the object an open or accept resolves to */
+};
 
 typedef struct lhandle {
   ioq_op op;               /* first: an ioq_op* is an lhandle* */
   lqueue *q;
   lioq_block *block;       /* the buffer's bytes, referenced while pending */
-  lioq_file *file_out;     /* IOQ_OPEN: receives the new descriptor */
+  lioq_file *file_out;     /* open, accept: receives the new descriptor */
   int slot;                /* index in the anchor table while pending */
   int state;
+  int has_msg;             /* UV_DATA holds the error message */
 } lhandle;
 
 static const char *const op_names[IOQ_NOPCODES] = {
-  "nop", "read", "write", "fsync", "open", "sleep"
+  "nop", "read", "write", "fsync", "open", "sleep", "accept", "connect",
+  "recv", "send", "recvfrom", "sendto", "shutdown"
 };
 
 /* Backends this build has, best first. */
@@ -355,14 +363,16 @@ static void reserve_slot(lua_State *L, lqueue *q) {
 ** Pushes a new handle for op `code` on queue q (at index 1). The caller
 ** fills h->op and the user values, then calls commit().
 */
-static lhandle *newhandle(lua_State *L, lqueue *q, int code) {
+static lhandle *newhandle(lua_State *L, lqueue *q, int code, size_t extra) {
   lhandle *h;
-  /* Ops with no data and no descriptor need only the queue user value
-  ** (reading a missing user value gives nil). */
-  int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? UV_QUEUE : HANDLE_NUV;
+  /* Only the user values the op needs (reading a missing one gives nil). */
+  int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? UV_QUEUE
+          : (code == IOQ_OPEN || code == IOQ_ACCEPT) ? UV_RESULT : UV_FD;
   reserve_slot(L, q);
-  h = lua_newuserdatauv(L, sizeof *h, nuv);
-  memset(h, 0, sizeof *h);
+  h = lua_newuserdatauv(L, sizeof *h + extra, nuv);
+  memset(h, 0, sizeof *h + extra);
+  if (extra > 0)
+    h->op.addr = h + 1;  /* a socket address, right after the handle */
   h->op.code = (uint8_t)code;
   h->op.fd = -1;
   h->op.offset = -1;
@@ -429,7 +439,7 @@ static void setfd(lua_State *L, lhandle *h, int fd) {
   h->op.fd = fd;
   if (lua_type(L, 2) == LUA_TUSERDATA) {
     lua_pushvalue(L, 2);
-    lua_setiuservalue(L, -2, UV_EXTRA);
+    lua_setiuservalue(L, -2, UV_FD);
   }
 }
 
@@ -444,7 +454,7 @@ static int queue_read(lua_State *L) {
   luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
   off = checkoffset(L, 4);
   len = checklength(L, 5, b->size);
-  h = newhandle(L, q, IOQ_READ);
+  h = newhandle(L, q, IOQ_READ, 0);
   setfd(L, h, fd);
   h->op.buf = b->data;
   h->op.len = len;
@@ -476,7 +486,7 @@ static int queue_write(lua_State *L) {
   }
   off = checkoffset(L, 4);
   len = checklength(L, 5, size);
-  h = newhandle(L, q, IOQ_WRITE);
+  h = newhandle(L, q, IOQ_WRITE, 0);
   setfd(L, h, fd);
   h->op.buf = (void *)bytes;  /* the kernel only reads it */
   h->op.len = len;
@@ -490,7 +500,7 @@ static int queue_write(lua_State *L) {
 static int queue_fsync(lua_State *L) {
   lqueue *q = checkopenqueue(L);
   int fd = lioq_checkfd(L, 2);
-  lhandle *h = newhandle(L, q, IOQ_FSYNC);
+  lhandle *h = newhandle(L, q, IOQ_FSYNC, 0);
   setfd(L, h, fd);
   return commit(L, 1, q, h, NULL);
 }
@@ -498,7 +508,7 @@ static int queue_fsync(lua_State *L) {
 /* q:nop() */
 static int queue_nop(lua_State *L) {
   lqueue *q = checkopenqueue(L);
-  lhandle *h = newhandle(L, q, IOQ_NOP);
+  lhandle *h = newhandle(L, q, IOQ_NOP, 0);
   return commit(L, 1, q, h, NULL);
 }
 
@@ -509,7 +519,7 @@ static int queue_sleep(lua_State *L) {
   lhandle *h;
   luaL_checkany(L, 2);
   ns = checkseconds(L, 2, 0);
-  h = newhandle(L, q, IOQ_SLEEP);
+  h = newhandle(L, q, IOQ_SLEEP, 0);
   h->op.ns = ns;
   return commit(L, 1, q, h, NULL);
 }
@@ -550,7 +560,7 @@ static int queue_open(lua_State *L) {
   luaL_argcheck(L, strlen(path) == plen, 2, "path contains a zero byte");
   luaL_argcheck(L, flags != -1, 3, "invalid mode");
   luaL_argcheck(L, perm >= 0 && perm <= 07777, 4, "invalid permissions");
-  h = newhandle(L, q, IOQ_OPEN);
+  h = newhandle(L, q, IOQ_OPEN, 0);
   h->op.buf = (void *)path;
   h->op.flags = flags;
   h->op.mode = (int)perm;
@@ -558,7 +568,172 @@ static int queue_open(lua_State *L) {
   lua_setiuservalue(L, -2, UV_DATA);
   lioq_file_prepare(L);
   h->file_out = lua_touserdata(L, -1);
-  lua_setiuservalue(L, -2, UV_EXTRA);
+  lua_setiuservalue(L, -2, UV_RESULT);
+  return commit(L, 1, q, h, NULL);
+}
+
+/* The socket at arg 2, open. */
+static lioq_file *checksocketarg(lua_State *L) {
+  lioq_file *s = lioq_checkudata(L, 2, TAG_SOCKET);
+  luaL_argcheck(L, s->fd >= 0, 2, "attempt to use a closed socket");
+  return s;
+}
+
+/*
+** Commits an op that failed before it could start (its address did not
+** resolve): it resolves, through the queue like any other, to
+** fail, msg, err, where msg is on top of the stack under the handle.
+*/
+static int commit_failed(lua_State *L, lqueue *q, lhandle *h, int err) {
+  lua_insert(L, -2);                       /* handle, msg */
+  lua_setiuservalue(L, -2, UV_DATA);
+  h->has_msg = 1;
+  commit(L, 1, q, h, NULL);
+  list_remove(&q->unsent, &h->op);
+  h->op.res = -err;
+  h->state = ST_READY;
+  list_push(&q->ready, &h->op);
+  return 1;
+}
+
+/* q:accept(s): resolves to the new ioq.socket. */
+static int queue_accept(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_file *s = checksocketarg(L);
+  lhandle *h = newhandle(L, q, IOQ_ACCEPT, 0);
+  setfd(L, h, s->fd);
+  h->file_out = lioq_socket_prepare(L, s->family, s->type);
+  lua_setiuservalue(L, -2, UV_RESULT);
+  return commit(L, 1, q, h, NULL);
+}
+
+/* q:connect(s, host, port) or q:connect(s, path): resolves to true. */
+static int queue_connect(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_file *s = checksocketarg(L);
+  struct sockaddr_storage ss;
+  uint32_t len = 0;
+  int err = 0;
+  const char *msg = lioq_toaddr(L, s->family, 3, 4, &ss, &len, &err);
+  lhandle *h;
+  if (msg != NULL) {
+    lua_pushfstring(L, "connect: %s", msg);
+    h = newhandle(L, q, IOQ_CONNECT, 0);
+    setfd(L, h, s->fd);
+    return commit_failed(L, q, h, err);
+  }
+  h = newhandle(L, q, IOQ_CONNECT, sizeof ss);
+  setfd(L, h, s->fd);
+  memcpy(h->op.addr, &ss, sizeof ss);
+  h->op.addrlen = len;
+  return commit(L, 1, q, h, NULL);
+}
+
+/* The buffer at arg 3 for a receive of at most the length at arg `larg`. */
+static lhandle *recv_handle(lua_State *L, lqueue *q, int code, int larg,
+                            size_t extra, lioq_block **bp) {
+  lioq_file *s = checksocketarg(L);
+  lioq_block *b = lioq_checkblock(L, 3);
+  uint32_t len;
+  lhandle *h;
+  luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
+  len = checklength(L, larg, b->size);
+  h = newhandle(L, q, code, extra);
+  setfd(L, h, s->fd);
+  h->op.buf = b->data;
+  h->op.len = len;
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, UV_DATA);
+  *bp = b;
+  return h;
+}
+
+/* The buffer or string at arg 3 for a send of the length at arg `larg`. */
+static lhandle *send_handle(lua_State *L, lqueue *q, int code, int larg,
+                            size_t extra, lioq_block **bp) {
+  lioq_file *s = checksocketarg(L);
+  lioq_block *b = NULL;
+  const void *bytes;
+  size_t size;
+  uint32_t len;
+  lhandle *h;
+  if (lua_type(L, 3) == LUA_TSTRING) {
+    bytes = lua_tolstring(L, 3, &size);
+  } else {
+    b = lioq_testblock(L, 3);
+    if (b == NULL)
+      luaL_typeerror(L, 3, "ioq.buffer or string");
+    luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
+    bytes = b->data;
+    size = b->size;
+  }
+  len = checklength(L, larg, size);
+  h = newhandle(L, q, code, extra);
+  setfd(L, h, s->fd);
+  h->op.buf = (void *)bytes;
+  h->op.len = len;
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, UV_DATA);
+  *bp = b;
+  return h;
+}
+
+/* q:recv(s, buf [, length]): the byte count; 0 when the peer has closed. */
+static int queue_recv(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_block *b;
+  lhandle *h = recv_handle(L, q, IOQ_RECV, 4, 0, &b);
+  return commit(L, 1, q, h, b);
+}
+
+/* q:send(s, data [, length]): the byte count (may be short). */
+static int queue_send(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_block *b;
+  lhandle *h = send_handle(L, q, IOQ_SEND, 4, 0, &b);
+  return commit(L, 1, q, h, b);
+}
+
+/* q:recvfrom(s, buf [, length]): the byte count, then the sender's host
+** and port (or path). */
+static int queue_recvfrom(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_block *b;
+  lhandle *h = recv_handle(L, q, IOQ_RECVFROM, 4,
+                           sizeof(struct sockaddr_storage), &b);
+  return commit(L, 1, q, h, b);
+}
+
+/* q:sendto(s, data, host, port) or q:sendto(s, data, path): the byte count. */
+static int queue_sendto(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_file *s = checksocketarg(L);
+  struct sockaddr_storage ss;
+  uint32_t len = 0;
+  int err = 0;
+  const char *msg = lioq_toaddr(L, s->family, 4, 5, &ss, &len, &err);
+  lioq_block *b;
+  lhandle *h;
+  if (msg != NULL) {
+    lua_pushfstring(L, "sendto: %s", msg);
+    h = newhandle(L, q, IOQ_SENDTO, 0);
+    return commit_failed(L, q, h, err);
+  }
+  lua_settop(L, 3);
+  h = send_handle(L, q, IOQ_SENDTO, 4, sizeof ss, &b);
+  memcpy(h->op.addr, &ss, sizeof ss);
+  h->op.addrlen = len;
+  return commit(L, 1, q, h, b);
+}
+
+/* q:shutdown(s [, how]): resolves to true. */
+static int queue_shutdown(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_file *s = checksocketarg(L);
+  int how = lioq_checkhow(L, 3);
+  lhandle *h = newhandle(L, q, IOQ_SHUTDOWN, 0);
+  setfd(L, h, s->fd);
+  h->op.flags = how;
   return commit(L, 1, q, h, NULL);
 }
 
@@ -736,7 +911,9 @@ static int push_result(lua_State *L, lhandle *h) {
   if (res < 0) {
     int err = (int)-res;
     luaL_pushfail(L);
-    if (err == ETIMEDOUT)
+    if (h->has_msg)
+      lua_getiuservalue(L, 1, UV_DATA);
+    else if (err == ETIMEDOUT)
       lua_pushliteral(L, "timed out");
     else if (err == ECANCELED)
       lua_pushliteral(L, "canceled");
@@ -748,15 +925,22 @@ static int push_result(lua_State *L, lhandle *h) {
   switch (h->op.code) {
     case IOQ_READ:
     case IOQ_WRITE:
+    case IOQ_RECV:
+    case IOQ_SEND:
+    case IOQ_SENDTO:
       lua_pushinteger(L, (lua_Integer)res);
-      break;
+      return 1;
+    case IOQ_RECVFROM:
+      lua_pushinteger(L, (lua_Integer)res);
+      return 1 + lioq_pushaddr(L, h->op.addr, h->op.addrlen);
     case IOQ_OPEN:
-      lua_getiuservalue(L, 1, UV_EXTRA);
-      break;
+    case IOQ_ACCEPT:
+      lua_getiuservalue(L, 1, UV_RESULT);
+      return 1;
     default:
       lua_pushboolean(L, 1);
+      return 1;
   }
-  return 1;
 }
 
 /* core.queue_of(h): h.queue without the __index detour (for lua/ioq.lua). */
@@ -879,9 +1063,10 @@ static int handle_timeout(lua_State *L) {
 }
 
 /*
-** h:resubmit([offset]): starts a resolved read, write, fsync, nop or sleep
-** again with the same descriptor, buffer (or string) and length, at
-** `offset` if given. A loop of I/O then needs no new handle per op.
+** h:resubmit([offset]): starts a resolved read, write, recv, send, recvfrom,
+** sendto, fsync, nop or sleep again with the same descriptor, buffer (or
+** string), length and address, at `offset` if given (reads and writes).
+** A loop of I/O then needs no new handle per op.
 */
 static int handle_resubmit(lua_State *L) {
   lhandle *h = checkhandle(L);
@@ -890,7 +1075,9 @@ static int handle_resubmit(lua_State *L) {
   int code = h->op.code;
   int64_t off = h->op.offset;
   luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
-  luaL_argcheck(L, code != IOQ_OPEN, 1, "an open cannot be resubmitted");
+  luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
+                   code != IOQ_CONNECT && code != IOQ_SHUTDOWN, 1,
+                "only data transfers, fsync, nop and sleep can be resubmitted");
   if (!lua_isnoneornil(L, 2)) {
     luaL_argcheck(L, code == IOQ_READ || code == IOQ_WRITE, 2,
                   "only reads and writes take an offset");
@@ -899,7 +1086,7 @@ static int handle_resubmit(lua_State *L) {
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, UV_QUEUE);              /* 2 */
   lua_getiuservalue(L, 1, UV_DATA);               /* 3 */
-  lua_getiuservalue(L, 1, UV_EXTRA);              /* 4 */
+  lua_getiuservalue(L, 1, UV_FD);                 /* 4 */
   luaL_argcheck(L, q->be != NULL, 1, "queue is closed");
   if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
     int fd = lioq_tofd(L, 4);
@@ -966,6 +1153,13 @@ void lioq_open_queue(lua_State *L) {
     {"nop", queue_nop},
     {"sleep", queue_sleep},
     {"open", queue_open},
+    {"accept", queue_accept},
+    {"connect", queue_connect},
+    {"recv", queue_recv},
+    {"send", queue_send},
+    {"recvfrom", queue_recvfrom},
+    {"sendto", queue_sendto},
+    {"shutdown", queue_shutdown},
     {"submit", queue_submit},
     {"wait", queue_wait},
     {"pending", queue_pending_m},

@@ -1,0 +1,379 @@
+/*
+** lioq_socket.c: ioq.socket objects (non-blocking, close-on-exec sockets),
+** their synchronous setup calls (bind, listen, options...), and the one
+** place that turns a (host, port) or a path into a socket address.
+**
+** Only setup lives here; the I/O (accept, connect, recv, send...) is an op
+** on a queue, in lioq_queue.c.
+*/
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "lioq.h"
+
+static const struct {
+  const char *name;
+  int family, type;
+} kinds[] = {
+  {"tcp", AF_INET, SOCK_STREAM},
+  {"tcp6", AF_INET6, SOCK_STREAM},
+  {"udp", AF_INET, SOCK_DGRAM},
+  {"udp6", AF_INET6, SOCK_DGRAM},
+  {"unix", AF_UNIX, SOCK_STREAM},
+  {"unix-dgram", AF_UNIX, SOCK_DGRAM},
+};
+#define NKINDS (sizeof kinds / sizeof kinds[0])
+
+static const char *kind_name(const lioq_file *s) {
+  size_t i;
+  for (i = 0; i < NKINDS; i++)
+    if (kinds[i].family == s->family && kinds[i].type == s->type)
+      return kinds[i].name;
+  return "?";
+}
+
+static int checkkind(lua_State *L, int arg, const char *dflt) {
+  const char *name = luaL_optstring(L, arg, dflt);
+  size_t i;
+  for (i = 0; i < NKINDS; i++)
+    if (strcmp(kinds[i].name, name) == 0)
+      return (int)i;
+  return luaL_argerror(L, arg, lua_pushfstring(L,
+    "unknown socket kind '%s' (tcp, tcp6, udp, udp6, unix, unix-dgram)", name));
+}
+
+/* Pushes a socket object in the closed state (see lioq_file_prepare). */
+lioq_file *lioq_socket_prepare(lua_State *L, int family, int type) {
+  lioq_file *s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->fd = -1;
+  s->family = family;
+  s->type = type;
+  luaL_setmetatable(L, LIOQ_SOCKET);
+  return s;
+}
+
+/* ioq.socket(kind): a new socket, or fail, msg, errno (EMFILE...). */
+int lioq_socket_new(lua_State *L) {
+  int k = checkkind(L, 1, "tcp");
+  lioq_file *s = lioq_socket_prepare(L, kinds[k].family, kinds[k].type);
+  s->fd = socket(kinds[k].family, kinds[k].type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s->fd < 0)
+    return lioq_fail(L, "socket", errno);
+  return 1;
+}
+
+/* ioq.socketpair([kind]): two connected Unix sockets ("unix" or "unix-dgram"). */
+int lioq_socketpair(lua_State *L) {
+  int k = checkkind(L, 1, "unix");
+  int fds[2];
+  lioq_file *a, *b;
+  luaL_argcheck(L, kinds[k].family == AF_UNIX, 1,
+                "a socket pair is \"unix\" or \"unix-dgram\"");
+  a = lioq_socket_prepare(L, AF_UNIX, kinds[k].type);
+  b = lioq_socket_prepare(L, AF_UNIX, kinds[k].type);
+  if (socketpair(AF_UNIX, kinds[k].type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
+                 fds) != 0)
+    return lioq_fail(L, "socketpair", errno);
+  a->fd = fds[0];
+  b->fd = fds[1];
+  return 2;
+}
+
+static lioq_file *checksocket(lua_State *L, int arg) {
+  lioq_file *s = lioq_checkudata(L, arg, TAG_SOCKET);
+  luaL_argcheck(L, s->fd >= 0, arg, "attempt to use a closed socket");
+  return s;
+}
+
+/*
+** Fills *ss with the address for a socket of `family`: for AF_UNIX the path
+** at hostarg (a leading '@' names an abstract socket); otherwise the host at
+** hostarg ("*" or "" for any address, "localhost", a numeric address, or a
+** name for getaddrinfo, which blocks) and the port at portarg. Bad
+** arguments raise; a name that does not resolve returns a message and sets
+** *err (the caller turns it into fail, msg, errno). Returns NULL on success.
+*/
+const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
+                        struct sockaddr_storage *ss, uint32_t *len, int *err) {
+  size_t hlen;
+  const char *host = luaL_checklstring(L, hostarg, &hlen);
+  lua_Integer port;
+  memset(ss, 0, sizeof *ss);
+  if (family == AF_UNIX) {
+    struct sockaddr_un *un = (struct sockaddr_un *)ss;
+    luaL_argcheck(L, hlen > 0 && hlen < sizeof un->sun_path, hostarg,
+                  "socket path empty or too long");
+    luaL_argcheck(L, strlen(host) == hlen, hostarg,
+                  "path contains a zero byte");
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, host, hlen);
+    if (host[0] == '@')
+      un->sun_path[0] = '\0';
+    *len = (uint32_t)(offsetof(struct sockaddr_un, sun_path) + hlen +
+                      (host[0] == '@' ? 0 : 1));
+    return NULL;
+  }
+  port = luaL_checkinteger(L, portarg);
+  luaL_argcheck(L, port >= 0 && port <= 65535, portarg,
+                "port must be in 0..65535");
+  if (family == AF_INET) {
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    *len = sizeof *in;
+    if (hlen == 0 || strcmp(host, "*") == 0)
+      in->sin_addr.s_addr = htonl(INADDR_ANY);
+    else if (strcmp(host, "localhost") == 0)
+      in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+      goto resolve;
+    return NULL;
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    *len = sizeof *in6;
+    if (hlen == 0 || strcmp(host, "*") == 0)
+      in6->sin6_addr = in6addr_any;
+    else if (strcmp(host, "localhost") == 0)
+      in6->sin6_addr = in6addr_loopback;
+    else if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+      goto resolve;
+    return NULL;
+  }
+resolve: {
+    struct addrinfo hints, *res = NULL;
+    int r;
+    uint16_t nport = htons((uint16_t)port);
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = family;
+    hints.ai_flags = AI_ADDRCONFIG;
+    r = getaddrinfo(host, NULL, &hints, &res);
+    if (r != 0 || res == NULL) {
+      *err = EHOSTUNREACH;
+      return lua_pushfstring(L, "cannot resolve '%s': %s", host,
+                             r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r));
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = (uint32_t)res->ai_addrlen;
+    if (family == AF_INET)
+      ((struct sockaddr_in *)ss)->sin_port = nport;
+    else
+      ((struct sockaddr_in6 *)ss)->sin6_port = nport;
+    freeaddrinfo(res);
+    return NULL;
+  }
+}
+
+/* Pushes an address as host, port (2 values) or a Unix path (1 value). */
+int lioq_pushaddr(lua_State *L, const struct sockaddr_storage *ss,
+                  uint32_t len) {
+  char text[INET6_ADDRSTRLEN];
+  switch (ss->ss_family) {
+    case AF_INET: {
+      const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+      inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+      lua_pushstring(L, text);
+      lua_pushinteger(L, ntohs(in->sin_port));
+      return 2;
+    }
+    case AF_INET6: {
+      const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+      inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+      lua_pushstring(L, text);
+      lua_pushinteger(L, ntohs(in6->sin6_port));
+      return 2;
+    }
+    case AF_UNIX: {
+      const struct sockaddr_un *un = (const struct sockaddr_un *)ss;
+      size_t n = len > offsetof(struct sockaddr_un, sun_path)
+               ? len - offsetof(struct sockaddr_un, sun_path) : 0;
+      if (n > 0 && un->sun_path[0] == '\0') {  /* abstract: '@name' */
+        lua_pushliteral(L, "@");
+        lua_pushlstring(L, un->sun_path + 1, n - 1);
+        lua_concat(L, 2);
+      } else {
+        lua_pushstring(L, n > 0 ? un->sun_path : "");
+      }
+      return 1;
+    }
+    default:
+      lua_pushnil(L);
+      return 1;
+  }
+}
+
+/* s:bind(host, port) or s:bind(path): true, or fail, msg, errno. */
+static int socket_bind(lua_State *L) {
+  lioq_file *s = checksocket(L, 1);
+  struct sockaddr_storage ss;
+  uint32_t len;
+  int err = 0;
+  const char *msg = lioq_toaddr(L, s->family, 2, 3, &ss, &len, &err);
+  if (msg != NULL) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "bind: %s", msg);
+    lua_pushinteger(L, err);
+    return 3;
+  }
+  if (bind(s->fd, (struct sockaddr *)&ss, len) != 0)
+    return lioq_fail(L, "bind", errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* s:listen([backlog]) */
+static int socket_listen(lua_State *L) {
+  lioq_file *s = checksocket(L, 1);
+  lua_Integer backlog = luaL_optinteger(L, 2, SOMAXCONN);
+  luaL_argcheck(L, backlog >= 0 && backlog <= 0x7fffffff, 2,
+                "backlog must be a non-negative integer");
+  if (listen(s->fd, (int)backlog) != 0)
+    return lioq_fail(L, "listen", errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int getname(lua_State *L, int peer) {
+  lioq_file *s = checksocket(L, 1);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int r = peer ? getpeername(s->fd, (struct sockaddr *)&ss, &len)
+               : getsockname(s->fd, (struct sockaddr *)&ss, &len);
+  if (r != 0)
+    return lioq_fail(L, peer ? "getpeername" : "getsockname", errno);
+  return lioq_pushaddr(L, &ss, len);
+}
+
+/* s:getsockname(): host, port (or the Unix path). */
+static int socket_getsockname(lua_State *L) {
+  return getname(L, 0);
+}
+
+/* s:getpeername(): host, port (or the Unix path) of the peer. */
+static int socket_getpeername(lua_State *L) {
+  return getname(L, 1);
+}
+
+static const struct {
+  const char *name;
+  int level, opt;
+  int is_bool;
+} options[] = {
+  {"reuseaddr", SOL_SOCKET, SO_REUSEADDR, 1},
+  {"reuseport", SOL_SOCKET, SO_REUSEPORT, 1},
+  {"keepalive", SOL_SOCKET, SO_KEEPALIVE, 1},
+  {"broadcast", SOL_SOCKET, SO_BROADCAST, 1},
+  {"rcvbuf", SOL_SOCKET, SO_RCVBUF, 0},
+  {"sndbuf", SOL_SOCKET, SO_SNDBUF, 0},
+  {"nodelay", IPPROTO_TCP, TCP_NODELAY, 1},
+  {"ipv6only", IPPROTO_IPV6, IPV6_V6ONLY, 1},
+};
+
+/* s:setoption(name, value): true, or fail, msg, errno. */
+static int socket_setoption(lua_State *L) {
+  lioq_file *s = checksocket(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  size_t i;
+  int value;
+  for (i = 0; i < sizeof options / sizeof options[0]; i++)
+    if (strcmp(options[i].name, name) == 0)
+      break;
+  if (i == sizeof options / sizeof options[0])
+    return luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'", name));
+  if (options[i].is_bool) {
+    luaL_checktype(L, 3, LUA_TBOOLEAN);
+    value = lua_toboolean(L, 3);
+  } else {
+    lua_Integer n = luaL_checkinteger(L, 3);
+    luaL_argcheck(L, n >= 0 && n <= 0x7fffffff, 3,
+                  "value must be a non-negative integer");
+    value = (int)n;
+  }
+  if (setsockopt(s->fd, options[i].level, options[i].opt, &value,
+                 sizeof value) != 0)
+    return lioq_fail(L, "setoption", errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* "r", "w" or "rw" (also "read", "write", "both") as SHUT_*. */
+int lioq_checkhow(lua_State *L, int arg) {
+  static const char *const names[] = {"r", "w", "rw", "read", "write",
+                                      "both", NULL};
+  static const int how[] = {SHUT_RD, SHUT_WR, SHUT_RDWR, SHUT_RD, SHUT_WR,
+                            SHUT_RDWR};
+  return how[luaL_checkoption(L, arg, "rw", names)];
+}
+
+/* s:shutdown([how]) */
+static int socket_shutdown(lua_State *L) {
+  lioq_file *s = checksocket(L, 1);
+  if (shutdown(s->fd, lioq_checkhow(L, 2)) != 0)
+    return lioq_fail(L, "shutdown", errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* s:close(): true, or fail, msg, errno. */
+static int socket_close(lua_State *L) {
+  lioq_file *s = checksocket(L, 1);
+  int fd = s->fd;
+  s->fd = -1;
+  if (close(fd) != 0 && errno != EINTR)
+    return lioq_fail(L, "close", errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* __gc and __close: close quietly, and only once. */
+static int socket_gc(lua_State *L) {
+  lioq_file *s = lioq_checkudata(L, 1, TAG_SOCKET);
+  if (s->fd >= 0) {
+    close(s->fd);
+    s->fd = -1;
+  }
+  return 0;
+}
+
+static int socket_fileno(lua_State *L) {
+  lua_pushinteger(L, checksocket(L, 1)->fd);
+  return 1;
+}
+
+static int socket_repr(lua_State *L) {
+  lioq_file *s = lioq_checkudata(L, 1, TAG_SOCKET);
+  if (s->fd < 0)
+    lua_pushfstring(L, "ioq.socket (%s, closed)", kind_name(s));
+  else
+    lua_pushfstring(L, "ioq.socket (%s, fd %d)", kind_name(s), s->fd);
+  return 1;
+}
+
+void lioq_open_socket(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"bind", socket_bind},
+    {"listen", socket_listen},
+    {"getsockname", socket_getsockname},
+    {"getpeername", socket_getpeername},
+    {"setoption", socket_setoption},
+    {"shutdown", socket_shutdown},
+    {"close", socket_close},
+    {"fileno", socket_fileno},
+    {NULL, NULL}
+  };
+  static const luaL_Reg meta[] = {
+    {"__tostring", socket_repr},
+    {"__close", socket_gc},
+    {"__gc", socket_gc},
+    {NULL, NULL}
+  };
+  lioq_newclass(L, TAG_SOCKET, methods, meta);
+}
