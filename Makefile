@@ -29,7 +29,7 @@ TESTLIB     := $(BUILD)/ioq_test.so
 BUSTED      ?= $(LUA) /usr/bin/busted
 LUACHECK    ?= luacheck
 
-.PHONY: all check test lint asan asan-build demo install clean
+.PHONY: all check test lint asan asan-build valgrind demo install clean
 
 all: $(CORE)
 
@@ -61,6 +61,10 @@ asan: asan-build
 
 lint:
 	$(LUACHECK) -q lua spec examples bench
+
+# The specs again under valgrind memcheck (slow: a few minutes).
+valgrind: $(CORE) $(TESTLIB)
+	IOQ_MODES=valgrind LUA="$(LUA)" bash spec/run.sh
 
 # Everything CI runs: lint, then the specs on the plain and the sanitizer
 # builds, ending with one summary line for all of them.

@@ -627,5 +627,39 @@ function socket_methods.sendto(s, data, host, port)
   return current_queue():sendto(s, data, host, port)
 end
 
+---------------------------------------------------------------- signals
+
+local Signals = {}
+Signals.__index = Signals
+Signals.__name = "ioq.signals"
+
+--- ioq.signals(name, ...): blocks the named signals ("INT", "TERM", ...)
+-- for the process and delivers them through the queue instead:
+-- sigs:wait([timeout]) (an await) returns the name of the next one.
+function ioq.signals(...)
+  local f = core.signalfd(...)
+  return setmetatable({ file = f, buf = core.buffer(128) }, Signals)
+end
+
+function Signals:wait(timeout)
+  local n, msg, err = current_queue():read(self.file, self.buf):await(timeout)
+  if not n then return nil, msg, err end
+  return core.signame(string.unpack("<I4", self.buf:tostring(1, 4)))
+end
+
+function Signals:close()
+  return self.file:close()
+end
+
+Signals.__close = Signals.close
+
+---------------------------------------------------------------- streams
+
+--- ioq.stream(sock_or_file [, opts]): see lua/ioq/stream.lua.
+function ioq.stream(obj, opts)
+  return require("ioq.stream").new(obj, opts)
+end
+
+ioq._blocking_queue = blocking_queue
 ioq.Task = Task
 return ioq

@@ -115,6 +115,10 @@ describe("queue", function()
   end)
 
   it("retries a wait that a signal interrupts (EINTR)", function()
+    if os.getenv("IOQ_VALGRIND") then
+      pending("under valgrind a signal waits until the system call ends, so no EINTR")
+      return
+    end
     local t = require "ioq_test"
     local q <close> = ioq.queue()
     local before = t.alarms()

@@ -3,9 +3,10 @@
 # backend in IOQ_BACKENDS, and ends with one plain summary line:
 # "N passed, N failed, N skipped".
 #
-#   IOQ_MODES     "plain" (build/) and/or "asan" (build-asan/, ASan+UBSan,
-#                 the sanitizer runtime preloaded into the Lua processes
-#                 only); default "plain"
+#   IOQ_MODES     "plain" (build/), "asan" (build-asan/, ASan+UBSan, the
+#                 sanitizer runtime preloaded into the Lua processes only),
+#                 "valgrind" (build/, busted under valgrind memcheck);
+#                 default "plain"
 #   IOQ_BACKENDS  default: every backend ioq.backends() finds here
 set -u
 LUA=${LUA:-lua5.4}
@@ -16,6 +17,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 run() { if [ -n "${IOQ_PRELOAD:-}" ]; then LD_PRELOAD="$IOQ_PRELOAD" "$@"; else "$@"; fi; }
+VALGRIND="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite"
 
 count() {  # adds busted's summary in $log to the totals
   local summary s f e p
@@ -31,8 +33,11 @@ count() {  # adds busted's summary in $log to the totals
 }
 
 for mode in $modes; do
+  wrap=
+  unset IOQ_VALGRIND
   case $mode in
     plain) export IOQ_CPATH=build; unset IOQ_PRELOAD ;;
+    valgrind) export IOQ_CPATH=build IOQ_VALGRIND=1; unset IOQ_PRELOAD; wrap=$VALGRIND ;;
     asan)
       export IOQ_CPATH=build-asan
       export IOQ_PRELOAD="$(${CC:-cc} -print-file-name=libasan.so) $(${CC:-cc} -print-file-name=libubsan.so)"
@@ -50,7 +55,8 @@ for mode in $modes; do
   fi
   for backend in $backends; do
     echo "== specs: $mode build, $backend backend"
-    IOQ_BACKEND=$backend run timeout 1200 $BUSTED -o utfTerminal "$@" 2>&1 | tee "$log"
+    # shellcheck disable=SC2086  # $wrap and $BUSTED are command words
+    IOQ_BACKEND=$backend run timeout 1800 $wrap $BUSTED -o utfTerminal "$@" 2>&1 | tee "$log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
     count
   done

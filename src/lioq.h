@@ -68,6 +68,8 @@ void lioq_open_file(lua_State *L);
 int lioq_file_prepare(lua_State *L);
 int lioq_checkfd(lua_State *L, int arg);
 int lioq_tofd(lua_State *L, int idx);
+int lioq_signalfd(lua_State *L);
+int lioq_signame(lua_State *L);
 
 /* lioq_socket.c */
 void lioq_open_socket(lua_State *L);

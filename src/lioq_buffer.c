@@ -14,6 +14,9 @@ typedef struct lbuffer {
 /* Page alignment keeps buffers usable with O_DIRECT. */
 #define BLOCK_ALIGN 4096
 
+/* Larger than any memory, small enough that rounding up cannot overflow. */
+#define MAX_BUFFER ((lua_Unsigned)1 << 48)
+
 void lioq_block_unref(lioq_block *b) {
   if (--b->refs == 0) {
     free(b->data);
@@ -52,7 +55,7 @@ int lioq_buffer_new(lua_State *L) {
   } else {
     lua_Integer n = luaL_checkinteger(L, 1);
     luaL_argcheck(L, n >= 0, 1, "size must be non-negative");
-    luaL_argcheck(L, (lua_Unsigned)n <= (lua_Unsigned)(SIZE_MAX / 2), 1,
+    luaL_argcheck(L, (lua_Unsigned)n <= MAX_BUFFER, 1,
                   "size too large");
     size = (size_t)n;
   }

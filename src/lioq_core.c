@@ -133,6 +133,8 @@ int luaopen_ioq_core(lua_State *L) {
     {"queue_of", lioq_queue_of},
     {"socket", lioq_socket_new},
     {"socketpair", lioq_socketpair},
+    {"signalfd", lioq_signalfd},
+    {"signame", lioq_signame},
     {NULL, NULL}
   };
   lioq_open_buffer(L);

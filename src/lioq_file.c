@@ -3,7 +3,10 @@
 ** place that turns an argument into a descriptor.
 */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include "lualib.h"
@@ -106,6 +109,57 @@ static int file_repr(lua_State *L) {
     lua_pushliteral(L, "ioq.file (closed)");
   else
     lua_pushfstring(L, "ioq.file (fd %d)", f->fd);
+  return 1;
+}
+
+static const struct { const char *name; int signo; } signals[] = {
+  {"INT", SIGINT}, {"TERM", SIGTERM}, {"HUP", SIGHUP}, {"QUIT", SIGQUIT},
+  {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"CHLD", SIGCHLD},
+  {"PIPE", SIGPIPE}, {"WINCH", SIGWINCH}, {"ALRM", SIGALRM},
+};
+#define NSIGNALS (sizeof signals / sizeof signals[0])
+
+/*
+** core.signalfd(name, ...): blocks the named signals ("INT", "TERM"...)
+** for the whole process and returns an ioq.file that becomes readable,
+** 128 bytes of struct signalfd_siginfo at a time, as they arrive. So a
+** signal is one more completion on the queue.
+*/
+int lioq_signalfd(lua_State *L) {
+  int i, n = lua_gettop(L);
+  sigset_t set;
+  lioq_file *f;
+  sigemptyset(&set);
+  luaL_argcheck(L, n > 0, 1, "signal name expected");
+  for (i = 1; i <= n; i++) {
+    const char *name = luaL_checkstring(L, i);
+    size_t k;
+    for (k = 0; k < NSIGNALS; k++)
+      if (strcmp(signals[k].name, name) == 0)
+        break;
+    if (k == NSIGNALS)
+      return luaL_argerror(L, i, lua_pushfstring(L, "unknown signal '%s'", name));
+    sigaddset(&set, signals[k].signo);
+  }
+  lioq_file_prepare(L);
+  f = lua_touserdata(L, -1);
+  f->fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (f->fd < 0)
+    return lioq_fail(L, "signalfd", errno);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  return 1;
+}
+
+/* core.signame(number): the name of a signal number ("INT"...), or nil. */
+int lioq_signame(lua_State *L) {
+  lua_Integer signo = luaL_checkinteger(L, 1);
+  size_t k;
+  for (k = 0; k < NSIGNALS; k++)
+    if (signals[k].signo == signo) {
+      lua_pushstring(L, signals[k].name);
+      return 1;
+    }
+  lua_pushnil(L);
   return 1;
 }
 

@@ -1,0 +1,74 @@
+#!/usr/bin/env lua5.4
+-- examples/echo_server.lua: a TCP echo server, one task per connection.
+--
+--   lua5.4 examples/echo_server.lua PORT [HOST]
+--
+-- Listens on HOST (default 127.0.0.1) and sends back whatever each client
+-- sends. Prints one line when it is ready; stops cleanly on SIGINT or
+-- SIGTERM (closing every connection first).
+local ioq = require "ioq"
+
+local port = math.tointeger(tonumber(arg[1] or ""))
+local host = arg[2] or "127.0.0.1"
+if not port then
+  io.stderr:write("usage: lua5.4 examples/echo_server.lua PORT [HOST]\n")
+  os.exit(2)
+end
+
+-- Echo until the client closes (or the task is cancelled).
+local function serve(client)
+  local buf <close> = ioq.buffer(16384)
+  while true do
+    local n = client:recv(buf):await()
+    if not n or n == 0 then break end
+    local sent = 0
+    while sent < n do
+      local m = client:send(buf:tostring(sent + 1, n)):await()
+      if not m then return end
+      sent = sent + m
+    end
+  end
+end
+
+ioq.run(function()
+  local signals <close> = ioq.signals("INT", "TERM")
+  local server <close> = assert(ioq.socket(host:find(":", 1, true) and "tcp6" or "tcp"))
+  assert(server:setoption("reuseaddr", true))
+  assert(server:bind(host, port))
+  assert(server:listen(1024))
+  local clients = {}  -- task -> true, so a signal can stop them all
+
+  local acceptor = ioq.spawn(function()
+    while true do
+      local client, msg = server:accept():await()
+      if not client then
+        if msg == "canceled" then return end
+        io.stderr:write("accept: ", msg, "\n")  -- EMFILE and the like: go on
+        ioq.sleep(0.01)
+      else
+        client:setoption("nodelay", true)
+        local task
+        task = ioq.spawn(function()
+          local c <close> = client
+          serve(c)
+          clients[task] = nil
+        end)
+        clients[task] = true
+      end
+    end
+  end)
+
+  print(string.format("echo server on %s port %d (%s backend), ready",
+    host, select(2, server:getsockname()), ioq.current().backend))
+  io.stdout:flush()
+
+  local sig = signals:wait()
+  print("SIG" .. sig .. ": closing " .. (function()
+    local n = 0
+    for _ in pairs(clients) do n = n + 1 end
+    return n
+  end)() .. " connection(s)")
+  acceptor:cancel()
+  for task in pairs(clients) do task:cancel() end
+end)
+print("echo server stopped")
