@@ -66,10 +66,10 @@ lint:
 valgrind: $(CORE) $(TESTLIB)
 	IOQ_MODES=valgrind LUA="$(LUA)" bash spec/run.sh
 
-# Everything CI runs: lint, then the specs on the plain and the sanitizer
-# builds, ending with one summary line for all of them.
+# Everything CI runs: lint, then the specs on the plain build, on the
+# sanitizer build and under valgrind, ending with one summary line.
 check: lint $(CORE) $(TESTLIB) asan-build
-	IOQ_MODES="plain asan" LUA="$(LUA)" bash spec/run.sh
+	IOQ_MODES="plain asan valgrind" LUA="$(LUA)" bash spec/run.sh
 
 # The main demo: copy a file with many reads in flight, and check it.
 demo: $(CORE)

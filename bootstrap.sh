@@ -14,7 +14,7 @@ what=${1:-demo}
 pkgs="make gcc libc6-dev pkg-config lua5.4 liblua5.4-dev liburing-dev"
 case $what in
   demo) ;;
-  test) pkgs="$pkgs lua-busted lua-check" ;;
+  test) pkgs="$pkgs lua-busted lua-check valgrind" ;;
   *) echo "usage: sh bootstrap.sh demo|test" >&2; exit 2 ;;
 esac
 

@@ -35,8 +35,13 @@ typedef struct uring_backend {
 _Static_assert(sizeof(struct __kernel_timespec) == 2 * sizeof(int64_t),
                "ioq_op keeps kernel timespecs as two int64_t");
 
-static struct __kernel_timespec *op_timespec(ioq_op *op, int i) {
-  return (struct __kernel_timespec *)(void *)&op->be.ts[i];
+/* The op's own timespec (sleep), and its linked timeout's. */
+static struct __kernel_timespec *op_timespec(ioq_op *op) {
+  return (struct __kernel_timespec *)(void *)op->be.op.ts;
+}
+
+static struct __kernel_timespec *timeout_timespec(ioq_op *op) {
+  return (struct __kernel_timespec *)(void *)op->be.timeout;
 }
 
 /* sendmsg/recvmsg keep their msghdr and iovec in the op's private space. */
@@ -45,11 +50,11 @@ typedef struct msgspace {
   struct iovec iov;
 } msgspace;
 
-_Static_assert(sizeof(msgspace) <= sizeof(((ioq_op *)0)->be),
+_Static_assert(sizeof(msgspace) <= sizeof(((ioq_op *)0)->be.op),
                "ioq_op's private space holds a msghdr and an iovec");
 
 static msgspace *op_msgspace(ioq_op *op) {
-  return (msgspace *)(void *)&op->be;
+  return (msgspace *)(void *)&op->be.op;
 }
 
 static struct msghdr *op_msghdr(ioq_op *op) {
@@ -175,8 +180,8 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
                            (mode_t)op->mode);
       break;
     case IOQ_SLEEP:
-      set_timespec(op_timespec(op, 0), op->ns);
-      io_uring_prep_timeout(sqe, op_timespec(op, 0), 0, 0);
+      set_timespec(op_timespec(op), op->ns);
+      io_uring_prep_timeout(sqe, op_timespec(op), 0, 0);
       break;
     case IOQ_ACCEPT:
       io_uring_prep_accept(sqe, op->fd, NULL, NULL,
@@ -211,8 +216,8 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
   if (op->timeout_ns > 0) {
     struct io_uring_sqe *tsqe = io_uring_get_sqe(&u->ring);
     sqe->flags |= IOSQE_IO_LINK;
-    set_timespec(op_timespec(op, 1), op->timeout_ns);
-    io_uring_prep_link_timeout(tsqe, op_timespec(op, 1), 0);
+    set_timespec(timeout_timespec(op), op->timeout_ns);
+    io_uring_prep_link_timeout(tsqe, timeout_timespec(op), 0);
     io_uring_sqe_set_data64(tsqe, INTERNAL_TAG);
   }
   return 0;

@@ -62,10 +62,15 @@ struct ioq_op {
   /* Private to the binding: the list the op sits on. */
   ioq_op *next, *prev;
 
-  /* Private to the backend (timespecs, a msghdr, list links...). */
-  union {
-    struct { int64_t sec, nsec; } ts[2];
-    void *ptr[10];
+  /* Private to the backend: room for the timespec of a timeout armed by
+  ** timeout_ns, and, apart from it, for what the op itself needs (its own
+  ** timespec, a msghdr, list links...). */
+  struct {
+    int64_t timeout[2];
+    union {
+      int64_t ts[2];
+      void *ptr[10];
+    } op;
   } be;
 };
 

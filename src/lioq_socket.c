@@ -286,8 +286,19 @@ static int socket_setoption(lua_State *L) {
   for (i = 0; i < sizeof options / sizeof options[0]; i++)
     if (strcmp(options[i].name, name) == 0)
       break;
-  if (i == sizeof options / sizeof options[0])
+  if (i == sizeof options / sizeof options[0]) {
+    if (strcmp(name, "linger") == 0) {  /* seconds, or false for off */
+      struct linger lg;
+      lg.l_onoff = lua_toboolean(L, 3);
+      lg.l_linger = lg.l_onoff ? (int)luaL_checkinteger(L, 3) : 0;
+      luaL_argcheck(L, lg.l_linger >= 0, 3, "seconds must be non-negative");
+      if (setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0)
+        return lioq_fail(L, "setoption", errno);
+      lua_pushboolean(L, 1);
+      return 1;
+    }
     return luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'", name));
+  }
   if (options[i].is_bool) {
     luaL_checktype(L, 3, LUA_TBOOLEAN);
     value = lua_toboolean(L, 3);

@@ -88,7 +88,9 @@ function Stream:read_until(delim)
   local from = self.pos
   while true do
     local i, j = self.data:find(delim, from, true)
-    if i then
+    if i and i - self.pos > self.max_line then
+      return nil, "record too long", E.EMSGSIZE
+    elseif i then
       local s = self.data:sub(self.pos, i - 1)
       self.pos = j + 1
       return s
