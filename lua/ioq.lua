@@ -30,8 +30,9 @@ local queue_methods = core.classes.queue
 
 -- The loop calls these directly: a handle's __index is a C function (its
 -- fields live in the userdata), so h:done() would cost two C calls.
-local h_done, h_result, h_cancel, h_timeout = handle_methods.done,
-  handle_methods.result, handle_methods.cancel, handle_methods.timeout
+local h_done, h_result, h_cancel, h_timeout, h_take = handle_methods.done,
+  handle_methods.result, handle_methods.cancel, handle_methods.timeout,
+  handle_methods.take
 local q_wait, q_pending = queue_methods.wait, queue_methods.pending
 local queue_of = core.queue_of
 
@@ -297,6 +298,60 @@ function handle_methods.await(h, timeout)
     return fail("timed out", E.ETIMEDOUT)
   end
   return v, msg, err
+end
+
+--- h:next([timeout]) on a multishot handle (q:accept_multi, q:recv_multi):
+-- the next socket or buffer view; in a task it suspends until one comes,
+-- elsewhere it drives the queue. nil, "end of stream" when the peer has
+-- closed; fail, msg, errno when the op has ended (ECANCELED after
+-- h:cancel()) or the timeout passed (ETIMEDOUT; the op stays armed).
+function handle_methods.next(h, timeout)
+  local v, msg, err = h_take(h)
+  if v ~= false then return v, msg, err end
+  local task = current_task()
+  local q = queue_of(h)
+  local deadline = timeout and now() + timeout
+  while true do
+    if task and q == loop_q then
+      local timer, timed_out
+      if timeout then
+        timer = add_timer(math.max(deadline - now(), 0), function()
+          timed_out = true
+          wake(task)
+        end)
+      end
+      waiters[h] = task
+      task.waiting_on = h
+      suspend(task)
+      task.waiting_on = nil
+      if waiters[h] == task then waiters[h] = nil end
+      if timer then cancel_timer(timer) end
+      if task.canceled then
+        task.canceled = nil
+        return fail("canceled", E.ECANCELED)
+      end
+      v, msg, err = h_take(h)
+      if v ~= false then return v, msg, err end
+      if timed_out then return fail("timed out", E.ETIMEDOUT) end
+    else
+      local left = deadline and deadline - now()
+      if left and left <= 0 then return fail("timed out", E.ETIMEDOUT) end
+      q:wait(left)
+      v, msg, err = h_take(h)
+      if v ~= false then return v, msg, err end
+    end
+  end
+end
+
+--- for item in h:each() do ... end: every item of a multishot handle until
+-- it ends (an error then is raised, end of stream and cancel are not).
+function handle_methods.each(h)
+  return function()
+    local v, msg, err = h:next()
+    if v then return v end
+    if err and err ~= E.ECANCELED then error(msg, 2) end
+    return nil
+  end
 end
 
 local function remove_joiner(task, fn)
@@ -625,6 +680,70 @@ end
 
 function socket_methods.sendto(s, data, host, port)
   return current_queue():sendto(s, data, host, port)
+end
+
+-- Where the backend has no multishot op, a plain op per item does the
+-- same work behind the same interface (next, each, cancel, done).
+local Emulated = {}
+Emulated.__index = Emulated
+Emulated.__name = "ioq.multishot (emulated)"
+
+function Emulated:next(timeout)
+  if self.ended then return nil, self.msg, self.err end
+  self.h = self.start()
+  local v, msg, err = self.h:await(timeout)
+  self.h = nil
+  if v == 0 and self.kind == "recv" then  -- the peer closed
+    self.ended, self.msg = true, "end of stream"
+    return nil, self.msg
+  end
+  if v and self.kind == "recv" then
+    local view = core.buffer(self.buf:tostring(1, v))
+    return view
+  end
+  if not v and err ~= E.ETIMEDOUT then self.ended, self.msg, self.err = true, msg, err end
+  if not v and self.cancelled then return fail("canceled", E.ECANCELED) end
+  return v, msg, err
+end
+
+Emulated.each = handle_methods.each
+
+function Emulated:cancel()
+  self.cancelled = true
+  if self.h then return self.h:cancel() end
+  if not self.ended then self.ended, self.msg, self.err = true, "canceled", E.ECANCELED end
+  return true
+end
+
+function Emulated:done()
+  return self.ended == true
+end
+
+local function emulated(kind, start, buf)
+  return setmetatable({ kind = kind, start = start, buf = buf }, Emulated)
+end
+
+--- s:accept_multi(): a stream of incoming connections: h:next() or
+-- h:each() give a socket each, until h:cancel(). One multishot accept in
+-- the kernel where it can; one accept per connection elsewhere.
+function socket_methods.accept_multi(s)
+  local q = current_queue()
+  local h, _, err = q:accept_multi(s)
+  if h then return h end
+  if err ~= E.EOPNOTSUPP then return h, _, err end
+  return emulated("accept", function() return q:accept(s) end)
+end
+
+--- s:recv_multi(): a stream of received chunks, each a buffer (close it,
+-- or let it be collected, to give it back). One multishot receive into
+-- the queue's provided buffers where it can; one recv per chunk elsewhere.
+function socket_methods.recv_multi(s)
+  local q = current_queue()
+  local h, _, err = q:recv_multi(s)
+  if h then return h end
+  if err ~= E.EOPNOTSUPP then return h, _, err end
+  local buf = core.buffer(16384)
+  return emulated("recv", function() return q:recv(s, buf) end, buf)
 end
 
 ---------------------------------------------------------------- signals

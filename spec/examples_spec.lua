@@ -31,11 +31,21 @@ local function start(script, args)
   return pid, out, line
 end
 
+--- True once the process has exited (a zombie waiting for its reaper,
+-- which is not us, counts as exited).
+local function exited(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return true end
+  local stat = f:read("a")
+  f:close()
+  return stat:match("^%d+ %b() (%u)") == "Z"
+end
+
 --- Sends SIGTERM and waits for the process to end; true if it did.
 local function stop(pid)
   os.execute("kill -TERM " .. pid)
   for _ = 1, 300 do
-    if not os.execute("kill -0 " .. pid .. " 2>/dev/null") then return true end
+    if exited(pid) then return true end
     os.execute("sleep 0.01")
   end
   os.execute("kill -KILL " .. pid)

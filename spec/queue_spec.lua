@@ -211,3 +211,17 @@ describe("h:resubmit", function()
     t.close(r); t.close(w)
   end)
 end)
+
+describe("regression: require after package.loaded was reset", function()
+  it("shares one set of classes, so old and new objects keep their methods", function()
+    local old_q <close> = ioq.queue()
+    package.loaded["ioq"], package.loaded["ioq.core"] = nil, nil
+    local fresh = require "ioq"
+    local new_q <close> = fresh.queue()
+    assert.are.equal(getmetatable(old_q), getmetatable(new_q))
+    local h = old_q:nop()
+    assert.is_function(h.await)
+    assert.is_true(h:await())
+    package.loaded["ioq"] = ioq
+  end)
+end)

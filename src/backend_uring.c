@@ -11,20 +11,33 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/utsname.h>
 
 #include <liburing.h>
 
 #include "ioq.h"
+
+/* The pool: provided buffers in a ring the kernel takes them from. */
+typedef struct uring_pool {
+  ioq_pool base;
+  struct io_uring_buf_ring *br;
+  size_t br_bytes;
+} uring_pool;
 
 typedef struct uring_backend {
   ioq_backend base;
   struct io_uring ring;
   unsigned features;       /* IORING_FEAT_* the kernel reported */
   unsigned setup;          /* the IORING_SETUP_* flags the ring has */
-  char describe[96];
+  uring_pool *pool;        /* NULL until asked for */
+  char describe[128];
 } uring_backend;
+
+/* The buffer group of the pool (a ring has at most one pool here). */
+#define POOL_GROUP 0
 
 /* user_data of SQEs whose completions nobody waits for. */
 #define INTERNAL_TAG ((uint64_t)0)
@@ -102,6 +115,15 @@ static size_t first_setup(void) {
   return 0;
 }
 
+/* The running kernel as major * 100 + minor (6.1 -> 601). */
+static int kernel_version(void) {
+  struct utsname un;
+  int major = 0, minor = 0;
+  if (uname(&un) == 0)
+    sscanf(un.release, "%d.%d", &major, &minor);
+  return major * 100 + minor;
+}
+
 static void describe(uring_backend *u) {
   static const struct { unsigned flag; const char *word; } words[] = {
     {IORING_SETUP_SINGLE_ISSUER, "single_issuer"},
@@ -116,8 +138,14 @@ static void describe(uring_backend *u) {
       n += (size_t)snprintf(u->describe + n, sizeof u->describe - n, "%s%s",
                             n ? " " : "", words[i].word);
   if (u->features & IORING_FEAT_NODROP)
-    snprintf(u->describe + n, sizeof u->describe - n, "%snodrop",
-             n ? " " : "");
+    n += (size_t)snprintf(u->describe + n, sizeof u->describe - n, "%snodrop",
+                          n ? " " : "");
+  if (u->base.caps & IOQ_CAP_MULTISHOT_ACCEPT)
+    n += (size_t)snprintf(u->describe + n, sizeof u->describe - n,
+                          "%smultishot_accept", n ? " " : "");
+  if (u->base.caps & IOQ_CAP_POOL)
+    snprintf(u->describe + n, sizeof u->describe - n,
+             "%sprovided_buffers", n ? " " : "");
 }
 
 static int uring_create(ioq_backend **out, unsigned entries) {
@@ -143,6 +171,14 @@ static int uring_create(ioq_backend **out, unsigned entries) {
     free(u);
     return r;
   }
+  /* Multishot accept came in 5.19, buffer rings too, multishot recv in 6.0.
+  ** IOQ_NO_MULTISHOT=1 turns both off, to test what runs without them. */
+  if (getenv("IOQ_NO_MULTISHOT") == NULL) {
+    if (kernel_version() >= 519)
+      u->base.caps |= IOQ_CAP_MULTISHOT_ACCEPT;
+    if (kernel_version() >= 600)
+      u->base.caps |= IOQ_CAP_POOL;
+  }
   describe(u);
   u->base.cls = &ioq_uring_backend;
   *out = &u->base;
@@ -151,8 +187,85 @@ static int uring_create(ioq_backend **out, unsigned entries) {
 
 static void uring_destroy(ioq_backend *b) {
   uring_backend *u = (uring_backend *)b;
+  if (u->pool != NULL) {
+    uring_pool *p = u->pool;
+    io_uring_unregister_buf_ring(&u->ring, POOL_GROUP);
+    munmap(p->br, p->br_bytes);
+    p->base.recycle = NULL;
+    ioq_pool_unref(&p->base);
+  }
   io_uring_queue_exit(&u->ring);
   free(u);
+}
+
+static void pool_recycle(ioq_pool *base, int buf) {
+  uring_pool *p = (uring_pool *)base;
+  io_uring_buf_ring_add(p->br, base->mem + (size_t)buf * base->size,
+                        base->size, (unsigned short)buf,
+                        io_uring_buf_ring_mask(base->count), 0);
+  io_uring_buf_ring_advance(p->br, 1);
+  base->nfree++;
+}
+
+/*
+** The pool: `count` buffers handed to the kernel through a buffer ring
+** (IORING_REGISTER_PBUF_RING, written here on liburing 2.3's calls).
+*/
+static int uring_pool_create(ioq_backend *b, unsigned count, unsigned size,
+                             ioq_pool **out) {
+  uring_backend *u = (uring_backend *)b;
+  struct io_uring_buf_reg reg;
+  uring_pool *p;
+  void *mem = NULL;
+  unsigned i;
+  int r;
+  if (u->pool != NULL) {
+    *out = &u->pool->base;
+    return 0;
+  }
+  if (!(b->caps & IOQ_CAP_POOL))
+    return -EOPNOTSUPP;
+  p = calloc(1, sizeof *p);
+  if (p == NULL)
+    return -ENOMEM;
+  p->br_bytes = (size_t)count * sizeof(struct io_uring_buf);
+  p->br = mmap(NULL, p->br_bytes, PROT_READ | PROT_WRITE,
+               MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  if (p->br == MAP_FAILED) {
+    free(p);
+    return -ENOMEM;
+  }
+  if (posix_memalign(&mem, 4096, (size_t)count * size) != 0) {
+    munmap(p->br, p->br_bytes);
+    free(p);
+    return -ENOMEM;
+  }
+  memset(&reg, 0, sizeof reg);
+  reg.ring_addr = (uint64_t)(uintptr_t)p->br;
+  reg.ring_entries = count;
+  reg.bgid = POOL_GROUP;
+  r = io_uring_register_buf_ring(&u->ring, &reg, 0);
+  if (r != 0) {
+    free(mem);
+    munmap(p->br, p->br_bytes);
+    free(p);
+    return r < 0 ? r : -EINVAL;
+  }
+  io_uring_buf_ring_init(p->br);
+  p->base.refs = 1;
+  p->base.count = count;
+  p->base.size = size;
+  p->base.mem = mem;
+  p->base.recycle = pool_recycle;
+  for (i = 0; i < count; i++)
+    io_uring_buf_ring_add(p->br, p->base.mem + (size_t)i * size, size,
+                          (unsigned short)i, io_uring_buf_ring_mask(count),
+                          (int)i);
+  io_uring_buf_ring_advance(p->br, (int)count);
+  p->base.nfree = count;
+  u->pool = p;
+  *out = &p->base;
+  return 0;
 }
 
 static int uring_start(ioq_backend *b, ioq_op *op) {
@@ -184,14 +297,24 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
       io_uring_prep_timeout(sqe, op_timespec(op), 0, 0);
       break;
     case IOQ_ACCEPT:
-      io_uring_prep_accept(sqe, op->fd, NULL, NULL,
-                           SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (op->multishot)
+        io_uring_prep_multishot_accept(sqe, op->fd, NULL, NULL,
+                                       SOCK_NONBLOCK | SOCK_CLOEXEC);
+      else
+        io_uring_prep_accept(sqe, op->fd, NULL, NULL,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
       break;
     case IOQ_CONNECT:
       io_uring_prep_connect(sqe, op->fd, op->addr, op->addrlen);
       break;
     case IOQ_RECV:
-      io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0);
+      if (op->use_pool) {
+        io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = POOL_GROUP;
+      } else {
+        io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0);
+      }
       break;
     case IOQ_SEND:
       io_uring_prep_send(sqe, op->fd, op->buf, op->len, MSG_NOSIGNAL);
@@ -253,7 +376,7 @@ static int64_t op_result(const ioq_op *op, int res) {
   return res;
 }
 
-static int collect(uring_backend *u, ioq_op **done, int max) {
+static int collect(uring_backend *u, ioq_event *ev, int max) {
   struct io_uring_cqe *cqes[CQE_BATCH];
   unsigned want = max < CQE_BATCH ? (unsigned)max : CQE_BATCH;
   unsigned n = io_uring_peek_batch_cqe(&u->ring, cqes, want);
@@ -261,19 +384,29 @@ static int collect(uring_backend *u, ioq_op **done, int max) {
   int k = 0;
   for (i = 0; i < n; i++) {
     uint64_t tag = io_uring_cqe_get_data64(cqes[i]);
-    if (tag != INTERNAL_TAG) {
-      ioq_op *op = (ioq_op *)(uintptr_t)tag;
-      op->res = op_result(op, cqes[i]->res);
-      if (op->code == IOQ_RECVFROM)
-        op->addrlen = op_msgspace(op)->msg.msg_namelen;
-      done[k++] = op;
+    unsigned flags = cqes[i]->flags;
+    ioq_op *op;
+    if (tag == INTERNAL_TAG)
+      continue;
+    op = (ioq_op *)(uintptr_t)tag;
+    ev[k].op = op;
+    ev[k].res = op_result(op, cqes[i]->res);
+    ev[k].more = (flags & IORING_CQE_F_MORE) != 0;
+    ev[k].buf = -1;
+    if ((flags & IORING_CQE_F_BUFFER) && u->pool != NULL) {
+      ev[k].buf = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+      u->pool->base.nfree--;
+      u->pool->base.refs++;  /* lent to the binding */
     }
+    if (op->code == IOQ_RECVFROM)
+      op->addrlen = op_msgspace(op)->msg.msg_namelen;
+    k++;
   }
   io_uring_cq_advance(&u->ring, n);
   return k;
 }
 
-static int uring_reap(ioq_backend *b, ioq_op **done, int max,
+static int uring_reap(ioq_backend *b, ioq_event *done, int max,
                       int64_t timeout_ns) {
   uring_backend *u = (uring_backend *)b;
   struct io_uring_cqe *cqe;
@@ -313,4 +446,5 @@ const ioq_backend_class ioq_uring_backend = {
   uring_submit,
   uring_reap,
   uring_features,
+  uring_pool_create,
 };

@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define IOQ_VERSION "0.1.0"
 
@@ -44,6 +45,10 @@ struct ioq_op {
   /* What to do: set by the binding before `start`. */
   uint8_t code;             /* an ioq_opcode */
   uint8_t cancel_requested; /* set by the binding before calling `cancel` */
+  uint8_t multishot;        /* IOQ_ACCEPT, IOQ_RECV: stay armed, one event
+                               per connection or per chunk received */
+  uint8_t use_pool;         /* IOQ_RECV (multishot): the kernel picks each
+                               chunk's buffer from the backend's pool */
   int fd;
   int flags;                /* IOQ_OPEN: O_* flags; IOQ_SHUTDOWN: how */
   int mode;                 /* IOQ_OPEN: permission bits */
@@ -74,7 +79,52 @@ struct ioq_op {
   } be;
 };
 
+/*
+** One completion, as reap reports it. A multishot op reports many, all but
+** the last with `more` set; every other op reports exactly one.
+*/
+typedef struct ioq_event {
+  ioq_op *op;
+  int64_t res;              /* >= 0 on success, else -errno */
+  int32_t buf;              /* the pool buffer holding the data, or -1 */
+  uint8_t more;             /* the op stays armed: more events follow */
+} ioq_event;
+
+/*
+** Provided buffers: `count` buffers of `size` bytes that the kernel fills
+** as data arrives (so an idle connection holds no buffer). A buffer named
+** by an event is lent to the binding, with one reference, until it calls
+** ioq_pool_release; the pool (and its memory) lives while any reference
+** does, also after its backend is gone (recycle is then NULL).
+*/
+typedef struct ioq_pool ioq_pool;
+struct ioq_pool {
+  size_t refs;              /* the backend's, plus one per lent buffer */
+  unsigned count, size;
+  unsigned char *mem;       /* buffer i is at mem + i * size */
+  unsigned nfree;           /* buffers the kernel may fill now */
+  void (*recycle)(ioq_pool *p, int buf);  /* give a buffer back */
+};
+
+static inline void ioq_pool_unref(ioq_pool *p) {
+  if (--p->refs == 0) {
+    free(p->mem);
+    free(p);
+  }
+}
+
+/* Hands a lent buffer back: to the kernel if its backend still runs. */
+static inline void ioq_pool_release(ioq_pool *p, int buf) {
+  if (p->recycle != NULL)
+    p->recycle(p, buf);
+  ioq_pool_unref(p);
+}
+
 typedef struct ioq_backend ioq_backend;
+
+/* Optional abilities, in ioq_backend.caps. */
+#define IOQ_CAP_MULTISHOT_ACCEPT 1u  /* IOQ_ACCEPT with multishot */
+#define IOQ_CAP_POOL             2u  /* `pool`, and multishot IOQ_RECV */
 
 typedef struct ioq_backend_class {
   const char *name;
@@ -94,17 +144,21 @@ typedef struct ioq_backend_class {
   /* Hands started ops to the kernel; returns how many, or -errno. */
   int (*submit)(ioq_backend *b);
   /* Submits, then waits up to timeout_ns (0: do not wait, < 0: forever) for
-  ** completions and stores up to `max` completed ops in `done`. Returns the
-  ** count (0 on timeout or when only internal events arrived), -EINTR when a
+  ** completions and stores up to `max` of them in `ev`. Returns the count
+  ** (0 on timeout or when only internal events arrived), -EINTR when a
   ** signal interrupted the wait, or another -errno. */
-  int (*reap)(ioq_backend *b, ioq_op **done, int max, int64_t timeout_ns);
+  int (*reap)(ioq_backend *b, ioq_event *ev, int max, int64_t timeout_ns);
   /* The optional features in use, as space-separated words (may be ""). */
   const char *(*features)(ioq_backend *b);
+  /* With IOQ_CAP_POOL: makes the backend's one pool of `count` (a power of
+  ** two) buffers of `size` bytes. Returns 0 or -errno. */
+  int (*pool)(ioq_backend *b, unsigned count, unsigned size, ioq_pool **out);
 } ioq_backend_class;
 
 /* Every backend struct starts with this. */
 struct ioq_backend {
   const ioq_backend_class *cls;
+  unsigned caps;            /* IOQ_CAP_* */
 };
 
 #ifdef IOQ_HAVE_URING

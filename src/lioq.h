@@ -45,6 +45,8 @@ typedef struct lioq_block {
   size_t size;
   int busy;              /* an op owns the bytes: Lua may not touch them */
   unsigned char *data;
+  ioq_pool *pool;        /* a view of pool buffer `buf`, which goes back to */
+  int buf;               /* the pool when the last reference does */
 } lioq_block;
 
 /* lioq_buffer.c */
@@ -53,6 +55,7 @@ int lioq_buffer_new(lua_State *L);
 lioq_block *lioq_checkblock(lua_State *L, int arg);
 lioq_block *lioq_testblock(lua_State *L, int arg);
 void lioq_block_unref(lioq_block *b);
+void lioq_buffer_view(lua_State *L, ioq_pool *pool, int buf, size_t len);
 
 /*
 ** An ioq.file or ioq.socket: a descriptor ioq opened. fd is -1 while

@@ -19,7 +19,10 @@ typedef struct lbuffer {
 
 void lioq_block_unref(lioq_block *b) {
   if (--b->refs == 0) {
-    free(b->data);
+    if (b->pool != NULL)
+      ioq_pool_release(b->pool, b->buf);
+    else
+      free(b->data);
     free(b);
   }
 }
@@ -39,7 +42,31 @@ static lioq_block *block_new(size_t size) {
   b->size = size;
   b->busy = 0;
   b->data = data;
+  b->pool = NULL;
+  b->buf = -1;
   return b;
+}
+
+/*
+** Pushes a buffer that views `len` bytes of pool buffer `buf`, taking over
+** the reference the pool lent with it: closing or collecting the buffer
+** gives the pool buffer back. On a memory error the caller still owns it.
+*/
+void lioq_buffer_view(lua_State *L, ioq_pool *pool, int buf, size_t len) {
+  lbuffer *ub = lua_newuserdatauv(L, sizeof *ub, 0);
+  lioq_block *b;
+  ub->block = NULL;
+  luaL_setmetatable(L, LIOQ_BUFFER);
+  b = malloc(sizeof *b);
+  if (b == NULL)
+    luaL_error(L, "not enough memory");
+  b->refs = 1;
+  b->size = len;
+  b->busy = 0;
+  b->data = pool->mem + (size_t)buf * pool->size;
+  b->pool = pool;
+  b->buf = buf;
+  ub->block = b;
 }
 
 /*

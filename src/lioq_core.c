@@ -137,10 +137,16 @@ int luaopen_ioq_core(lua_State *L) {
     {"signame", lioq_signame},
     {NULL, NULL}
   };
-  lioq_open_buffer(L);
-  lioq_open_file(L);
-  lioq_open_socket(L);
-  lioq_open_queue(L);
+  /* The classes are made once per Lua state: a second require (after
+  ** package.loaded was reset) must find the very same metatables, or
+  ** objects made before and after would not share their methods. */
+  if (luaL_getmetatable(L, LIOQ_QUEUE) == LUA_TNIL) {
+    lioq_open_buffer(L);
+    lioq_open_file(L);
+    lioq_open_socket(L);
+    lioq_open_queue(L);
+  }
+  lua_pop(L, 1);
   luaL_newlib(L, funcs);
   push_errnos(L);
   lua_setfield(L, -2, "errno");

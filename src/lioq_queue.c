@@ -28,7 +28,9 @@
 /* Completions handled per backend call. */
 #define REAP_BATCH 128
 
-enum { ST_UNSENT, ST_INFLIGHT, ST_READY, ST_DONE };
+/* Where an op is. STARVED: a multishot receive the kernel disarmed because
+** the pool ran dry; it is armed again once buffers come back. */
+enum { ST_UNSENT, ST_INFLIGHT, ST_READY, ST_STARVED, ST_DONE };
 
 typedef struct oplist {
   ioq_op *head, *tail;
@@ -38,12 +40,17 @@ typedef struct oplist {
 typedef struct lqueue {
   ioq_backend *be;         /* NULL once closed */
   pid_t owner;             /* the process that created the ring */
-  oplist unsent, inflight, ready;
+  oplist unsent, inflight, ready, starved;
   int *free_slots;         /* anchor slots free for reuse */
   int nfree;               /* how many of them */
   int top;                 /* highest anchor slot ever used */
   int slots_cap;           /* capacity of free_slots (>= top) */
-  ioq_op *done[REAP_BATCH];
+  int closing;             /* destroy is draining: re-arm nothing */
+  lua_Integer starvations; /* times a receive found the pool empty */
+  ioq_pool *pool;          /* provided buffers, made on first use */
+  unsigned pool_count, pool_size;
+  ioq_event events[REAP_BATCH];
+  unsigned char act[REAP_BATCH];
 } lqueue;
 
 /* Registry keys: the queue metatables (one per backend) and their methods. */
@@ -70,6 +77,11 @@ typedef struct lhandle {
   int slot;                /* index in the anchor table while pending */
   int state;
   int has_msg;             /* UV_DATA holds the error message */
+  /* Multishot ops: what arrived and Lua has not taken yet, oldest first
+  ** (a descriptor, or a byte count with its pool buffer). */
+  struct { int64_t res; int32_t buf; } *items;
+  unsigned items_head, items_n, items_cap;
+  int family, type;        /* multishot accept: the sockets it makes */
 } lhandle;
 
 static const char *const op_names[IOQ_NOPCODES] = {
@@ -106,7 +118,7 @@ static void list_remove(oplist *l, ioq_op *op) {
 }
 
 static size_t queue_pending(const lqueue *q) {
-  return q->unsent.n + q->inflight.n + q->ready.n;
+  return q->unsent.n + q->inflight.n + q->ready.n + q->starved.n;
 }
 
 /* ---------------------------------------------------------------- time */
@@ -137,12 +149,61 @@ int lioq_now(lua_State *L) {
 
 /* ---------------------------------------------------------------- settling */
 
+/* ---------------------------------------------------------------- items */
+
+/* Queues an item of a multishot op for Lua to take. 0 if out of memory. */
+static int item_push(lhandle *h, int64_t res, int32_t buf) {
+  unsigned i;
+  if (h->items_n == h->items_cap) {
+    unsigned cap = h->items_cap ? h->items_cap * 2 : 16, k;
+    void *p = malloc(cap * sizeof *h->items);
+    if (p == NULL || cap < h->items_cap) {
+      free(p);
+      return 0;
+    }
+    for (k = 0; k < h->items_n; k++)  /* unroll the ring into the new array */
+      memcpy((char *)p + k * sizeof *h->items,
+             &h->items[(h->items_head + k) % h->items_cap], sizeof *h->items);
+    free(h->items);
+    h->items = p;
+    h->items_cap = cap;
+    h->items_head = 0;
+  }
+  i = (h->items_head + h->items_n++) % h->items_cap;
+  h->items[i].res = res;
+  h->items[i].buf = buf;
+  return 1;
+}
+
+/* Gives back what an item holds: its descriptor, or its pool buffer. */
+static void item_drop(lhandle *h, int64_t res, int32_t buf) {
+  if (buf >= 0)
+    ioq_pool_release(h->q->pool, buf);
+  else if (h->op.code == IOQ_ACCEPT && res >= 0)
+    close((int)res);
+}
+
+/* Drops every item nobody will take, and the item array. */
+static void items_free(lhandle *h) {
+  while (h->items_n > 0) {
+    unsigned i = h->items_head;
+    h->items_head = (h->items_head + 1) % h->items_cap;
+    h->items_n--;
+    item_drop(h, h->items[i].res, h->items[i].buf);
+  }
+  free(h->items);
+  h->items = NULL;
+  h->items_cap = 0;
+}
+
 /*
 ** Finishes an op in C: frees what it held and records its result. Touches
 ** no Lua state, so queue destruction in __gc can use it.
 */
 static void settle(lhandle *h, int from_gc) {
   h->state = ST_DONE;
+  if (from_gc && h->items != NULL)  /* nobody can take them any more */
+    items_free(h);
   if (h->block != NULL) {
     h->block->busy = 0;
     lioq_block_unref(h->block);
@@ -164,40 +225,22 @@ static void release_slot(lqueue *q, int slot) {
   q->free_slots[q->nfree++] = slot;  /* fits: slots_cap >= top */
 }
 
-/*
-** Drops the anchors of `n` settled ops, leaving their handles on the Lua
-** stack (the caller made room), then appends them to the table at `into`
-** (0: none). Only that last step can allocate.
-*/
-static void unanchor(lua_State *L, lqueue *q, int anchors, ioq_op **ops,
-                     int n, int into, lua_Integer *count) {
-  int i;
-  for (i = 0; i < n; i++) {
-    lhandle *h = (lhandle *)ops[i];
-    lua_rawgeti(L, anchors, h->slot);
-    lua_pushnil(L);
-    lua_rawseti(L, anchors, h->slot);
-    release_slot(q, h->slot);
-    h->slot = 0;
-  }
-  for (i = 0; i < n; i++) {
-    if (into) {
-      lua_pushvalue(L, -n + i);
-      lua_rawseti(L, into, ++*count);
-    } else {
-      ++*count;
-    }
-  }
-  lua_pop(L, n);
-}
-
 /* ---------------------------------------------------------------- driving */
 
 /*
 ** Gives unsent ops to the backend, oldest first, until it has no room.
-** Ops the backend refuses outright finish at once with its error.
+** Ops the backend refuses outright finish at once with its error. Starved
+** receives go back in once the pool has buffers again.
 */
 static void flush(lqueue *q) {
+  if (q->starved.n > 0 && q->pool != NULL && q->pool->nfree > 0) {
+    ioq_op *op;
+    while ((op = q->starved.head) != NULL) {
+      list_remove(&q->starved, op);
+      ((lhandle *)op)->state = ST_UNSENT;
+      list_push(&q->unsent, op);
+    }
+  }
   while (q->unsent.head != NULL) {
     ioq_op *op = q->unsent.head;
     int r = q->be->cls->start(q->be, op);
@@ -219,23 +262,114 @@ static void flush(lqueue *q) {
   }
 }
 
-/* Takes up to REAP_BATCH ops off the ready list into q->done. */
+/* Takes up to REAP_BATCH ops off the ready list as events. */
 static int take_ready(lqueue *q) {
   int n = 0;
   while (q->ready.head != NULL && n < REAP_BATCH) {
     ioq_op *op = q->ready.head;
     list_remove(&q->ready, op);
-    q->done[n++] = op;
+    q->events[n].op = op;
+    q->events[n].res = op->res;
+    q->events[n].buf = -1;
+    q->events[n].more = 0;
+    n++;
   }
   return n;
 }
 
-/* Asks the backend for completions; the ops it returns leave `inflight`. */
+/* Asks the backend for completions; ops that are done leave `inflight`. */
 static int reap(lqueue *q, int64_t timeout_ns) {
-  int i, n = q->be->cls->reap(q->be, q->done, REAP_BATCH, timeout_ns);
+  int i, n = q->be->cls->reap(q->be, q->events, REAP_BATCH, timeout_ns);
   for (i = 0; i < n; i++)
-    list_remove(&q->inflight, q->done[i]);
+    if (!q->events[i].more)
+      list_remove(&q->inflight, q->events[i].op);
   return n;
+}
+
+/* What an event means for Lua: nothing yet, news on a multishot handle,
+** or a handle that is done. */
+enum { ACT_NONE, ACT_NEWS, ACT_DONE };
+
+/*
+** Applies one event in C (no Lua calls): records a result and settles the
+** op, or queues a multishot item. A multishot op that the kernel disarmed
+** on its own (the pool ran dry, or the completion queue overflowed) is
+** armed again rather than ended.
+*/
+static int apply(lqueue *q, const ioq_event *ev, int from_gc) {
+  lhandle *h = (lhandle *)ev->op;
+  ioq_op *op = ev->op;
+  int news = 0;
+  if (!op->multishot) {
+    op->res = ev->res;
+    settle(h, from_gc);
+    return ACT_DONE;
+  }
+  if (ev->buf >= 0 || (op->code == IOQ_ACCEPT && ev->res >= 0)) {
+    if (ev->res > 0 || op->code == IOQ_ACCEPT) {
+      if (item_push(h, ev->res, ev->buf))
+        news = 1;
+      else
+        item_drop(h, ev->res, ev->buf);  /* out of memory: lose this one */
+    } else {
+      item_drop(h, ev->res, ev->buf);
+    }
+  }
+  if (ev->more)
+    return news ? ACT_NEWS : ACT_NONE;
+  if (!op->cancel_requested && !q->closing) {
+    if (ev->res == -ENOBUFS) {
+      q->starvations++;
+      h->state = ST_STARVED;
+      list_push(&q->starved, op);
+      return news ? ACT_NEWS : ACT_NONE;
+    }
+    if (ev->res > 0 || (op->code == IOQ_ACCEPT && ev->res >= 0)) {
+      h->state = ST_UNSENT;
+      list_push(&q->unsent, op);
+      return news ? ACT_NEWS : ACT_NONE;
+    }
+  }
+  /* The end: 0 after the peer closed, or an error (ECANCELED...). */
+  op->res = ev->res > 0 || (op->code == IOQ_ACCEPT && ev->res >= 0)
+          ? -ECANCELED : ev->res;
+  settle(h, from_gc);
+  return ACT_DONE;
+}
+
+/*
+** Applies n events, then does their Lua part: drops the anchors of handles
+** that are done, and appends every handle with news to the table at
+** `into` (0: none). Only that last step can allocate; the caller made room
+** on the stack for n handles.
+*/
+static void deliver(lua_State *L, lqueue *q, int anchors, int n, int into,
+                    lua_Integer *count) {
+  int i, pushed = 0;
+  for (i = 0; i < n; i++)
+    q->act[i] = (unsigned char)apply(q, &q->events[i], 0);
+  for (i = 0; i < n; i++) {
+    lhandle *h = (lhandle *)q->events[i].op;
+    if (q->act[i] == ACT_NONE)
+      continue;
+    lua_rawgeti(L, anchors, h->slot);
+    pushed++;
+    if (q->act[i] == ACT_DONE && h->slot != 0) {
+      lua_pushnil(L);
+      lua_rawseti(L, anchors, h->slot);
+      release_slot(q, h->slot);
+      h->slot = 0;
+    }
+  }
+  for (i = 0; i < pushed; i++) {
+    if (into) {
+      lua_pushvalue(L, -pushed + i);
+      lua_rawseti(L, into, ++*count);
+    } else {
+      ++*count;
+    }
+  }
+  lua_pop(L, pushed);
 }
 
 /*
@@ -255,7 +389,7 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
   lua_getiuservalue(L, qidx, QUV_ANCHORS);
   anchors = lua_gettop(L);
   for (;;) {
-    int i, n;
+    int n;
     flush(q);
     n = take_ready(q);
     if (n == 0) {
@@ -272,9 +406,7 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
         return n;
       }
     }
-    for (i = 0; i < n; i++)
-      settle((lhandle *)q->done[i], 0);
-    unanchor(L, q, anchors, q->done, n, into, &count);
+    deliver(L, q, anchors, n, into, &count);
     if (count > 0 || timeout_ns == 0 || queue_pending(q) == 0)
       break;
     if (timeout_ns > 0 && now_ns() >= deadline)
@@ -295,8 +427,14 @@ static void destroy(lqueue *q, int from_gc) {
   if (be == NULL)
     return;
   forked = getpid() != q->owner;
+  q->closing = 1;
   while ((op = q->unsent.head) != NULL) {
     list_remove(&q->unsent, op);
+    op->res = -ECANCELED;
+    settle((lhandle *)op, from_gc);
+  }
+  while ((op = q->starved.head) != NULL) {
+    list_remove(&q->starved, op);
     op->res = -ECANCELED;
     settle((lhandle *)op, from_gc);
   }
@@ -318,7 +456,7 @@ static void destroy(lqueue *q, int from_gc) {
         return;
       }
       for (i = 0; i < n; i++)
-        settle((lhandle *)q->done[i], from_gc);
+        apply(q, &q->events[i], from_gc);
     }
   } else {
     /* In a forked child the kernel works for the parent, not for us. */
@@ -737,6 +875,54 @@ static int queue_shutdown(lua_State *L) {
   return commit(L, 1, q, h, NULL);
 }
 
+#define MULTISHOT_MT "ioq.handle multishot"
+
+/*
+** q:accept_multi(s): one multishot accept that stays armed and yields a
+** socket per connection: h:take() (or h:next() in lua/ioq.lua) hands them
+** over, until h:cancel(). Fails with EOPNOTSUPP where the backend cannot.
+*/
+static int queue_accept_multi(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_file *s = checksocketarg(L);
+  lhandle *h;
+  if (!(q->be->caps & IOQ_CAP_MULTISHOT_ACCEPT))
+    return lioq_fail(L, "accept_multi", EOPNOTSUPP);
+  h = newhandle(L, q, IOQ_ACCEPT, 0);
+  luaL_setmetatable(L, MULTISHOT_MT);
+  h->op.multishot = 1;
+  h->family = s->family;
+  h->type = s->type;
+  setfd(L, h, s->fd);
+  return commit(L, 1, q, h, NULL);
+}
+
+/*
+** q:recv_multi(s): one multishot receive into the queue's pool of provided
+** buffers: each chunk that arrives is a buffer view for h:take(); closing
+** (or collecting) the view gives its buffer back to the kernel. A socket
+** costs no buffer while it is idle. Fails with EOPNOTSUPP where the
+** backend has no pool.
+*/
+static int queue_recv_multi(lua_State *L) {
+  lqueue *q = checkopenqueue(L);
+  lioq_file *s = checksocketarg(L);
+  lhandle *h;
+  if (!(q->be->caps & IOQ_CAP_POOL))
+    return lioq_fail(L, "recv_multi", EOPNOTSUPP);
+  if (q->pool == NULL) {
+    int r = q->be->cls->pool(q->be, q->pool_count, q->pool_size, &q->pool);
+    if (r < 0)
+      return lioq_fail(L, "recv_multi", -r);
+  }
+  h = newhandle(L, q, IOQ_RECV, 0);
+  luaL_setmetatable(L, MULTISHOT_MT);
+  h->op.multishot = 1;
+  h->op.use_pool = 1;
+  setfd(L, h, s->fd);
+  return commit(L, 1, q, h, NULL);
+}
+
 /* q:submit(): hands every unsent op to the kernel; returns how many. */
 static int queue_submit(lua_State *L) {
   lqueue *q = checkopenqueue(L);
@@ -779,6 +965,28 @@ static int queue_features(lua_State *L) {
     s += len;
     while (*s == ' ') s++;
   }
+  return 1;
+}
+
+/*
+** q:stats(): a table of counters: pending (ops not resolved), unsent (of
+** those, waiting for room in the ring), pool_buffers and pool_free (the
+** provided buffers, and how many the kernel may fill now), starvations
+** (times a multishot receive found the pool empty and had to wait).
+*/
+static int queue_stats(lua_State *L) {
+  lqueue *q = checkqueue(L);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)queue_pending(q));
+  lua_setfield(L, -2, "pending");
+  lua_pushinteger(L, (lua_Integer)q->unsent.n);
+  lua_setfield(L, -2, "unsent");
+  lua_pushinteger(L, q->pool ? (lua_Integer)q->pool->count : 0);
+  lua_setfield(L, -2, "pool_buffers");
+  lua_pushinteger(L, q->pool && q->be ? (lua_Integer)q->pool->nfree : 0);
+  lua_setfield(L, -2, "pool_free");
+  lua_pushinteger(L, q->starvations);
+  lua_setfield(L, -2, "starvations");
   return 1;
 }
 
@@ -825,34 +1033,49 @@ static const ioq_backend_class *find_backend(const char *name) {
   return NULL;
 }
 
-/* The "entries" and "backend" fields of the options table at arg 1. */
+/* An integer field of the options table at arg 1, in lo..hi. */
+static lua_Integer intoption(lua_State *L, const char *name, lua_Integer dflt,
+                             lua_Integer lo, lua_Integer hi) {
+  lua_Integer v = dflt;
+  if (lua_getfield(L, 1, name) != LUA_TNIL) {
+    int ok;
+    v = lua_tointegerx(L, -1, &ok);
+    if (!ok || v < lo || v > hi)
+      luaL_argerror(L, 1, lua_pushfstring(L,
+                    "%s must be an integer in %I..%I", name, lo, hi));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* The fields of the options table at arg 1 (see lioq_queue_new). */
 static void queue_options(lua_State *L, lua_Integer *entries,
-                          const char **backend) {
+                          const char **backend, lua_Integer *pool_count,
+                          lua_Integer *pool_size) {
   if (lua_isnoneornil(L, 1))
     return;
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (lua_getfield(L, 1, "entries") != LUA_TNIL) {
-    int ok;
-    *entries = lua_tointegerx(L, -1, &ok);
-    luaL_argcheck(L, ok && *entries >= 1 && *entries <= 32768, 1,
-                  "entries must be an integer in 1..32768");
-  }
+  *entries = intoption(L, "entries", *entries, 1, 32768);
+  *pool_count = intoption(L, "recv_buffers", *pool_count, 1, 32768);
+  luaL_argcheck(L, (*pool_count & (*pool_count - 1)) == 0, 1,
+                "recv_buffers must be a power of two");
+  *pool_size = intoption(L, "recv_buffer_size", *pool_size, 1, 1 << 20);
   if (lua_getfield(L, 1, "backend") != LUA_TNIL) {
     *backend = lua_tostring(L, -1);
     luaL_argcheck(L, *backend != NULL && lua_type(L, -1) == LUA_TSTRING, 1,
                   "backend must be a string");
   }
-  lua_pop(L, 2);
+  /* the backend name stays on the stack, so the string stays alive */
 }
 
 /* ioq.queue([{entries = n, backend = name}]) */
 int lioq_queue_new(lua_State *L) {
-  lua_Integer entries = 256;
+  lua_Integer entries = 256, pool_count = 256, pool_size = 4096;
   const char *want = "auto";
   const char *env = getenv("IOQ_BACKEND");
   lqueue *q;
   int r = -ENOSYS, i;
-  queue_options(L, &entries, &want);
+  queue_options(L, &entries, &want, &pool_count, &pool_size);
   if (strcmp(want, "auto") == 0 && env != NULL && *env != '\0')
     want = env;
   if (strcmp(want, "auto") != 0 && find_backend(want) == NULL)
@@ -861,6 +1084,8 @@ int lioq_queue_new(lua_State *L) {
   q = lua_newuserdatauv(L, sizeof *q, QUEUE_NUV);
   memset(q, 0, sizeof *q);
   q->owner = getpid();
+  q->pool_count = (unsigned)pool_count;
+  q->pool_size = (unsigned)pool_size;
   luaL_setmetatable(L, LIOQ_QUEUE);  /* for __gc, before the ring exists */
   lua_newtable(L);
   lua_setiuservalue(L, -2, QUV_ANCHORS);
@@ -1109,6 +1334,52 @@ static int handle_resubmit(lua_State *L) {
   return commit(L, 1, q, h, b);
 }
 
+/*
+** h:take(): the oldest item a multishot handle has received (a socket, or
+** a buffer view of the bytes); false if none yet and the op is still
+** armed; once it has ended and every item is taken, nil, "end of stream"
+** (the peer closed) or fail, msg, errno (ECANCELED after h:cancel()...).
+*/
+static int handle_take(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  luaL_argcheck(L, h->op.multishot, 1, "not a multishot handle");
+  if (h->items_n > 0) {
+    unsigned i = h->items_head;
+    int64_t res = h->items[i].res;
+    int32_t buf = h->items[i].buf;
+    /* Make the object first: if that fails, the item is still queued. */
+    if (h->op.code == IOQ_ACCEPT)
+      lioq_socket_prepare(L, h->family, h->type);
+    else
+      lioq_buffer_view(L, h->q->pool, buf, (size_t)res);
+    h->items_head = (h->items_head + 1) % h->items_cap;
+    h->items_n--;
+    if (h->op.code == IOQ_ACCEPT)
+      ((lioq_file *)lua_touserdata(L, -1))->fd = (int)res;
+    return 1;
+  }
+  if (h->state != ST_DONE) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (h->op.res == 0) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "end of stream");
+    return 2;
+  }
+  return push_result(L, h);
+}
+
+/* __gc of multishot handles: what nobody took goes back (descriptors are
+** closed, buffers return to the pool). A handle still pending here is
+** being collected with its queue, whose destroy does that instead. */
+static int handle_gc(lua_State *L) {
+  lhandle *h = lua_touserdata(L, 1);
+  if (h != NULL && h->state == ST_DONE)
+    items_free(h);
+  return 0;
+}
+
 /* Methods first (the common case), then the fields op, queue, buffer. */
 static int handle_index(lua_State *L) {
   lhandle *h;
@@ -1160,10 +1431,13 @@ void lioq_open_queue(lua_State *L) {
     {"recvfrom", queue_recvfrom},
     {"sendto", queue_sendto},
     {"shutdown", queue_shutdown},
+    {"accept_multi", queue_accept_multi},
+    {"recv_multi", queue_recv_multi},
     {"submit", queue_submit},
     {"wait", queue_wait},
     {"pending", queue_pending_m},
     {"features", queue_features},
+    {"stats", queue_stats},
     {"close", queue_close},
     {NULL, NULL}
   };
@@ -1180,6 +1454,7 @@ void lioq_open_queue(lua_State *L) {
     {"cancel", handle_cancel},
     {"timeout", handle_timeout},
     {"resubmit", handle_resubmit},
+    {"take", handle_take},
     {NULL, NULL}
   };
   static const luaL_Reg handle_meta[] = {
@@ -1192,7 +1467,15 @@ void lioq_open_queue(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, handle_methods, 0);
   lua_pushcclosure(L, handle_index, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__index");
+  /* Multishot handles: the same class, plus a __gc for untaken items. */
+  lioq_newmetatable(L, TAG_HANDLE, handle_meta);
+  lua_insert(L, -2);
   lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, handle_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setfield(L, LUA_REGISTRYINDEX, MULTISHOT_MT);
   lua_pop(L, 1);
   /* Queues: one metatable per backend, whose __index table holds the
   ** methods and the backend's name, so both q:read and q.backend are one
