@@ -3,7 +3,8 @@ local util = require "support.util"
 
 local LUA = os.getenv("LUA") or "lua5.4"
 local ENV = "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" ..
-  (os.getenv("IOQ_CPATH") or "build") .. "/?.so;;' "
+  (os.getenv("IOQ_CPATH") or "build") .. "/?.so;;' " ..
+  (util.preload and "LD_PRELOAD='" .. util.preload .. "' " or "")
 
 local function free_port()
   local ioq = require "ioq"

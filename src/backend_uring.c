@@ -240,6 +240,9 @@ static int uring_pool_create(ioq_backend *b, unsigned count, unsigned size,
     free(p);
     return -ENOMEM;
   }
+  /* Zeroed, though the kernel overwrites it: valgrind cannot see the
+  ** kernel's writes through io_uring and would call the bytes undefined. */
+  memset(mem, 0, (size_t)count * size);
   memset(&reg, 0, sizeof reg);
   reg.ring_addr = (uint64_t)(uintptr_t)p->br;
   reg.ring_entries = count;
