@@ -13,7 +13,7 @@ LIBFLAG     ?= -shared
 WARNINGS    := -std=c11 -Wall -Wextra -Werror -pedantic -Wshadow \
                -Wmissing-prototypes -Wstrict-prototypes -Wpointer-arith \
                -Wwrite-strings -Wundef -Wdeclaration-after-statement
-DEFINES     := -D_GNU_SOURCE -DIOQ_HAVE_URING
+DEFINES     := -D_GNU_SOURCE -DIOQ_HAVE_URING -DIOQ_HAVE_EPOLL
 
 PREFIX      ?= /usr/local
 INST_LIBDIR ?= $(PREFIX)/lib/lua/5.4
@@ -21,10 +21,11 @@ INST_LUADIR ?= $(PREFIX)/share/lua/5.4
 
 BUILD       ?= build
 SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
-               src/lioq_file.c src/lioq_socket.c src/backend_uring.c
+               src/lioq_file.c src/lioq_socket.c src/backend_uring.c \
+               src/backend_epoll.c
 HDRS        := src/ioq.h src/lioq.h
 CORE        := $(BUILD)/ioq/core.so
-TESTLIB     := $(BUILD)/ioq_test.so
+TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring
 
 BUSTED      ?= $(LUA) /usr/bin/busted
 LUACHECK    ?= luacheck
@@ -36,9 +37,13 @@ all: $(CORE)
 $(CORE): $(SRCS) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) $(DEFINES) -fPIC -I$(LUA_INCDIR) $(URING_CFLAGS) \
-	  $(CFLAGS) $(LIBFLAG) -o $@ $(SRCS) $(URING_LIBS)
+	  $(CFLAGS) $(LIBFLAG) -o $@ $(SRCS) $(URING_LIBS) -pthread
 
-$(TESTLIB): spec/support/testsupport.c Makefile
+$(BUILD)/no_uring: spec/support/no_uring.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(WARNINGS) -D_GNU_SOURCE $(CFLAGS) -o $@ spec/support/no_uring.c
+
+$(BUILD)/ioq_test.so: spec/support/testsupport.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC -I$(LUA_INCDIR) $(CFLAGS) $(LIBFLAG) \
 	  -o $@ spec/support/testsupport.c
@@ -49,7 +54,7 @@ ASAN_FLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 asan-build:
 	$(MAKE) BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" \
 	  LIBFLAG="-shared -fsanitize=address,undefined" \
-	  build-asan/ioq/core.so build-asan/ioq_test.so
+	  build-asan/ioq/core.so build-asan/ioq_test.so build-asan/no_uring
 
 # The specs against this checkout's build (never an installed ioq).
 test: $(CORE) $(TESTLIB)

@@ -35,9 +35,10 @@ build = {
           sources = {
             "src/lioq_core.c", "src/lioq_queue.c", "src/lioq_buffer.c",
             "src/lioq_file.c", "src/lioq_socket.c", "src/backend_uring.c",
+            "src/backend_epoll.c",
           },
-          defines = { "_GNU_SOURCE", "IOQ_HAVE_URING" },
-          libraries = { "uring" },
+          defines = { "_GNU_SOURCE", "IOQ_HAVE_URING", "IOQ_HAVE_EPOLL" },
+          libraries = { "uring", "pthread" },
           incdirs = { "$(LIBURING_INCDIR)" },
           libdirs = { "$(LIBURING_LIBDIR)" },
         },

@@ -1,10 +1,12 @@
 -- The programs in examples/ run as their headers say.
 local util = require "support.util"
 
-local LUA = os.getenv("LUA") or "lua5.4"
-local ENV = "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" ..
+-- Lua with this checkout's module (and, under `make asan`, the sanitizer
+-- runtime, which only the Lua processes get).
+local LUA = "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" ..
   (os.getenv("IOQ_CPATH") or "build") .. "/?.so;;' " ..
-  (util.preload and "LD_PRELOAD='" .. util.preload .. "' " or "")
+  (util.preload and "LD_PRELOAD='" .. util.preload .. "' " or "") ..
+  (os.getenv("LUA") or "lua5.4")
 
 local function free_port()
   local ioq = require "ioq"
@@ -19,8 +21,8 @@ end
 -- its output goes to, and the ready line it printed.
 local function start(script, args)
   local out = util.tmpfile("")
-  local p = io.popen(string.format("%s%s examples/%s %s > %s 2>&1 & echo $!",
-    ENV, LUA, script, args, out))
+  local p = io.popen(string.format("%s examples/%s %s > %s 2>&1 & echo $!",
+    LUA, script, args, out))
   local pid = p:read("l")
   p:close()
   local line
@@ -54,7 +56,7 @@ local function stop(pid)
 end
 
 local function sh(cmd)
-  local p = io.popen(ENV .. cmd .. " 2>&1")
+  local p = io.popen(cmd .. " 2>&1")
   local out = p:read("a")
   local ok = p:close()
   return ok == true, out
@@ -111,7 +113,7 @@ describe("examples", function()
       assert.are.same({ nil, "end of stream" }, { s:read(1) })
     end)
     if os.execute("command -v curl >/dev/null 2>&1") then
-      local ok, body = sh("curl -s http://127.0.0.1:" .. port .. "/")
+      local ok, body = sh("curl -s --max-time 5 http://127.0.0.1:" .. port .. "/")
       assert.is_true(ok)
       assert.are.equal("Hello, world\n", body)
     end

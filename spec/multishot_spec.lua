@@ -32,7 +32,7 @@ for _, mode in ipairs { "native", "emulated" } do
 
     local function check_native(q, feature)
       if mode == "native" and not has(q:features(), feature) then
-        pending(q.backend .. " here has no " .. feature .. " (kernel too old?)")
+        pending(q.backend .. " here has no " .. feature .. " (io_uring on a recent kernel only)")
         return false
       end
       if mode == "emulated" then

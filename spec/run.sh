@@ -56,7 +56,7 @@ for mode in $modes; do
   for backend in $backends; do
     echo "== specs: $mode build, $backend backend"
     # shellcheck disable=SC2086  # $wrap and $BUSTED are command words
-    IOQ_BACKEND=$backend run timeout 1800 $wrap $BUSTED -o utfTerminal "$@" 2>&1 | tee "$log"
+    IOQ_BACKEND=$backend run timeout 900 $wrap $BUSTED -o utfTerminal "$@" 2>&1 | tee "$log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
     count
   done

@@ -164,5 +164,8 @@ struct ioq_backend {
 #ifdef IOQ_HAVE_URING
 extern const ioq_backend_class ioq_uring_backend;
 #endif
+#ifdef IOQ_HAVE_EPOLL
+extern const ioq_backend_class ioq_epoll_backend;
+#endif
 
 #endif

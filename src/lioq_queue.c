@@ -94,6 +94,9 @@ static const ioq_backend_class *const backends[] = {
 #ifdef IOQ_HAVE_URING
   &ioq_uring_backend,
 #endif
+#ifdef IOQ_HAVE_EPOLL
+  &ioq_epoll_backend,
+#endif
   NULL
 };
 

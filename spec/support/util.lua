@@ -49,9 +49,11 @@ local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
---- Runs Lua `code` in a child lua5.4 with this checkout's module paths.
--- Returns ok (exit status 0), the exit code, and stdout+stderr.
-function util.run_lua(code, env)
+--- Runs Lua `code` in a child lua5.4 with this checkout's module paths,
+-- with `env` (a table) added to its environment and `wrapper` (a command
+-- prefix) before it. Returns ok (exit status 0), the exit code, and
+-- stdout+stderr.
+function util.run_lua(code, env, wrapper)
   local script = util.tmpfile(code)
   local prefix = ""
   if util.preload then
@@ -61,7 +63,7 @@ function util.run_lua(code, env)
     prefix = prefix .. k .. "=" .. shell_quote(v) .. " "
   end
   local lua = os.getenv("LUA") or "lua5.4"
-  local cmd = string.format("%s%s -e %s %s 2>&1", prefix, lua,
+  local cmd = string.format("%s%s%s -e %s %s 2>&1", prefix, wrapper and wrapper .. " " or "", lua,
     shell_quote("package.path='lua/?.lua;lua/?/init.lua;spec/?.lua;'..package.path;"
       .. "package.cpath='" .. (os.getenv("IOQ_CPATH") or "build") .. "/?.so;'..package.cpath"),
     shell_quote(script))
