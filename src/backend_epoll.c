@@ -94,6 +94,9 @@ typedef struct epoll_backend {
 #define WORKERS 4
 #define MAX_EVENTS 256
 
+/* Set once epoll_pwait2 (Linux 5.11) turned out to be missing. */
+static _Atomic int no_pwait2;
+
 static int64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -717,10 +720,15 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       ts.tv_nsec = wait % 1000000000;
       tsp = &ts;
     }
-    n = epoll_pwait2(b->epfd, evs, MAX_EVENTS, tsp, NULL);
-    if (n < 0 && errno == ENOSYS)  /* before Linux 5.11: milliseconds */
+    n = -1;
+    errno = ENOSYS;
+    if (!no_pwait2)
+      n = epoll_pwait2(b->epfd, evs, MAX_EVENTS, tsp, NULL);
+    if (n < 0 && errno == ENOSYS) {  /* before Linux 5.11: milliseconds */
+      no_pwait2 = 1;
       n = epoll_wait(b->epfd, evs, MAX_EVENTS,
                      tsp ? (int)((wait + 999999) / 1000000) : -1);
+    }
     if (n < 0)
       return -errno;  /* -EINTR included */
     for (i = 0; i < n; i++) {
