@@ -30,7 +30,7 @@ TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring
 BUSTED      ?= $(LUA) /usr/bin/busted
 LUACHECK    ?= luacheck
 
-.PHONY: all check test lint asan asan-build valgrind demo install clean
+.PHONY: all check test lint asan asan-build valgrind fuzz soak demo install clean
 
 all: $(CORE)
 
@@ -75,6 +75,24 @@ valgrind: $(CORE) $(TESTLIB)
 # sanitizer build and under valgrind, ending with one summary line.
 check: lint $(CORE) $(TESTLIB) asan-build
 	IOQ_MODES="plain asan valgrind" LUA="$(LUA)" bash spec/run.sh
+
+# The randomized API fuzzer for FUZZ_SECONDS (default 600) split over the
+# backends; IOQ_FUZZ_SEED=n IOQ_FUZZ_ITERS=n replays one run.
+FUZZ_SECONDS ?= 600
+SOAK_SECONDS ?= 600
+LUA_ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
+
+fuzz: $(CORE) $(TESTLIB)
+	@set -e; backends=$$($(LUA_ENV) $(LUA) -e 'print(table.concat(require("ioq").backends(), " "))'); \
+	n=$$(echo $$backends | wc -w); \
+	for b in $$backends; do \
+	  IOQ_BACKEND=$$b $(LUA_ENV) $(LUA) spec/fuzz/fuzz.lua $$(( $(FUZZ_SECONDS) / n )); \
+	done
+
+# An echo server under load for SOAK_SECONDS; memory and descriptors must
+# stay flat (spec/soak/soak.lua prints the samples).
+soak: $(CORE)
+	$(LUA_ENV) $(LUA) spec/soak/soak.lua $(SOAK_SECONDS)
 
 # The main demo: copy a file with many reads in flight, and check it.
 demo: $(CORE)
