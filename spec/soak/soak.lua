@@ -17,8 +17,8 @@ local seconds = tonumber(arg[1]) or 600
 local port = tonumber(arg[2]) or 19801
 local lua = os.getenv("LUA") or "lua5.4"
 
-local pidf = io.popen(string.format("%s examples/echo_server.lua %d > /tmp/ioq-soak-server.log 2>&1 & echo $!",
-  lua, port))
+local pidf = io.popen(string.format(
+  "%s examples/echo_server.lua %d > /tmp/ioq-soak-server.log 2>&1 & echo $!", lua, port))
 local pid = pidf:read("l")
 pidf:close()
 
@@ -90,7 +90,8 @@ for i = #samples // 3 + 1, #samples do
   local s = samples[i]
   if s.rss > start.rss * 1.10 + 512 or s.fds > start.fds then leak = true end
 end
-print(string.format("soak: %d s, %d connections, %d bytes echoed, %d wrong; rss %d -> %d KiB, fds %d -> %d: %s",
+print(string.format(
+  "soak: %d s, %d connections, %d bytes echoed, %d wrong; rss %d -> %d KiB, fds %d -> %d: %s",
   seconds, rounds, bytes, wrong, start.rss, samples[#samples].rss, start.fds,
   samples[#samples].fds, (leak or wrong > 0) and "FAILED" or "flat"))
 os.exit(not leak and wrong == 0)
