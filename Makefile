@@ -25,7 +25,8 @@ SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
                src/backend_epoll.c
 HDRS        := src/ioq.h src/lioq.h
 CORE        := $(BUILD)/ioq/core.so
-TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring
+TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring $(BUILD)/alloc_host
+LUA_LIBS    ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
 
 BUSTED      ?= $(LUA) /usr/bin/busted
 LUACHECK    ?= luacheck
@@ -43,6 +44,10 @@ $(BUILD)/no_uring: spec/support/no_uring.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) -D_GNU_SOURCE $(CFLAGS) -o $@ spec/support/no_uring.c
 
+$(BUILD)/alloc_host: spec/support/alloc_host.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(WARNINGS) -I$(LUA_INCDIR) $(CFLAGS) $(ALLOC_HOST_FLAGS) -o $@ spec/support/alloc_host.c $(LUA_LIBS)
+
 $(BUILD)/ioq_test.so: spec/support/testsupport.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC -I$(LUA_INCDIR) $(CFLAGS) $(LIBFLAG) \
@@ -54,7 +59,9 @@ ASAN_FLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
 asan-build:
 	$(MAKE) BUILD=build-asan CFLAGS="$(ASAN_FLAGS)" \
 	  LIBFLAG="-shared -fsanitize=address,undefined" \
-	  build-asan/ioq/core.so build-asan/ioq_test.so build-asan/no_uring
+	  ALLOC_HOST_FLAGS="-fsanitize=address,undefined" \
+	  build-asan/ioq/core.so build-asan/ioq_test.so build-asan/no_uring \
+	  build-asan/alloc_host
 
 # The specs against this checkout's build (never an installed ioq).
 test: $(CORE) $(TESTLIB)
