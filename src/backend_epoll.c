@@ -415,11 +415,18 @@ static int queue_job(epoll_backend *b, ioq_op *op) {
   return 0;
 }
 
-/* Puts an op on its descriptor's watch, in the direction it needs. */
+/*
+** Puts an op on its descriptor's watch, in the direction it needs. The
+** first op to wait in a direction always tells epoll again: since the last
+** wait the descriptor may have been closed (epoll then forgets it) and its
+** number reused, so what `registered` remembers may be stale.
+*/
 static int wait_ready(epoll_backend *b, ioq_op *op, int want) {
   watch *w = watch_of(b, op->fd);
   int r;
   if (w == NULL) return -ENOMEM;
+  if ((want == EPOLLIN ? w->readers.head : w->writers.head) == NULL)
+    w->registered = ~0u;  /* unknown: arm() must ask epoll */
   E(op)->state = EOP_WAITING;
   E(op)->w = w;
   E(op)->want = want;

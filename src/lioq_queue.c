@@ -124,6 +124,17 @@ static size_t queue_pending(const lqueue *q) {
   return q->unsent.n + q->inflight.n + q->ready.n + q->starved.n;
 }
 
+/*
+** A forked child must not drive its parent's queue: the ring (or the
+** epoll set and its worker threads) works for the parent. Checked where
+** ops reach the kernel, not on every call.
+*/
+static void checkowner(lua_State *L, lqueue *q) {
+  if (getpid() != q->owner)
+    luaL_error(L, "this queue belongs to the process that created it "
+                  "(make a new queue after fork)");
+}
+
 /* ---------------------------------------------------------------- time */
 
 static int64_t now_ns(void) {
@@ -388,6 +399,7 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
   int anchors;
   if (queue_pending(q) == 0)
     return 0;
+  checkowner(L, q);
   luaL_checkstack(L, REAP_BATCH + 4, "too many completions");
   lua_getiuservalue(L, qidx, QUV_ANCHORS);
   anchors = lua_gettop(L);
@@ -484,6 +496,7 @@ static lqueue *checkopenqueue(lua_State *L) {
   luaL_argcheck(L, q->be != NULL, 1, "queue is closed");
   return q;
 }
+
 
 /* Makes sure a new anchor slot can be released later without allocating. */
 static void reserve_slot(lua_State *L, lqueue *q) {
@@ -930,6 +943,7 @@ static int queue_recv_multi(lua_State *L) {
 static int queue_submit(lua_State *L) {
   lqueue *q = checkopenqueue(L);
   int r;
+  checkowner(L, q);
   flush(q);
   r = q->be->cls->submit(q->be);
   if (r < 0)

@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <errno.h>
+#include <stdio.h>
+#include <sys/wait.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -77,6 +79,33 @@ static int close_fd(lua_State *L) {
   return 1;
 }
 
+/* fork(): the child's pid in the parent, 0 in the child. */
+static int do_fork(lua_State *L) {
+  pid_t pid;
+  fflush(NULL);
+  pid = fork();
+  if (pid < 0)
+    return luaL_error(L, "fork: %s", strerror(errno));
+  lua_pushinteger(L, pid);
+  return 1;
+}
+
+/* waitpid(pid): the child's exit status (-1 if it did not exit). */
+static int do_waitpid(lua_State *L) {
+  int status = 0;
+  if (waitpid((pid_t)luaL_checkinteger(L, 1), &status, 0) < 0)
+    return luaL_error(L, "waitpid: %s", strerror(errno));
+  lua_pushinteger(L, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  return 1;
+}
+
+/* exit(code): ends the process at once, without closing the Lua state. */
+static int do_exit(lua_State *L) {
+  fflush(NULL);
+  _exit((int)luaL_optinteger(L, 1, 0));
+  return 0;
+}
+
 /* setenv(name [, value]): sets, or with no value removes, a variable. */
 static int set_env(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
@@ -96,6 +125,9 @@ int luaopen_ioq_test(lua_State *L) {
     {"pipe", make_pipe},
     {"close", close_fd},
     {"setenv", set_env},
+    {"fork", do_fork},
+    {"waitpid", do_waitpid},
+    {"exit", do_exit},
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
