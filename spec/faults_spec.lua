@@ -3,7 +3,6 @@
 local ioq = require "ioq"
 local util = require "support.util"
 local t = require "ioq_test"
-local E = ioq.errno
 
 describe("kernel-side faults", function()
   after_each(util.cleanup)
