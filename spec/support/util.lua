@@ -63,7 +63,9 @@ function util.run_lua(code, env, wrapper)
     prefix = prefix .. k .. "=" .. shell_quote(v) .. " "
   end
   local lua = os.getenv("LUA") or "lua5.4"
-  local cmd = string.format("%s%s%s -e %s %s 2>&1", prefix, wrapper and wrapper .. " " or "", lua,
+  -- The variables go through env(1) right before lua, so a wrapper (a
+  -- shell builtin, or a program that execs) cannot drop them.
+  local cmd = string.format("%senv %s%s -e %s %s 2>&1", wrapper and wrapper .. " " or "", prefix, lua,
     shell_quote("package.path='lua/?.lua;lua/?/init.lua;spec/?.lua;'..package.path;"
       .. "package.cpath='" .. (os.getenv("IOQ_CPATH") or "build") .. "/?.so;'..package.cpath"),
     shell_quote(script))
