@@ -47,6 +47,7 @@ typedef struct lqueue {
   int slots_cap;           /* capacity of free_slots (>= top) */
   int closing;             /* destroy is draining: re-arm nothing */
   lua_Integer starvations; /* times a receive found the pool empty */
+  struct lhandle *cancels; /* cancels the backend had no room for yet */
   ioq_pool *pool;          /* provided buffers, made on first use */
   unsigned pool_count, pool_size;
   ioq_event events[REAP_BATCH];
@@ -82,6 +83,8 @@ typedef struct lhandle {
   struct { int64_t res; int32_t buf; } *items;
   unsigned items_head, items_n, items_cap;
   int family, type;        /* multishot accept: the sockets it makes */
+  struct lhandle *cancel_next;  /* on q->cancels */
+  int cancel_queued;
 } lhandle;
 
 static const char *const op_names[IOQ_NOPCODES] = {
@@ -237,6 +240,40 @@ static void settle(lhandle *h, int from_gc) {
 /* Anchor slots: the anchor table's integer keys, reused through a stack. */
 static void release_slot(lqueue *q, int slot) {
   q->free_slots[q->nfree++] = slot;  /* fits: slots_cap >= top */
+}
+
+/* ---------------------------------------------------------------- cancels */
+
+/*
+** Asks the backend to cancel an op in flight. When it has no room for the
+** request now (a full submission queue the kernel will not take yet), the
+** op waits on q->cancels and the request is made again before each wait:
+** a cancel is never dropped, or a timed-out wait could wait forever.
+*/
+static int ask_cancel(lqueue *q, lhandle *h) {
+  int r = q->be->cls->cancel(q->be, &h->op);
+  if (r == -EAGAIN) {
+    if (!h->cancel_queued) {
+      h->cancel_queued = 1;
+      h->cancel_next = q->cancels;
+      q->cancels = h;
+    }
+    return 0;
+  }
+  return r;
+}
+
+static void retry_cancels(lqueue *q) {
+  lhandle *h = q->cancels;
+  q->cancels = NULL;
+  while (h != NULL) {
+    lhandle *next = h->cancel_next;
+    h->cancel_queued = 0;
+    h->cancel_next = NULL;
+    if (h->state == ST_INFLIGHT)
+      ask_cancel(q, h);
+    h = next;
+  }
 }
 
 /* ---------------------------------------------------------------- driving */
@@ -406,6 +443,8 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
   for (;;) {
     int n;
     flush(q);
+    if (q->cancels != NULL)
+      retry_cancels(q);
     n = take_ready(q);
     if (n == 0) {
       int64_t wait = timeout_ns;
@@ -413,6 +452,8 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
         wait = deadline - now_ns();
         if (wait < 0) wait = 0;
       }
+      if (q->cancels != NULL && (wait < 0 || wait > 1000000))
+        wait = 1000000;  /* come back soon to ask again */
       n = reap(q, wait);
       if (n == -EINTR)
         n = 0;
@@ -460,10 +501,13 @@ static void destroy(lqueue *q, int from_gc) {
   if (!forked) {
     for (op = q->inflight.head; op != NULL; op = op->next) {
       op->cancel_requested = 1;
-      be->cls->cancel(be, op);
+      ask_cancel(q, (lhandle *)op);
     }
     while (q->inflight.n > 0) {
-      int i, n = reap(q, -1);
+      int i, n;
+      if (q->cancels != NULL)
+        retry_cancels(q);
+      n = reap(q, q->cancels != NULL ? 1000000 : -1);
       if (n < 0 && n != -EINTR) {
         /* The ring is broken: the kernel may still write into these
         ** buffers, so leak them (and the ring) rather than free them. */
@@ -1224,7 +1268,14 @@ static int cancel(lhandle *h) {
       if (h->op.cancel_requested)
         return 0;
       h->op.cancel_requested = 1;
-      return q->be->cls->cancel(q->be, &h->op);
+      return ask_cancel(q, h);
+    case ST_STARVED:  /* a multishot receive waiting for buffers */
+      list_remove(&q->starved, &h->op);
+      h->op.cancel_requested = 1;
+      h->op.res = -ECANCELED;
+      h->state = ST_READY;
+      list_push(&q->ready, &h->op);
+      return 0;
     default:
       return -EALREADY;
   }
