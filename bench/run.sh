@@ -1,13 +1,21 @@
 #!/bin/bash
-# bench/run.sh: per-op cost of ioq against raw liburing.
+# bench/run.sh: per-op cost of ioq against raw liburing, and random reads
+# against luv (libuv) and through ioq's epoll backend.
 #
 # Builds the module (make) and bench/uring_bench.c, makes a 256 MiB file and
-# reads it once so the page cache holds it, then runs each job REPS times,
-# alternating C and Lua (C, Lua, C, Lua, ...) so that drift in the machine
-# (frequency, noisy neighbours) hits both sides alike. Prints the median
-# rate of each side and the ratio ioq/C.
+# reads it once so the page cache holds it, then runs each group of jobs
+# REPS times. Within a round every contender of the group runs once, in
+# turn (C, ioq, ..., C, ioq, ...), so that drift in the machine (frequency,
+# noisy neighbours) hits all of them alike. Prints the median rate of each
+# and its ratios to C and to luv measured in the same rounds.
 #
-#   bash bench/run.sh            full counts (about half a minute)
+#   nop group:      C, ioq nop, ioq nop-reuse
+#   randread group: C, ioq randread, ioq randread-reuse (both io_uring),
+#                   ioq randread-reuse on the epoll backend, and luv's
+#                   uv.fs_read (bench/luv_randread.lua), the last left out
+#                   when luv is not installed
+#
+#   bash bench/run.sh            full counts (about a minute and a half)
 #   QUICK=1 bash bench/run.sh    a tenth of the counts, for a smoke test
 #
 # Other knobs: LUA (default lua5.4), CC, REPS (default 3), NOP_OPS,
@@ -62,35 +70,83 @@ median() {
     END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# Each Lua job is measured against the C job of the same kind; the reuse
-# variant (h:resubmit) is the same work as randread for C.
-JOBS=(nop nop-reuse randread randread-reuse)
-declare -A c_med lua_med
-for job in "${JOBS[@]}"; do
-  case $job in
-    nop*) cjob=(nop "$NOP_OPS"); ljob=("$job" "$NOP_OPS") ;;
-    *) cjob=(randread "$BENCH_FILE" "$READ_OPS"); ljob=("$job" "$BENCH_FILE" "$READ_OPS") ;;
+# Each ioq contender names its backend: an IOQ_BACKEND left in the
+# caller's environment must not turn the io_uring rows into epoll ones, and
+# an explicit name makes the queue fail rather than fall back silently.
+unset IOQ_BACKEND
+
+HAVE_LUV=1
+if ! "$LUA" -e 'require "luv"' 2>/dev/null; then
+  echo "luv not found for $LUA (apt-get install -y lua-luv): skipping luv" >&2
+  HAVE_LUV=0
+fi
+
+# job_cmd NAME: sets cmd to the command line of that contender. The C
+# program does the same work for a job and its -reuse variant.
+job_cmd() {
+  case $1 in
+    C-nop) cmd=("$TMP/uring_bench" nop "$NOP_OPS") ;;
+    C-randread) cmd=("$TMP/uring_bench" randread "$BENCH_FILE" "$READ_OPS") ;;
+    nop | nop-reuse) cmd=(env IOQ_BACKEND=io_uring "$LUA" bench/ops.lua "$1" "$NOP_OPS") ;;
+    randread | randread-reuse)
+      cmd=(env IOQ_BACKEND=io_uring "$LUA" bench/ops.lua "$1" "$BENCH_FILE" "$READ_OPS") ;;
+    randread-reuse-epoll)
+      cmd=(env IOQ_BACKEND=epoll "$LUA" bench/ops.lua randread-reuse "$BENCH_FILE" "$READ_OPS") ;;
+    randread-luv) cmd=("$LUA" bench/luv_randread.lua "$BENCH_FILE" "$READ_OPS") ;;
   esac
-  c_rates=() lua_rates=()
+}
+
+# label NAME: the row's name in the table.
+label() {
+  case $1 in
+    randread-reuse-epoll) echo "randread-reuse (epoll)" ;;
+    randread-luv) echo "randread (luv fs_read)" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+NOP_GROUP=(C-nop nop nop-reuse)
+READ_GROUP=(C-randread randread randread-reuse randread-reuse-epoll)
+[ "$HAVE_LUV" = 1 ] && READ_GROUP+=(randread-luv)
+
+cmd=()
+declare -A rates med
+run_group() {
+  local name line rep
+  for name in "$@"; do rates[$name]=''; done
   for ((rep = 1; rep <= REPS; rep++)); do
-    line=$("$TMP/uring_bench" "${cjob[@]}")
-    echo "C    $line" >&2
-    c_rates+=("$(rate_of "$line")")
-    line=$("$LUA" bench/ops.lua "${ljob[@]}")
-    echo "ioq  $line" >&2
-    lua_rates+=("$(rate_of "$line")")
+    for name in "$@"; do
+      job_cmd "$name"
+      line=$("${cmd[@]}")
+      printf '%-21s %s\n' "$name" "$line" >&2
+      rates[$name]+=" $(rate_of "$line")"
+    done
   done
-  c_med[$job]=$(median "${c_rates[@]}")
-  lua_med[$job]=$(median "${lua_rates[@]}")
-done
+  for name in "$@"; do
+    # shellcheck disable=SC2086  # the list is meant to split
+    med[$name]=$(median ${rates[$name]})
+  done
+}
+run_group "${NOP_GROUP[@]}"
+run_group "${READ_GROUP[@]}"
+
+# row NAME C_NAME: one table line; "vs luv" only for reads, with luv there.
+row() {
+  local luv=0
+  [ "$2" = C-randread ] && luv=${med[randread-luv]:-0}
+  awk -v j="$(label "$1")" -v c="${med[$2]}" -v r="${med[$1]}" -v l="$luv" \
+    'BEGIN { printf "%-23s %12.0f %12.0f %7.2f %7s\n", j, c, r, r / c,
+             (l > 0 ? sprintf("%.2f", r / l) : "-") }'
+}
 
 echo
-printf '%-15s %12s %12s %7s\n' job "C ops/s" "ioq ops/s" ratio
-for job in "${JOBS[@]}"; do
-  awk -v j="$job" -v c="${c_med[$job]}" -v l="${lua_med[$job]}" \
-    'BEGIN { printf "%-15s %12.0f %12.0f %7.2f\n", j, c, l, l / c }'
-done
-echo "(medians of $REPS runs each; nop: $NOP_OPS ops, randread: $READ_OPS ops)"
+printf '%-23s %12s %12s %7s %7s\n' job "C ops/s" "ops/s" "vs C" "vs luv"
+for name in "${NOP_GROUP[@]:1}"; do row "$name" C-nop; done
+for name in "${READ_GROUP[@]:1}"; do row "$name" C-randread; done
+echo "(medians of $REPS rounds, C in each; nop: $NOP_OPS ops, randread: $READ_OPS ops)"
+awk -v e="${med[randread-reuse-epoll]}" -v l="${med[randread-luv]:-0}" 'BEGIN {
+  if (l > 0) printf "target: randread on epoll >= luv fs_read: %s (%.2f)\n",
+                    (e >= l ? "met" : "MISSED"), e / l }'
 
 # The coroutine layer: tasks and awaits against raw nops, in one script.
 echo

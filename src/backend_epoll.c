@@ -379,12 +379,14 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&b->lock);
     op->res = do_blocking(op);
     pthread_mutex_lock(&b->lock);
-    push(&b->finished, op);
-    {
+    /* Only the first finished op since the loop last looked needs to wake
+    ** it: the loop reads the eventfd, then takes the whole list. */
+    if (b->finished.head == NULL) {
       uint64_t one = 1;
       ssize_t w = write(b->evfd, &one, sizeof one);
       (void)w;  /* a full counter still wakes the loop */
     }
+    push(&b->finished, op);
   }
   pthread_mutex_unlock(&b->lock);
   return NULL;
