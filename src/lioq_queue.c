@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -40,6 +41,7 @@ typedef struct oplist {
 typedef struct lqueue {
   ioq_backend *be;         /* NULL once closed */
   pid_t owner;             /* the process that created the ring */
+  unsigned long forks;     /* the fork count then */
   oplist unsent, inflight, ready, starved;
   int *free_slots;         /* anchor slots free for reuse */
   int nfree;               /* how many of them */
@@ -128,12 +130,27 @@ static size_t queue_pending(const lqueue *q) {
 }
 
 /*
+** Forks, counted by an atfork handler, so that noticing one costs a load
+** rather than a getpid() system call on every wait. (glibc drops the
+** handler if this module is ever unloaded.)
+*/
+static volatile unsigned long forks;
+
+static void count_fork(void) {
+  forks++;
+}
+
+static void watch_forks(void) {
+  pthread_atfork(NULL, NULL, count_fork);
+}
+
+/*
 ** A forked child must not drive its parent's queue: the ring (or the
 ** epoll set and its worker threads) works for the parent. Checked where
 ** ops reach the kernel, not on every call.
 */
 static void checkowner(lua_State *L, lqueue *q) {
-  if (getpid() != q->owner)
+  if (q->forks != forks && getpid() != q->owner)
     luaL_error(L, "this queue belongs to the process that created it "
                   "(make a new queue after fork)");
 }
@@ -1145,6 +1162,7 @@ int lioq_queue_new(lua_State *L) {
   q = lua_newuserdatauv(L, sizeof *q, QUEUE_NUV);
   memset(q, 0, sizeof *q);
   q->owner = getpid();
+  q->forks = forks;
   q->pool_count = (unsigned)pool_count;
   q->pool_size = (unsigned)pool_size;
   luaL_setmetatable(L, LIOQ_QUEUE);  /* for __gc, before the ring exists */
@@ -1485,6 +1503,7 @@ static int handle_repr(lua_State *L) {
 }
 
 void lioq_open_queue(lua_State *L) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
   static const luaL_Reg queue_methods[] = {
     {"read", queue_read},
     {"write", queue_write},
@@ -1530,6 +1549,7 @@ void lioq_open_queue(lua_State *L) {
     {NULL, NULL}
   };
   int i;
+  pthread_once(&once, watch_forks);
   /* Handles: a C __index, for the fields that live in each handle. */
   lioq_newmetatable(L, TAG_HANDLE, handle_meta);
   lua_newtable(L);
