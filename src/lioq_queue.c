@@ -822,21 +822,36 @@ static int queue_accept(lua_State *L) {
   return commit(L, 1, q, h, NULL);
 }
 
+/*
+** Resolves the address at args hostarg, hostarg + 1 for socket s into *ss.
+** When it does not resolve, pushes a handle for op `code` that resolves to
+** fail, "<op>: cannot resolve ...", errno, and returns 0: the caller then
+** returns that handle.
+*/
+static int resolve(lua_State *L, lqueue *q, lioq_file *s, int code,
+                   int hostarg, struct sockaddr_storage *ss, uint32_t *len) {
+  int err = 0;
+  const char *msg = lioq_toaddr(L, s->family, hostarg, hostarg + 1, ss, len,
+                                &err);
+  lhandle *h;
+  if (msg == NULL)
+    return 1;
+  lua_pushfstring(L, "%s: %s", op_names[code], msg);
+  h = newhandle(L, q, code, 0);
+  setfd(L, h, s->fd);
+  commit_failed(L, q, h, err);
+  return 0;
+}
+
 /* q:connect(s, host, port) or q:connect(s, path): resolves to true. */
 static int queue_connect(lua_State *L) {
   lqueue *q = checkopenqueue(L);
   lioq_file *s = checksocketarg(L);
   struct sockaddr_storage ss;
   uint32_t len = 0;
-  int err = 0;
-  const char *msg = lioq_toaddr(L, s->family, 3, 4, &ss, &len, &err);
   lhandle *h;
-  if (msg != NULL) {
-    lua_pushfstring(L, "connect: %s", msg);
-    h = newhandle(L, q, IOQ_CONNECT, 0);
-    setfd(L, h, s->fd);
-    return commit_failed(L, q, h, err);
-  }
+  if (!resolve(L, q, s, IOQ_CONNECT, 3, &ss, &len))
+    return 1;
   h = newhandle(L, q, IOQ_CONNECT, sizeof ss);
   setfd(L, h, s->fd);
   memcpy(h->op.addr, &ss, sizeof ss);
@@ -925,15 +940,12 @@ static int queue_sendto(lua_State *L) {
   lioq_file *s = checksocketarg(L);
   struct sockaddr_storage ss;
   uint32_t len = 0;
-  int err = 0;
-  const char *msg = lioq_toaddr(L, s->family, 4, 5, &ss, &len, &err);
   lioq_block *b;
   lhandle *h;
-  if (msg != NULL) {
-    lua_pushfstring(L, "sendto: %s", msg);
-    h = newhandle(L, q, IOQ_SENDTO, 0);
-    return commit_failed(L, q, h, err);
-  }
+  if (lua_type(L, 3) != LUA_TSTRING && lioq_testblock(L, 3) == NULL)
+    return luaL_typeerror(L, 3, "ioq.buffer or string");  /* before lookups */
+  if (!resolve(L, q, s, IOQ_SENDTO, 4, &ss, &len))
+    return 1;
   lua_settop(L, 3);
   h = send_handle(L, q, IOQ_SENDTO, 4, sizeof ss, &b);
   memcpy(h->op.addr, &ss, sizeof ss);
