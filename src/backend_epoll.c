@@ -753,8 +753,8 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
         run_waiters(b, w, &w->writers);
       arm(b, w);  /* drop what nobody waits for any more */
     }
-    expire(b);
   }
+  expire(b);  /* also when events were waiting: timers must not starve */
   for (k = 0; k < max && b->done_n > 0; k++) {
     out[k] = b->done[b->done_head];
     b->done_head = (b->done_head + 1) % b->done_cap;
