@@ -71,6 +71,8 @@ void lioq_open_file(lua_State *L);
 int lioq_file_prepare(lua_State *L);
 int lioq_checkfd(lua_State *L, int arg);
 int lioq_tofd(lua_State *L, int idx);
+int lioq_closefd(lua_State *L, lioq_file *f);
+void lioq_dropfd(lioq_file *f);
 int lioq_signalfd(lua_State *L);
 int lioq_signame(lua_State *L);
 

@@ -77,9 +77,11 @@ int lioq_checkfd(lua_State *L, int arg) {
   return luaL_typeerror(L, arg, "descriptor (integer, file or socket)");
 }
 
-/* f:close(): true, or fail, msg, errno. */
-static int file_close(lua_State *L) {
-  lioq_file *f = checkopen(L, 1);
+/*
+** Closes an open file or socket object: true, or fail, msg, errno. The
+** object is closed either way (EINTR included: Linux has closed it).
+*/
+int lioq_closefd(lua_State *L, lioq_file *f) {
   int fd = f->fd;
   f->fd = -1;
   if (close(fd) != 0 && errno != EINTR)
@@ -88,13 +90,21 @@ static int file_close(lua_State *L) {
   return 1;
 }
 
-/* __gc and __close: close quietly, and only once. */
-static int file_gc(lua_State *L) {
-  lioq_file *f = lioq_checkudata(L, 1, TAG_FILE);
+/* For __gc and __close: closes quietly, and only once. */
+void lioq_dropfd(lioq_file *f) {
   if (f->fd >= 0) {
     close(f->fd);
     f->fd = -1;
   }
+}
+
+/* f:close(): true, or fail, msg, errno. */
+static int file_close(lua_State *L) {
+  return lioq_closefd(L, checkopen(L, 1));
+}
+
+static int file_gc(lua_State *L) {
+  lioq_dropfd(lioq_checkudata(L, 1, TAG_FILE));
   return 0;
 }
 

@@ -335,22 +335,12 @@ static int socket_shutdown(lua_State *L) {
 
 /* s:close(): true, or fail, msg, errno. */
 static int socket_close(lua_State *L) {
-  lioq_file *s = checksocket(L, 1);
-  int fd = s->fd;
-  s->fd = -1;
-  if (close(fd) != 0 && errno != EINTR)
-    return lioq_fail(L, "close", errno);
-  lua_pushboolean(L, 1);
-  return 1;
+  return lioq_closefd(L, checksocket(L, 1));
 }
 
 /* __gc and __close: close quietly, and only once. */
 static int socket_gc(lua_State *L) {
-  lioq_file *s = lioq_checkudata(L, 1, TAG_SOCKET);
-  if (s->fd >= 0) {
-    close(s->fd);
-    s->fd = -1;
-  }
+  lioq_dropfd(lioq_checkudata(L, 1, TAG_SOCKET));
   return 0;
 }
 
