@@ -530,7 +530,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
 
 /* Runs the ops waiting in one direction of a ready watch, oldest first,
 ** until one would block. */
-static void run_waiters(epoll_backend *b, watch *w, elist *l) {
+static void run_waiters(epoll_backend *b, elist *l) {
   ioq_op *op;
   while ((op = l->head) != NULL) {
     int64_t res = try_op(op);
@@ -544,7 +544,6 @@ static void run_waiters(epoll_backend *b, watch *w, elist *l) {
     E(op)->w = NULL;
     finish(b, op, res);
   }
-  (void)w;
 }
 
 /* ---------------------------------------------------------------- class */
@@ -748,9 +747,9 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
         continue;
       }
       if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
-        run_waiters(b, w, &w->readers);
+        run_waiters(b, &w->readers);
       if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP))
-        run_waiters(b, w, &w->writers);
+        run_waiters(b, &w->writers);
       arm(b, w);  /* drop what nobody waits for any more */
     }
   }

@@ -68,7 +68,7 @@ typedef struct lioq_file {
 
 /* lioq_file.c */
 void lioq_open_file(lua_State *L);
-int lioq_file_prepare(lua_State *L);
+lioq_file *lioq_file_prepare(lua_State *L);
 int lioq_checkfd(lua_State *L, int arg);
 int lioq_tofd(lua_State *L, int idx);
 int lioq_closefd(lua_State *L, lioq_file *f);

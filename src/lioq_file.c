@@ -17,12 +17,12 @@
 ** Pushes a file object in the closed state, so that the object exists
 ** before the descriptor does and a failed allocation cannot leak one.
 */
-int lioq_file_prepare(lua_State *L) {
+lioq_file *lioq_file_prepare(lua_State *L) {
   lioq_file *f = lua_newuserdatauv(L, sizeof *f, 0);
   f->fd = -1;
   f->family = f->type = 0;
   luaL_setmetatable(L, LIOQ_FILE);
-  return 1;
+  return f;
 }
 
 static lioq_file *checkopen(lua_State *L, int arg) {
@@ -151,8 +151,7 @@ int lioq_signalfd(lua_State *L) {
       return luaL_argerror(L, i, lua_pushfstring(L, "unknown signal '%s'", name));
     sigaddset(&set, signals[k].signo);
   }
-  lioq_file_prepare(L);
-  f = lua_touserdata(L, -1);
+  f = lioq_file_prepare(L);
   f->fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
   if (f->fd < 0)
     return lioq_fail(L, "signalfd", errno);

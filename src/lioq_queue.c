@@ -56,9 +56,8 @@ typedef struct lqueue {
   unsigned char act[REAP_BATCH];
 } lqueue;
 
-/* Registry keys: the queue metatables (one per backend) and their methods. */
+/* Registry key of the queue metatables, one per backend, in backend order. */
 #define QUEUE_METATABLES "ioq.queue metatables"
-#define QUEUE_METHODS    LIOQ_QUEUE_METHODS
 
 /* Queue user values. */
 enum { QUV_ANCHORS = 1, QUV_HANDLE_MT, QUEUE_NUV = QUV_HANDLE_MT };
@@ -781,8 +780,7 @@ static int queue_open(lua_State *L) {
   h->op.mode = (int)perm;
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, UV_DATA);
-  lioq_file_prepare(L);
-  h->file_out = lua_touserdata(L, -1);
+  h->file_out = lioq_file_prepare(L);
   lua_setiuservalue(L, -2, UV_RESULT);
   return commit(L, 1, q, h, NULL);
 }
@@ -1593,5 +1591,5 @@ void lioq_open_queue(lua_State *L) {
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, LUA_REGISTRYINDEX, QUEUE_METATABLES);
-  lua_setfield(L, LUA_REGISTRYINDEX, QUEUE_METHODS);
+  lua_setfield(L, LUA_REGISTRYINDEX, LIOQ_QUEUE_METHODS);
 }
