@@ -726,10 +726,7 @@ function Emulated:next(timeout)
     self.ended, self.msg = true, "end of stream"
     return nil, self.msg
   end
-  if v and self.kind == "recv" then
-    local view = core.buffer(self.buf:tostring(1, v))
-    return view
-  end
+  if v and self.kind == "recv" then return core.buffer(self.buf:tostring(1, v)) end
   if not v and err ~= E.ETIMEDOUT then self.ended, self.msg, self.err = true, msg, err end
   if not v and self.cancelled then return fail("canceled", E.ECANCELED) end
   return v, msg, err
@@ -748,31 +745,30 @@ function Emulated:done()
   return self.ended == true
 end
 
-local function emulated(kind, start, buf)
-  return setmetatable({ kind = kind, start = start, buf = buf }, Emulated)
+--- The native multishot handle of q:<kind>_multi(s), or, where the backend
+-- has none (EOPNOTSUPP), an emulation starting one `start(q, buf)` op per
+-- item (a receive gets its own buffer, made only here).
+local function multishot(kind, s, start)
+  local q = current_queue()
+  local h, msg, err = q[kind .. "_multi"](q, s)
+  if h or err ~= E.EOPNOTSUPP then return h, msg, err end
+  local buf = kind == "recv" and core.buffer(16384) or nil
+  return setmetatable({ kind = kind, buf = buf,
+                        start = function() return start(q, buf) end }, Emulated)
 end
 
 --- s:accept_multi(): a stream of incoming connections: h:next() or
 -- h:each() give a socket each, until h:cancel(). One multishot accept in
 -- the kernel where it can; one accept per connection elsewhere.
 function socket_methods.accept_multi(s)
-  local q = current_queue()
-  local h, _, err = q:accept_multi(s)
-  if h then return h end
-  if err ~= E.EOPNOTSUPP then return h, _, err end
-  return emulated("accept", function() return q:accept(s) end)
+  return multishot("accept", s, function(q) return q:accept(s) end)
 end
 
 --- s:recv_multi(): a stream of received chunks, each a buffer (close it,
 -- or let it be collected, to give it back). One multishot receive into
 -- the queue's provided buffers where it can; one recv per chunk elsewhere.
 function socket_methods.recv_multi(s)
-  local q = current_queue()
-  local h, _, err = q:recv_multi(s)
-  if h then return h end
-  if err ~= E.EOPNOTSUPP then return h, _, err end
-  local buf = core.buffer(16384)
-  return emulated("recv", function() return q:recv(s, buf) end, buf)
+  return multishot("recv", s, function(q, buf) return q:recv(s, buf) end)
 end
 
 ---------------------------------------------------------------- signals
