@@ -23,7 +23,7 @@ BUILD       ?= build
 SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
                src/lioq_file.c src/lioq_socket.c src/backend_uring.c \
                src/backend_epoll.c
-HDRS        := src/ioq.h src/lioq.h
+HDRS        := src/ioq.h src/ioq_os.h src/lioq.h
 CORE        := $(BUILD)/ioq/core.so
 TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring $(BUILD)/alloc_host
 LUA_LIBS    ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)

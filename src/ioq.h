@@ -22,7 +22,8 @@
 typedef enum ioq_opcode {
   IOQ_NOP,
   IOQ_READ,     /* fd, buf, len, offset (-1: current position) */
-  IOQ_WRITE,    /* fd, buf, len, offset (-1: current position) */
+  IOQ_WRITE,    /* fd, buf, len, offset (-1: current position, or the end
+                   of a file opened to append) */
   IOQ_FSYNC,    /* fd */
   IOQ_OPEN,     /* path, flags, mode; res is the new descriptor */
   IOQ_SLEEP,    /* ns; res is 0 when the time has passed */
@@ -35,6 +36,17 @@ typedef enum ioq_opcode {
   IOQ_SHUTDOWN, /* fd, flags (SHUT_RD, SHUT_WR, SHUT_RDWR) */
   IOQ_NOPCODES
 } ioq_opcode;
+
+/*
+** A descriptor: a file descriptor on POSIX systems; on Windows a HANDLE
+** (files) or a SOCKET, as an integer. IOQ_NOFD is none.
+*/
+#ifdef _WIN32
+typedef intptr_t ioq_fd;
+#else
+typedef int ioq_fd;
+#endif
+#define IOQ_NOFD ((ioq_fd)-1)
 
 /* Largest byte count one read or write asks for (Linux's MAX_RW_COUNT). */
 #define IOQ_MAX_RW 0x7ffff000u
@@ -49,7 +61,7 @@ struct ioq_op {
                                per connection or per chunk received */
   uint8_t use_pool;         /* IOQ_RECV (multishot): the kernel picks each
                                chunk's buffer from the backend's pool */
-  int fd;
+  ioq_fd fd;
   int flags;                /* IOQ_OPEN: O_* flags; IOQ_SHUTDOWN: how */
   int mode;                 /* IOQ_OPEN: permission bits */
   void *buf;                /* IOQ_READ/IOQ_WRITE: the bytes; IOQ_OPEN: path */
@@ -125,6 +137,9 @@ typedef struct ioq_backend ioq_backend;
 /* Optional abilities, in ioq_backend.caps. */
 #define IOQ_CAP_MULTISHOT_ACCEPT 1u  /* IOQ_ACCEPT with multishot */
 #define IOQ_CAP_POOL             2u  /* `pool`, and multishot IOQ_RECV */
+#define IOQ_CAP_NO_POSITION      4u  /* descriptors have no current position
+                                        (IOCP): the binding keeps one per
+                                        file object and passes offsets */
 
 typedef struct ioq_backend_class {
   const char *name;
@@ -166,6 +181,9 @@ extern const ioq_backend_class ioq_uring_backend;
 #endif
 #ifdef IOQ_HAVE_EPOLL
 extern const ioq_backend_class ioq_epoll_backend;
+#endif
+#ifdef IOQ_HAVE_IOCP
+extern const ioq_backend_class ioq_iocp_backend;
 #endif
 
 #endif

@@ -8,12 +8,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/socket.h>
-
 #include "lua.h"
 #include "lauxlib.h"
 
-#include "ioq.h"
+#include "ioq_os.h"
 
 #define LIOQ_QUEUE  "ioq.queue"
 #define LIOQ_HANDLE "ioq.handle"
@@ -58,19 +56,22 @@ void lioq_block_unref(lioq_block *b);
 void lioq_buffer_view(lua_State *L, ioq_pool *pool, int buf, size_t len);
 
 /*
-** An ioq.file or ioq.socket: a descriptor ioq opened. fd is -1 while
-** closed; family and type are 0 for files.
+** An ioq.file or ioq.socket: a descriptor ioq opened. fd is IOQ_NOFD while
+** closed; family and type are 0 for files. Where descriptors have no
+** position of their own (IOQ_CAP_NO_POSITION), a file object keeps it.
 */
 typedef struct lioq_file {
-  int fd;
+  ioq_fd fd;
   int family, type;
+  int append;            /* opened to append: writes go to the end */
+  int64_t pos;           /* the position, where the object keeps it */
 } lioq_file;
 
 /* lioq_file.c */
 void lioq_open_file(lua_State *L);
 lioq_file *lioq_file_prepare(lua_State *L);
-int lioq_checkfd(lua_State *L, int arg);
-int lioq_tofd(lua_State *L, int idx);
+ioq_fd lioq_checkfd(lua_State *L, int arg);
+ioq_fd lioq_tofd(lua_State *L, int idx);
 int lioq_closefd(lua_State *L, lioq_file *f);
 void lioq_dropfd(lioq_file *f);
 int lioq_signalfd(lua_State *L);

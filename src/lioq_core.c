@@ -10,7 +10,7 @@
 /* Pushes fail, "what: strerror(err)", err, as luaL_fileresult does. */
 int lioq_fail(lua_State *L, const char *what, int err) {
   luaL_pushfail(L);
-  lua_pushfstring(L, "%s: %s", what, strerror(err));
+  lua_pushfstring(L, "%s: %s", what, ioq_strerror(err));
   lua_pushinteger(L, err);
   return 3;
 }
@@ -81,7 +81,10 @@ static const struct { const char *name; int value; } errnos[] = {
   E(ECONNRESET), E(ENOBUFS), E(EISCONN), E(ENOTCONN), E(ETIMEDOUT),
   E(ECONNREFUSED), E(EHOSTUNREACH), E(EALREADY), E(EINPROGRESS),
   E(ECANCELED), E(EMSGSIZE), E(EDESTADDRREQ), E(EAFNOSUPPORT),
-  E(EPROTONOSUPPORT), E(ENOTEMPTY), E(EDQUOT), E(ETIME),
+  E(EPROTONOSUPPORT), E(ENOTEMPTY), E(EDQUOT),
+#ifdef ETIME
+  E(ETIME),
+#endif
 #undef E
 };
 

@@ -6,8 +6,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#ifndef _WIN32
 #include <sys/signalfd.h>
-#include <unistd.h>
+#endif
 
 #include "lualib.h"
 
@@ -19,60 +20,74 @@
 */
 lioq_file *lioq_file_prepare(lua_State *L) {
   lioq_file *f = lua_newuserdatauv(L, sizeof *f, 0);
-  f->fd = -1;
+  f->fd = IOQ_NOFD;
   f->family = f->type = 0;
+  f->append = 0;
+  f->pos = 0;
   luaL_setmetatable(L, LIOQ_FILE);
   return f;
 }
 
 static lioq_file *checkopen(lua_State *L, int arg) {
   lioq_file *f = lioq_checkudata(L, arg, TAG_FILE);
-  luaL_argcheck(L, f->fd >= 0, arg, "attempt to use a closed file");
+  luaL_argcheck(L, f->fd != IOQ_NOFD, arg, "attempt to use a closed file");
   return f;
 }
 
 /*
-** The descriptor of the file object (ioq or Lua io) at idx; -1 if it is
-** closed or not a file object.
+** The descriptor of the file object (ioq or Lua io) at idx; IOQ_NOFD if it
+** is closed or not a file object.
 */
-int lioq_tofd(lua_State *L, int idx) {
+ioq_fd lioq_tofd(lua_State *L, int idx) {
   void *ud;
   if ((ud = lioq_toudata(L, idx, TAG_FILE)) != NULL ||
       (ud = lioq_toudata(L, idx, TAG_SOCKET)) != NULL)
     return ((lioq_file *)ud)->fd;
+#ifndef _WIN32
   if ((ud = luaL_testudata(L, idx, LUA_FILEHANDLE)) != NULL) {
     luaL_Stream *s = ud;
-    return s->closef != NULL ? fileno(s->f) : -1;
+    return s->closef != NULL ? fileno(s->f) : IOQ_NOFD;
   }
-  return -1;
+#endif
+  return IOQ_NOFD;
 }
 
 /*
 ** The descriptor behind argument `arg`: an integer, a Lua io file, or an
 ** ioq file. Anything else, or a closed file, raises an error naming `arg`.
 */
-int lioq_checkfd(lua_State *L, int arg) {
+ioq_fd lioq_checkfd(lua_State *L, int arg) {
   void *ud;
   if (lua_type(L, arg) == LUA_TNUMBER) {
     lua_Integer fd = luaL_checkinteger(L, arg);
+#ifdef _WIN32
+    luaL_argcheck(L, fd >= 0, arg, "handle must be a non-negative integer");
+#else
     luaL_argcheck(L, fd >= 0 && fd <= 0x7fffffff, arg,
                   "descriptor must be a non-negative integer");
-    return (int)fd;
+#endif
+    return (ioq_fd)fd;
   }
   if ((ud = lioq_toudata(L, arg, TAG_FILE)) != NULL) {
     lioq_file *f = ud;
-    luaL_argcheck(L, f->fd >= 0, arg, "attempt to use a closed file");
+    luaL_argcheck(L, f->fd != IOQ_NOFD, arg, "attempt to use a closed file");
     return f->fd;
   }
   if ((ud = lioq_toudata(L, arg, TAG_SOCKET)) != NULL) {
     lioq_file *f = ud;
-    luaL_argcheck(L, f->fd >= 0, arg, "attempt to use a closed socket");
+    luaL_argcheck(L, f->fd != IOQ_NOFD, arg, "attempt to use a closed socket");
     return f->fd;
   }
   if ((ud = luaL_testudata(L, arg, LUA_FILEHANDLE)) != NULL) {
+#ifdef _WIN32
+    /* Its handle is not overlapped, which an I/O completion port needs. */
+    return luaL_argerror(L, arg, "Lua io files cannot be used on Windows "
+                                 "(open the file with ioq.open)");
+#else
     luaL_Stream *s = ud;
     luaL_argcheck(L, s->closef != NULL, arg, "attempt to use a closed file");
     return fileno(s->f);
+#endif
   }
   return luaL_typeerror(L, arg, "descriptor (integer, file or socket)");
 }
@@ -92,7 +107,7 @@ int lioq_closefd(lua_State *L, lioq_file *f) {
 
 /* For __gc and __close: closes quietly, and only once. */
 void lioq_dropfd(lioq_file *f) {
-  if (f->fd >= 0) {
+  if (f->fd != IOQ_NOFD) {
     close(f->fd);
     f->fd = -1;
   }
@@ -109,23 +124,26 @@ static int file_gc(lua_State *L) {
 }
 
 static int file_fileno(lua_State *L) {
-  lua_pushinteger(L, checkopen(L, 1)->fd);
+  lua_pushinteger(L, (lua_Integer)checkopen(L, 1)->fd);
   return 1;
 }
 
 static int file_repr(lua_State *L) {
   lioq_file *f = lioq_checkudata(L, 1, TAG_FILE);
-  if (f->fd < 0)
+  if (f->fd == IOQ_NOFD)
     lua_pushliteral(L, "ioq.file (closed)");
   else
-    lua_pushfstring(L, "ioq.file (fd %d)", f->fd);
+    lua_pushfstring(L, "ioq.file (fd %I)", (lua_Integer)f->fd);
   return 1;
 }
 
 static const struct { const char *name; int signo; } signals[] = {
-  {"INT", SIGINT}, {"TERM", SIGTERM}, {"HUP", SIGHUP}, {"QUIT", SIGQUIT},
+  {"INT", SIGINT}, {"TERM", SIGTERM},
+#ifndef _WIN32
+  {"HUP", SIGHUP}, {"QUIT", SIGQUIT},
   {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"CHLD", SIGCHLD},
   {"PIPE", SIGPIPE}, {"WINCH", SIGWINCH}, {"ALRM", SIGALRM},
+#endif
 };
 #define NSIGNALS (sizeof signals / sizeof signals[0])
 
@@ -137,9 +155,11 @@ static const struct { const char *name; int signo; } signals[] = {
 */
 int lioq_signalfd(lua_State *L) {
   int i, n = lua_gettop(L);
+#ifndef _WIN32
   sigset_t set;
   lioq_file *f;
   sigemptyset(&set);
+#endif
   luaL_argcheck(L, n > 0, 1, "signal name expected");
   for (i = 1; i <= n; i++) {
     const char *name = luaL_checkstring(L, i);
@@ -149,14 +169,24 @@ int lioq_signalfd(lua_State *L) {
         break;
     if (k == NSIGNALS)
       return luaL_argerror(L, i, lua_pushfstring(L, "unknown signal '%s'", name));
+#ifndef _WIN32
     sigaddset(&set, signals[k].signo);
+#endif
   }
+#ifdef _WIN32
+  /* Console control events are not signals; nothing to read them as yet. */
+  luaL_pushfail(L);
+  lua_pushliteral(L, "signals: not supported on Windows");
+  lua_pushinteger(L, ENOSYS);
+  return 3;
+#else
   f = lioq_file_prepare(L);
   f->fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
   if (f->fd < 0)
     return lioq_fail(L, "signalfd", errno);
   sigprocmask(SIG_BLOCK, &set, NULL);
   return 1;
+#endif
 }
 
 /* core.signame(number): the name of a signal number ("INT"...), or nil. */

@@ -16,13 +16,13 @@
 ** string or file it keeps in its own user values.
 */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
+#ifndef _WIN32
+#include <pthread.h>
+#endif
 
 #include "lioq.h"
 
@@ -40,8 +40,10 @@ typedef struct oplist {
 
 typedef struct lqueue {
   ioq_backend *be;         /* NULL once closed */
+#ifndef _WIN32
   pid_t owner;             /* the process that created the ring */
   unsigned long forks;     /* the fork count then */
+#endif
   oplist unsent, inflight, ready, starved;
   int *free_slots;         /* anchor slots free for reuse */
   int nfree;               /* how many of them */
@@ -86,6 +88,8 @@ typedef struct lhandle {
   int family, type;        /* multishot accept: the sockets it makes */
   struct lhandle *cancel_next;  /* on q->cancels */
   int cancel_queued;
+  lioq_file *pos_file;     /* the file whose kept position the op moved */
+  int at_position;         /* asked for the current position (offset -1) */
 } lhandle;
 
 static const char *const op_names[IOQ_NOPCODES] = {
@@ -100,6 +104,9 @@ static const ioq_backend_class *const backends[] = {
 #endif
 #ifdef IOQ_HAVE_EPOLL
   &ioq_epoll_backend,
+#endif
+#ifdef IOQ_HAVE_IOCP
+  &ioq_iocp_backend,
 #endif
   NULL
 };
@@ -133,6 +140,10 @@ static size_t queue_pending(const lqueue *q) {
 ** rather than a getpid() system call on every wait. (glibc drops the
 ** handler if this module is ever unloaded.)
 */
+#ifdef _WIN32
+#define checkowner(L, q) ((void)0)  /* no fork */
+#define forked_child(q) 0
+#else
 static volatile unsigned long forks;
 
 static void count_fork(void) {
@@ -154,12 +165,26 @@ static void checkowner(lua_State *L, lqueue *q) {
                   "(make a new queue after fork)");
 }
 
+#define forked_child(q) (getpid() != (q)->owner)
+#endif
+
 /* ---------------------------------------------------------------- time */
 
 static int64_t now_ns(void) {
+#ifdef _WIN32
+  static LARGE_INTEGER freq;  /* fixed at boot; a racing first store is
+                                 the same value */
+  LARGE_INTEGER t;
+  if (freq.QuadPart == 0)
+    QueryPerformanceFrequency(&freq);
+  QueryPerformanceCounter(&t);
+  return (int64_t)(t.QuadPart / freq.QuadPart) * 1000000000 +
+         (int64_t)(t.QuadPart % freq.QuadPart) * 1000000000 / freq.QuadPart;
+#else
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
 }
 
 /* Seconds at `arg` (a non-negative number) as nanoseconds; `dflt` if nil. */
@@ -213,7 +238,7 @@ static void item_drop(lhandle *h, int64_t res, int32_t buf) {
   if (buf >= 0)
     ioq_pool_release(h->q->pool, buf);
   else if (h->op.code == IOQ_ACCEPT && res >= 0)
-    close((int)res);
+    ioq_close((ioq_fd)res, 1);
 }
 
 /* Drops every item nobody will take, and the item array. */
@@ -245,11 +270,18 @@ static void settle(lhandle *h, int from_gc) {
   if (h->file_out != NULL) {
     if (h->op.res >= 0) {
       if (from_gc)  /* nobody can see the file object any more */
-        close((int)h->op.res);
+        ioq_close((ioq_fd)h->op.res, h->op.code == IOQ_ACCEPT);
       else
-        h->file_out->fd = (int)h->op.res;
+        h->file_out->fd = (ioq_fd)h->op.res;
     }
     h->file_out = NULL;
+  }
+  if (h->pos_file != NULL) {  /* fewer bytes moved than use_position took */
+    lioq_file *f = h->pos_file;
+    int64_t moved = h->op.res > 0 ? h->op.res : 0;
+    if (!from_gc && moved < h->op.len && f->pos == h->op.offset + h->op.len)
+      f->pos = h->op.offset + moved;
+    h->pos_file = NULL;
   }
 }
 
@@ -498,7 +530,7 @@ static void destroy(lqueue *q, int from_gc) {
   int forked;
   if (be == NULL)
     return;
-  forked = getpid() != q->owner;
+  forked = forked_child(q);
   q->closing = 1;
   while ((op = q->unsent.head) != NULL) {
     list_remove(&q->unsent, op);
@@ -588,7 +620,7 @@ static lhandle *newhandle(lua_State *L, lqueue *q, int code, size_t extra) {
   if (extra > 0)
     h->op.addr = h + 1;  /* a socket address, right after the handle */
   h->op.code = (uint8_t)code;
-  h->op.fd = -1;
+  h->op.fd = IOQ_NOFD;
   h->op.offset = -1;
   h->q = q;
   h->state = ST_DONE;  /* not pending until committed */
@@ -649,7 +681,7 @@ static uint32_t checklength(lua_State *L, int arg, size_t max) {
 }
 
 /* Sets the op's descriptor; the handle keeps a file object alive. */
-static void setfd(lua_State *L, lhandle *h, int fd) {
+static void setfd(lua_State *L, lhandle *h, ioq_fd fd) {
   h->op.fd = fd;
   if (lua_type(L, 2) == LUA_TUSERDATA) {
     lua_pushvalue(L, 2);
@@ -657,10 +689,32 @@ static void setfd(lua_State *L, lhandle *h, int fd) {
   }
 }
 
+/*
+** Where descriptors have no position of their own (IOCP), a read or write
+** at the current position (offset -1) of an ioq.file (at fidx) uses the
+** position the object keeps and moves it past the bytes asked for, so the
+** next op starts there; settle() moves it back if fewer bytes moved. A
+** write to a file opened to append keeps offset -1: the end of the file.
+** Called last before commit, once nothing can fail.
+*/
+static void use_position(lua_State *L, lqueue *q, lhandle *h, int fidx) {
+  lioq_file *f;
+  h->pos_file = NULL;
+  h->at_position = h->op.offset == -1;
+  if (!(q->be->caps & IOQ_CAP_NO_POSITION) || !h->at_position)
+    return;
+  f = lioq_toudata(L, fidx, TAG_FILE);
+  if (f == NULL || (f->append && h->op.code == IOQ_WRITE))
+    return;
+  h->op.offset = f->pos;
+  f->pos += h->op.len;
+  h->pos_file = f;
+}
+
 /* q:read(f, buf [, offset [, length]]) */
 static int queue_read(lua_State *L) {
   lqueue *q = checkopenqueue(L);
-  int fd = lioq_checkfd(L, 2);
+  ioq_fd fd = lioq_checkfd(L, 2);
   lioq_block *b = lioq_checkblock(L, 3);
   lhandle *h;
   int64_t off;
@@ -675,6 +729,7 @@ static int queue_read(lua_State *L) {
   h->op.offset = off;
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, -2, UV_DATA);
+  use_position(L, q, h, 2);
   return commit(L, 1, q, h, b);
 }
 
@@ -687,7 +742,7 @@ static int queue_write(lua_State *L) {
   lhandle *h;
   int64_t off;
   uint32_t len;
-  int fd = lioq_checkfd(L, 2);
+  ioq_fd fd = lioq_checkfd(L, 2);
   if (lua_type(L, 3) == LUA_TSTRING) {
     bytes = lua_tolstring(L, 3, &size);
   } else {
@@ -707,13 +762,14 @@ static int queue_write(lua_State *L) {
   h->op.offset = off;
   lua_pushvalue(L, 3);  /* keeps a string alive while the kernel reads it */
   lua_setiuservalue(L, -2, UV_DATA);
+  use_position(L, q, h, 2);
   return commit(L, 1, q, h, b);
 }
 
 /* q:fsync(f) */
 static int queue_fsync(lua_State *L) {
   lqueue *q = checkopenqueue(L);
-  int fd = lioq_checkfd(L, 2);
+  ioq_fd fd = lioq_checkfd(L, 2);
   lhandle *h = newhandle(L, q, IOQ_FSYNC, 0);
   setfd(L, h, fd);
   return commit(L, 1, q, h, NULL);
@@ -781,6 +837,7 @@ static int queue_open(lua_State *L) {
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, UV_DATA);
   h->file_out = lioq_file_prepare(L);
+  h->file_out->append = (flags & O_APPEND) != 0;
   lua_setiuservalue(L, -2, UV_RESULT);
   return commit(L, 1, q, h, NULL);
 }
@@ -788,7 +845,7 @@ static int queue_open(lua_State *L) {
 /* The socket at arg 2, open. */
 static lioq_file *checksocketarg(lua_State *L) {
   lioq_file *s = lioq_checkudata(L, 2, TAG_SOCKET);
-  luaL_argcheck(L, s->fd >= 0, 2, "attempt to use a closed socket");
+  luaL_argcheck(L, s->fd != IOQ_NOFD, 2, "attempt to use a closed socket");
   return s;
 }
 
@@ -1171,8 +1228,10 @@ int lioq_queue_new(lua_State *L) {
                          "unknown backend '%s'", want));
   q = lua_newuserdatauv(L, sizeof *q, QUEUE_NUV);
   memset(q, 0, sizeof *q);
+#ifndef _WIN32
   q->owner = getpid();
   q->forks = forks;
+#endif
   q->pool_count = (unsigned)pool_count;
   q->pool_size = (unsigned)pool_size;
   luaL_setmetatable(L, LIOQ_QUEUE);  /* for __gc, before the ring exists */
@@ -1189,7 +1248,7 @@ int lioq_queue_new(lua_State *L) {
   }
   if (r != 0)
     return luaL_error(L, "cannot create a queue (%s): %s", want,
-                      strerror(-r));
+                      ioq_strerror(-r));
   /* The metatable whose methods table says which backend this is. */
   lua_getfield(L, LUA_REGISTRYINDEX, QUEUE_METATABLES);
   lua_rawgeti(L, -1, i + 1);
@@ -1232,7 +1291,7 @@ static int push_result(lua_State *L, lhandle *h) {
     else if (err == ECANCELED)
       lua_pushliteral(L, "canceled");
     else
-      lua_pushfstring(L, "%s: %s", op_names[h->op.code], strerror(err));
+      lua_pushfstring(L, "%s: %s", op_names[h->op.code], ioq_strerror(err));
     lua_pushinteger(L, err);
     return 3;
   }
@@ -1394,7 +1453,7 @@ static int handle_resubmit(lua_State *L) {
   lqueue *q = h->q;
   lioq_block *b = NULL;
   int code = h->op.code;
-  int64_t off = h->op.offset;
+  int64_t off = h->at_position ? -1 : h->op.offset;
   luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
   luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
                    code != IOQ_CONNECT && code != IOQ_SHUTDOWN, 1,
@@ -1410,8 +1469,8 @@ static int handle_resubmit(lua_State *L) {
   lua_getiuservalue(L, 1, UV_FD);                 /* 4 */
   luaL_argcheck(L, q->be != NULL, 1, "queue is closed");
   if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
-    int fd = lioq_tofd(L, 4);
-    if (fd < 0)
+    ioq_fd fd = lioq_tofd(L, 4);
+    if (fd == IOQ_NOFD)
       return luaL_error(L, "the handle's file is closed");
     h->op.fd = fd;
   }
@@ -1425,6 +1484,8 @@ static int handle_resubmit(lua_State *L) {
   h->op.res = 0;
   h->op.timeout_ns = 0;
   h->op.cancel_requested = 0;
+  if (code == IOQ_READ || code == IOQ_WRITE)
+    use_position(L, q, h, 4);
   lua_settop(L, 2);
   lua_insert(L, 1);                               /* queue, handle */
   return commit(L, 1, q, h, b);
@@ -1451,7 +1512,7 @@ static int handle_take(lua_State *L) {
     h->items_head = (h->items_head + 1) % h->items_cap;
     h->items_n--;
     if (h->op.code == IOQ_ACCEPT)
-      ((lioq_file *)lua_touserdata(L, -1))->fd = (int)res;
+      ((lioq_file *)lua_touserdata(L, -1))->fd = (ioq_fd)res;
     return 1;
   }
   if (h->state != ST_DONE) {
@@ -1513,7 +1574,9 @@ static int handle_repr(lua_State *L) {
 }
 
 void lioq_open_queue(lua_State *L) {
+#ifndef _WIN32
   static pthread_once_t once = PTHREAD_ONCE_INIT;
+#endif
   static const luaL_Reg queue_methods[] = {
     {"read", queue_read},
     {"write", queue_write},
@@ -1559,7 +1622,9 @@ void lioq_open_queue(lua_State *L) {
     {NULL, NULL}
   };
   int i;
+#ifndef _WIN32
   pthread_once(&once, watch_forks);
+#endif
   /* Handles: a C __index, for the fields that live in each handle. */
   lioq_newmetatable(L, TAG_HANDLE, handle_meta);
   lua_newtable(L);

@@ -6,17 +6,14 @@
 ** Only setup lives here; the I/O (accept, connect, recv, send...) is an op
 ** on a queue, in lioq_queue.c.
 */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include "lioq.h"
+
+#ifdef _WIN32
+#include <afunix.h>
+#endif
 
 static const struct {
   const char *name;
@@ -52,35 +49,141 @@ static int checkkind(lua_State *L, int arg, const char *dflt) {
 /* Pushes a socket object in the closed state (see lioq_file_prepare). */
 lioq_file *lioq_socket_prepare(lua_State *L, int family, int type) {
   lioq_file *s = lua_newuserdatauv(L, sizeof *s, 0);
-  s->fd = -1;
+  s->fd = IOQ_NOFD;
   s->family = family;
   s->type = type;
+  s->append = 0;
+  s->pos = 0;
   luaL_setmetatable(L, LIOQ_SOCKET);
   return s;
+}
+
+/*
+** A new socket: non-blocking and close-on-exec on POSIX systems, where the
+** queue's backends need readiness; overlapped and not inheritable on
+** Windows, where IOCP needs overlapped handles. 0 or an errno value.
+*/
+static int new_socket(int family, int type, ioq_fd *out) {
+#ifdef _WIN32
+  SOCKET fd;
+  int err = ioq_win_startup();
+  if (err != 0)
+    return err;
+  fd = WSASocketW(family, type, 0, NULL, 0,
+                  WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+  if (fd == INVALID_SOCKET)
+    return ioq_sockerr();
+  *out = (ioq_fd)fd;
+#else
+  int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return errno;
+  *out = fd;
+#endif
+  return 0;
 }
 
 /* ioq.socket(kind): a new socket, or fail, msg, errno (EMFILE...). */
 int lioq_socket_new(lua_State *L) {
   int k = checkkind(L, 1, "tcp");
   lioq_file *s = lioq_socket_prepare(L, kinds[k].family, kinds[k].type);
-  s->fd = socket(kinds[k].family, kinds[k].type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (s->fd < 0)
-    return lioq_fail(L, "socket", errno);
+  int err = new_socket(kinds[k].family, kinds[k].type, &s->fd);
+  if (err != 0)
+    return lioq_fail(L, "socket", err);
   return 1;
 }
 
-/* ioq.socketpair([kind]): two connected Unix sockets ("unix" or "unix-dgram"). */
+#ifdef _WIN32
+/*
+** Windows has no socketpair: connect two loopback sockets of `type`
+** instead (TCP through a listener that lives only for this; UDP by
+** connecting each to the other's address). 0 or an errno value; on
+** failure nothing stays open.
+*/
+static int loopback_pair(int type, ioq_fd fds[2]) {
+  struct sockaddr_in addr[2];
+  IOQ_SOCKLEN len = sizeof addr[0];
+  ioq_fd lst = IOQ_NOFD;
+  int err, i;
+  fds[0] = fds[1] = IOQ_NOFD;
+  memset(addr, 0, sizeof addr);
+  addr[0].sin_family = AF_INET;
+  addr[0].sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (type == SOCK_DGRAM) {
+    for (i = 0; i < 2; i++) {
+      len = sizeof addr[i];
+      addr[i] = addr[0];
+      addr[i].sin_port = 0;
+      if ((err = new_socket(AF_INET, SOCK_DGRAM, &fds[i])) != 0)
+        goto fail;
+      if (bind((SOCKET)fds[i], (struct sockaddr *)&addr[i], len) != 0 ||
+          getsockname((SOCKET)fds[i], (struct sockaddr *)&addr[i], &len) != 0)
+        goto sockfail;
+    }
+    for (i = 0; i < 2; i++)
+      if (connect((SOCKET)fds[i], (struct sockaddr *)&addr[1 - i],
+                  sizeof addr[0]) != 0)
+        goto sockfail;
+    return 0;
+  }
+  if ((err = new_socket(AF_INET, SOCK_STREAM, &lst)) != 0 ||
+      (err = new_socket(AF_INET, SOCK_STREAM, &fds[0])) != 0)
+    goto fail;
+  if (bind((SOCKET)lst, (struct sockaddr *)&addr[0], len) != 0 ||
+      getsockname((SOCKET)lst, (struct sockaddr *)&addr[0], &len) != 0 ||
+      listen((SOCKET)lst, 1) != 0 ||
+      connect((SOCKET)fds[0], (struct sockaddr *)&addr[0], len) != 0)
+    goto sockfail;
+  /* The listener is ours alone, so the one connection is the right one. */
+  fds[1] = (ioq_fd)accept((SOCKET)lst, NULL, NULL);
+  if ((SOCKET)fds[1] == INVALID_SOCKET) {
+    fds[1] = IOQ_NOFD;
+    goto sockfail;
+  }
+  ioq_close(lst, 1);
+  return 0;
+sockfail:
+  err = ioq_sockerr();
+fail:
+  for (i = 0; i < 2; i++)
+    if (fds[i] != IOQ_NOFD)
+      ioq_close(fds[i], 1);
+  if (lst != IOQ_NOFD)
+    ioq_close(lst, 1);
+  return err;
+}
+#endif
+
+/*
+** ioq.socketpair([kind]): two connected sockets, "unix" (the default) or
+** "unix-dgram". Windows has no socketpair, so there the pair is two
+** loopback sockets, TCP or UDP, connected to each other.
+*/
 int lioq_socketpair(lua_State *L) {
   int k = checkkind(L, 1, "unix");
-  int fds[2];
+  ioq_fd fds[2];
+  int err, family = AF_UNIX;
   lioq_file *a, *b;
   luaL_argcheck(L, kinds[k].family == AF_UNIX, 1,
                 "a socket pair is \"unix\" or \"unix-dgram\"");
-  a = lioq_socket_prepare(L, AF_UNIX, kinds[k].type);
-  b = lioq_socket_prepare(L, AF_UNIX, kinds[k].type);
-  if (socketpair(AF_UNIX, kinds[k].type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
-                 fds) != 0)
-    return lioq_fail(L, "socketpair", errno);
+#ifdef _WIN32
+  family = AF_INET;
+#endif
+  a = lioq_socket_prepare(L, family, kinds[k].type);
+  b = lioq_socket_prepare(L, family, kinds[k].type);
+#ifdef _WIN32
+  err = loopback_pair(kinds[k].type, fds);
+#else
+  {
+    int sv[2];
+    err = socketpair(AF_UNIX, kinds[k].type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
+                     sv) == 0 ? 0 : errno;
+    fds[0] = sv[0];
+    fds[1] = sv[1];
+  }
+#endif
+  if (err != 0)
+    return lioq_fail(L, "socketpair", err);
   a->fd = fds[0];
   b->fd = fds[1];
   return 2;
@@ -88,7 +191,7 @@ int lioq_socketpair(lua_State *L) {
 
 static lioq_file *checksocket(lua_State *L, int arg) {
   lioq_file *s = lioq_checkudata(L, arg, TAG_SOCKET);
-  luaL_argcheck(L, s->fd >= 0, arg, "attempt to use a closed socket");
+  luaL_argcheck(L, s->fd != IOQ_NOFD, arg, "attempt to use a closed socket");
   return s;
 }
 
@@ -141,9 +244,9 @@ const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
     in6->sin6_port = htons((uint16_t)port);
     *len = sizeof *in6;
     if (hlen == 0 || strcmp(host, "*") == 0)
-      in6->sin6_addr = in6addr_any;
+      ;  /* the any address, ::, is all zeros */
     else if (strcmp(host, "localhost") == 0)
-      in6->sin6_addr = in6addr_loopback;
+      in6->sin6_addr.s6_addr[15] = 1;  /* ::1 */
     else if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
       goto resolve;
     return NULL;
@@ -158,8 +261,13 @@ resolve: {
     r = getaddrinfo(host, NULL, &hints, &res);
     if (r != 0 || res == NULL) {
       *err = EHOSTUNREACH;
+#ifdef EAI_SYSTEM
+      if (r == EAI_SYSTEM)
+        return lua_pushfstring(L, "cannot resolve '%s': %s", host,
+                               strerror(errno));
+#endif
       return lua_pushfstring(L, "cannot resolve '%s': %s", host,
-                             r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r));
+                             gai_strerror(r));
     }
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     *len = (uint32_t)res->ai_addrlen;
@@ -223,8 +331,8 @@ static int socket_bind(lua_State *L) {
     lua_pushinteger(L, err);
     return 3;
   }
-  if (bind(s->fd, (struct sockaddr *)&ss, len) != 0)
-    return lioq_fail(L, "bind", errno);
+  if (bind(s->fd, (struct sockaddr *)&ss, (IOQ_SOCKLEN)len) != 0)
+    return lioq_fail(L, "bind", ioq_sockerr());
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -236,7 +344,7 @@ static int socket_listen(lua_State *L) {
   luaL_argcheck(L, backlog >= 0 && backlog <= 0x7fffffff, 2,
                 "backlog must be a non-negative integer");
   if (listen(s->fd, (int)backlog) != 0)
-    return lioq_fail(L, "listen", errno);
+    return lioq_fail(L, "listen", ioq_sockerr());
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -244,12 +352,12 @@ static int socket_listen(lua_State *L) {
 static int getname(lua_State *L, int peer) {
   lioq_file *s = checksocket(L, 1);
   struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
+  IOQ_SOCKLEN len = sizeof ss;
   int r = peer ? getpeername(s->fd, (struct sockaddr *)&ss, &len)
                : getsockname(s->fd, (struct sockaddr *)&ss, &len);
   if (r != 0)
-    return lioq_fail(L, peer ? "getpeername" : "getsockname", errno);
-  return lioq_pushaddr(L, &ss, len);
+    return lioq_fail(L, peer ? "getpeername" : "getsockname", ioq_sockerr());
+  return lioq_pushaddr(L, &ss, (uint32_t)len);
 }
 
 /* s:getsockname(): host, port (or the Unix path). */
@@ -268,7 +376,9 @@ static const struct {
   int is_bool;
 } options[] = {
   {"reuseaddr", SOL_SOCKET, SO_REUSEADDR, 1},
+#ifdef SO_REUSEPORT
   {"reuseport", SOL_SOCKET, SO_REUSEPORT, 1},
+#endif
   {"keepalive", SOL_SOCKET, SO_KEEPALIVE, 1},
   {"broadcast", SOL_SOCKET, SO_BROADCAST, 1},
   {"rcvbuf", SOL_SOCKET, SO_RCVBUF, 0},
@@ -289,11 +399,14 @@ static int socket_setoption(lua_State *L) {
   if (i == sizeof options / sizeof options[0]) {
     if (strcmp(name, "linger") == 0) {  /* seconds, or false for off */
       struct linger lg;
+      lua_Integer secs = lua_toboolean(L, 3) ? luaL_checkinteger(L, 3) : 0;
+      luaL_argcheck(L, secs >= 0 && secs <= 65535, 3,
+                    "seconds must be in 0..65535");
       lg.l_onoff = lua_toboolean(L, 3);
-      lg.l_linger = lg.l_onoff ? (int)luaL_checkinteger(L, 3) : 0;
-      luaL_argcheck(L, lg.l_linger >= 0, 3, "seconds must be non-negative");
-      if (setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0)
-        return lioq_fail(L, "setoption", errno);
+      lg.l_linger = (int)secs;
+      if (setsockopt(s->fd, SOL_SOCKET, SO_LINGER, (const char *)&lg,
+                     sizeof lg) != 0)
+        return lioq_fail(L, "setoption", ioq_sockerr());
       lua_pushboolean(L, 1);
       return 1;
     }
@@ -308,9 +421,9 @@ static int socket_setoption(lua_State *L) {
                   "value must be a non-negative integer");
     value = (int)n;
   }
-  if (setsockopt(s->fd, options[i].level, options[i].opt, &value,
-                 sizeof value) != 0)
-    return lioq_fail(L, "setoption", errno);
+  if (setsockopt(s->fd, options[i].level, options[i].opt,
+                 (const char *)&value, sizeof value) != 0)
+    return lioq_fail(L, "setoption", ioq_sockerr());
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -328,7 +441,7 @@ int lioq_checkhow(lua_State *L, int arg) {
 static int socket_shutdown(lua_State *L) {
   lioq_file *s = checksocket(L, 1);
   if (shutdown(s->fd, lioq_checkhow(L, 2)) != 0)
-    return lioq_fail(L, "shutdown", errno);
+    return lioq_fail(L, "shutdown", ioq_sockerr());
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -345,16 +458,17 @@ static int socket_gc(lua_State *L) {
 }
 
 static int socket_fileno(lua_State *L) {
-  lua_pushinteger(L, checksocket(L, 1)->fd);
+  lua_pushinteger(L, (lua_Integer)checksocket(L, 1)->fd);
   return 1;
 }
 
 static int socket_repr(lua_State *L) {
   lioq_file *s = lioq_checkudata(L, 1, TAG_SOCKET);
-  if (s->fd < 0)
+  if (s->fd == IOQ_NOFD)
     lua_pushfstring(L, "ioq.socket (%s, closed)", kind_name(s));
   else
-    lua_pushfstring(L, "ioq.socket (%s, fd %d)", kind_name(s), s->fd);
+    lua_pushfstring(L, "ioq.socket (%s, fd %I)", kind_name(s),
+                    (lua_Integer)s->fd);
   return 1;
 }
 

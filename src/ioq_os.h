@@ -1,0 +1,99 @@
+/*
+** ioq_os.h: the few things the binding does differently on Windows and on
+** POSIX systems (as luasocket keeps usocket.c and wsocket.c behind one
+** header). Everything else in the binding is the same code on both.
+**
+** On Windows a descriptor (ioq_fd, see ioq.h) is a HANDLE for files and a
+** SOCKET for sockets; errors are mapped from GetLastError/WSAGetLastError to
+** the errno values the rest of ioq uses, so scripts see ioq.errno.ECONNRESET
+** whatever the platform.
+*/
+#ifndef IOQ_OS_H
+#define IOQ_OS_H
+
+#ifdef _WIN32
+
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#include <errno.h>
+#include <fcntl.h>
+
+#ifndef SHUT_RD
+#define SHUT_RD SD_RECEIVE
+#define SHUT_WR SD_SEND
+#define SHUT_RDWR SD_BOTH
+#endif
+#ifndef O_ACCMODE
+#define O_ACCMODE (O_RDONLY | O_WRONLY | O_RDWR)
+#endif
+/* Not in the C runtime's flags: the iocp backend maps it to
+** FILE_FLAG_NO_BUFFERING. Handles are never inherited, so no O_CLOEXEC. */
+#define O_DIRECT 0x01000000
+#define O_CLOEXEC 0
+
+/* errno values the C runtime lacks (not produced by Windows itself). */
+#ifndef EDQUOT
+#define EDQUOT 10069  /* WSAEDQUOT */
+#endif
+
+#define IOQ_SOCKLEN int
+
+/* GetLastError()/WSAGetLastError() codes as errno values (ioq_win.c). */
+int ioq_win_errno(unsigned long code);
+/* strerror for the errno values ioq produces, sockets' included. */
+const char *ioq_strerror(int err);
+/* Starts Winsock once per process; 0 or an errno value. */
+int ioq_win_startup(void);
+
+static inline int ioq_sockerr(void) {
+  return ioq_win_errno((unsigned long)WSAGetLastError());
+}
+static inline int ioq_oserr(void) {
+  return ioq_win_errno(GetLastError());
+}
+
+#else  /* POSIX */
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define IOQ_SOCKLEN socklen_t
+#define ioq_strerror strerror
+
+static inline int ioq_sockerr(void) {
+  return errno;
+}
+static inline int ioq_oserr(void) {
+  return errno;
+}
+
+#endif
+
+#include "ioq.h"
+
+/*
+** Closes a descriptor ioq made: a socket if `is_socket`, else a file.
+** Returns 0 or an errno value; the descriptor is gone either way (Linux
+** closes it even when close reports EINTR).
+*/
+static inline int ioq_close(ioq_fd fd, int is_socket) {
+#ifdef _WIN32
+  if (is_socket)
+    return closesocket((SOCKET)fd) == 0 ? 0 : ioq_sockerr();
+  return CloseHandle((HANDLE)fd) ? 0 : ioq_oserr();
+#else
+  (void)is_socket;
+  return close(fd) == 0 || errno == EINTR ? 0 : errno;
+#endif
+}
+
+#endif
