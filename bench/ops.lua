@@ -2,12 +2,17 @@
 --
 --   lua5.4 bench/ops.lua nop N              N NOPs in batches of 64
 --   lua5.4 bench/ops.lua nop-reuse N        the same 64 handles, resubmitted
+--   lua5.4 bench/ops.lua nop-tasks N        the coroutine layer: 64 tasks in
+--                                           ioq.run, each awaiting one NOP
+--                                           after another (N/64 each)
 --   lua5.4 bench/ops.lua randread FILE N    N buffered 4 KiB random reads,
 --                                           64 always in flight, a new
 --                                           handle per read
 --   lua5.4 bench/ops.lua randread-reuse FILE N
 --                                           the same, each handle put back
 --                                           to work with h:resubmit(offset)
+--   ... randread[-reuse] FILE N direct      the file opened with O_DIRECT
+--                                           (the page cache bypassed)
 --
 -- Prints one line like uring_bench does, e.g.
 --   nop ops=6400000 secs=1.234567 rate=5184000
@@ -17,23 +22,9 @@ local ioq = require "ioq"
 local DEPTH = 64
 local BLOCK = 4096
 
--- Wall time, never os.clock (that is CPU time, and misses time spent
--- blocked in the kernel). ioq.now is the monotonic clock the design asks
--- for; until the module has it, ask date(1): two forks around a run of a
--- second or more cost well under 0.1%.
+-- Wall time (the monotonic clock), never os.clock: that is CPU time, and
+-- misses time spent blocked in the kernel.
 local now = ioq.now
-if not now then
-  local ok, core = pcall(require, "ioq.core")
-  now = ok and core.now
-end
-if not now then
-  now = function()
-    local p = assert(io.popen("date +%s.%N"))
-    local t = p:read("n")
-    p:close()
-    return assert(t, "date(1) gave no time")
-  end
-end
 
 local function report(job, ops, secs)
   print(string.format("%s ops=%d secs=%.6f rate=%.0f", job, ops, secs, ops / secs))
@@ -75,14 +66,35 @@ local function job_nop(n, reuse)
   q:close()
 end
 
-local function job_randread(path, n, reuse)
+--- DEPTH tasks, each awaiting NOPs one after another: every pass of the
+-- loop finds up to DEPTH new NOPs to submit at once, as the batch above.
+local function job_nop_tasks(n)
+  local per_task = n // DEPTH
+  if per_task * DEPTH ~= n then
+    error("nop-tasks: N must be a multiple of " .. DEPTH)
+  end
+  local t0 = now()
+  ioq.run(function()
+    local q = ioq.current()
+    local function worker()
+      for _ = 1, per_task do
+        assert(q:nop():await())
+      end
+    end
+    for _ = 1, DEPTH do ioq.spawn(worker) end
+  end)
+  report("nop-tasks", n, now() - t0)
+end
+
+local function job_randread(path, n, reuse, direct)
   local q = ioq.queue()
   local size = assert(io.open(path, "rb")):seek("end")
   local nblocks = size // BLOCK
   if nblocks == 0 then
     error(path .. " is smaller than " .. BLOCK .. " bytes")
   end
-  local f = assert(q:open(path, "r"):wait())
+  -- ioq's buffers are page-aligned, as O_DIRECT wants them.
+  local f = assert(q:open(path, direct and "rd" or "r"):wait())
   local bufs = {}
   for i = 1, DEPTH do
     bufs[i] = ioq.buffer(BLOCK)
@@ -126,11 +138,13 @@ end
 local job = arg[1]
 if (job == "nop" or job == "nop-reuse") and #arg == 2 then
   job_nop(count_arg(arg[2]), job == "nop-reuse")
-elseif (job == "randread" or job == "randread-reuse") and #arg == 3 then
-  job_randread(arg[2], count_arg(arg[3]), job == "randread-reuse")
+elseif job == "nop-tasks" and #arg == 2 then
+  job_nop_tasks(count_arg(arg[2]))
+elseif (job == "randread" or job == "randread-reuse") and
+       (#arg == 3 or (#arg == 4 and arg[4] == "direct")) then
+  job_randread(arg[2], count_arg(arg[3]), job == "randread-reuse", arg[4] == "direct")
 else
-  io.stderr:write("usage: lua5.4 bench/ops.lua nop|nop-reuse N\n",
-                  "       lua5.4 bench/ops.lua randread FILE N\n",
-                  "       lua5.4 bench/ops.lua randread-reuse FILE N\n")
+  io.stderr:write("usage: lua5.4 bench/ops.lua nop|nop-reuse|nop-tasks N\n",
+                  "       lua5.4 bench/ops.lua randread|randread-reuse FILE N [direct]\n")
   os.exit(2)
 end

@@ -1,5 +1,5 @@
 #!/usr/bin/env lua5.4
--- bench/net/echo_luv.lua: the luv contender of bench/net/run.sh, a TCP
+-- bench/net/echo_luv.lua: the luv contender of `bench/run.sh echo`, a TCP
 -- echo server doing what examples/echo_server.lua does, written the way
 -- luv (libuv) code is usually written: callbacks, no coroutines.
 --

@@ -1,6 +1,6 @@
 /*
 ** echo_uring.c: a TCP echo server on raw liburing, the baseline ("the
-** physical limit") that bench/net/run.sh measures the ioq echo server
+** physical limit") that `bench/run.sh echo` measures the ioq echo server
 ** (examples/echo_server.lua) against.
 **
 **   echo_uring PORT        listens on 127.0.0.1:PORT

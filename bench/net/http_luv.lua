@@ -1,6 +1,6 @@
 #!/usr/bin/env lua5.4
 -- bench/net/http_luv.lua: the luv contender for examples/http_hello.lua in
--- bench/net/run.sh: the same HTTP/1.1 "Hello, world" server, written the
+-- `bench/run.sh http`: the same HTTP/1.1 "Hello, world" server, written the
 -- way luv (libuv) code is usually written: callbacks, no coroutines.
 --
 --   lua5.4 bench/net/http_luv.lua PORT

@@ -1,5 +1,5 @@
 /*
-** load.c: the load client of bench/net/run.sh, the same for every echo
+** load.c: the load client of `bench/run.sh echo`, the same for every echo
 ** server it measures.
 **
 **   load [-c CONNS] [-m BYTES] [-w WARMUP] [-d SECS] [-p PID] HOST PORT
