@@ -31,7 +31,8 @@ LUA_LIBS    ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5
 BUSTED      ?= $(LUA) /usr/bin/busted
 LUACHECK    ?= luacheck
 
-.PHONY: all check test lint asan asan-build valgrind fuzz soak demo install clean
+.PHONY: all check test lint asan asan-build valgrind fuzz soak demo install clean \
+        windows test-windows
 
 all: $(CORE)
 
@@ -124,3 +125,38 @@ install: $(CORE)
 
 clean:
 	rm -rf build build-asan
+
+# ---------------------------------------------------------------- Windows
+# make windows: ioq/core.dll for 64-bit Windows, cross-built with mingw-w64
+# against a Lua 5.4 built for Windows from Debian's lua5.4 source package
+# (mk/windows-lua.sh, cached in build-win/lua). make test-windows runs the
+# specs under Wine with that lua.exe.
+WIN_CC      ?= x86_64-w64-mingw32-gcc
+WIN_BUILD   ?= build-win
+WIN_LUA     := $(WIN_BUILD)/lua
+WIN_SRCS    := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
+               src/lioq_file.c src/lioq_socket.c src/backend_iocp.c \
+               src/ioq_win.c
+WIN_CORE    := $(WIN_BUILD)/ioq/core.dll
+WIN_TESTLIB := $(WIN_BUILD)/ioq_test.dll
+WIN_CFLAGS  := $(WARNINGS) -D_WIN32_WINNT=0x0601 -I$(WIN_LUA)/include -O2 \
+               -shared -static-libgcc
+
+windows: $(WIN_CORE)
+
+$(WIN_LUA)/lua.exe:
+	sh mk/windows-lua.sh $(WIN_LUA)
+
+$(WIN_CORE): $(WIN_SRCS) $(HDRS) Makefile $(WIN_LUA)/lua.exe
+	@mkdir -p $(dir $@)
+	$(WIN_CC) $(WIN_CFLAGS) -DIOQ_HAVE_IOCP -o $@ $(WIN_SRCS) \
+	  $(WIN_LUA)/lua54.dll -lws2_32 -lmswsock
+
+$(WIN_TESTLIB): spec/support/testsupport_win.c Makefile $(WIN_LUA)/lua.exe
+	@mkdir -p $(dir $@)
+	$(WIN_CC) $(WIN_CFLAGS) -o $@ spec/support/testsupport_win.c \
+	  $(WIN_LUA)/lua54.dll
+
+# The specs under Wine, through spec/run.sh's "wine" mode.
+test-windows: $(WIN_CORE) $(WIN_TESTLIB)
+	IOQ_MODES=wine LUA="$(LUA)" bash spec/run.sh

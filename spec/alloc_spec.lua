@@ -5,6 +5,7 @@ local build = os.getenv("IOQ_CPATH") or "build"
 
 describe("allocation failures", function()
   it("become 'not enough memory' errors at every allocation of a scenario", function()
+    require("support.util").posix_only("the allocation-failure host, a Linux program")
     if os.getenv("IOQ_VALGRIND") then
       pending("thousands of runs are too slow under valgrind; the asan run covers this")
       return

@@ -63,6 +63,7 @@ local function sh(cmd)
 end
 
 describe("examples", function()
+  before_each(function() util.posix_only("a POSIX shell to start the examples") end)
   after_each(util.cleanup)
 
   it("copy.lua copies and checksums a file", function()

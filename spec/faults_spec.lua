@@ -35,7 +35,7 @@ describe("kernel-side faults", function()
 
   it("never hands a pending read's data to a new owner of its descriptor number", function()
     local q <close> = ioq.queue()
-    if q.backend ~= "io_uring" then
+    if q.backend == "epoll" then
       pending("epoll cannot follow a descriptor closed under a pending op (cancel first); see README")
       return
     end
@@ -49,6 +49,13 @@ describe("kernel-side faults", function()
     local new = ioq.buffer(16)
     assert.are.equal(5, q:read(r2, new):wait(2))
     assert.are.equal("fresh", new:tostring(1, 5))
+    if q.backend == "iocp" then      -- closing a handle cancels its I/O
+      local n, _, err = h:wait(2)
+      assert.is_true(n == 0 or err == ioq.errno.ECANCELED, tostring(err))
+      assert.are.equal(string.rep("\0", 5), old:tostring(1, 5))
+      t.close(r2); t.close(w1); t.close(w2)
+      return
+    end
     assert.is_false(h:done())        -- the old read still waits on the old pipe
     assert.are.equal(3, q:write(w1, "old"):wait())
     assert.are.equal(3, h:wait(2))
@@ -75,6 +82,7 @@ describe("kernel-side faults", function()
   end)
 
   it("keeps a forked child off its parent's queue", function()
+    util.posix_only("fork")
     local q <close> = ioq.queue()
     local r, w = t.pipe()
     local pending_read = q:read(r, ioq.buffer(8))

@@ -1,8 +1,9 @@
 -- Loaded by busted before any spec: point require at this checkout's
 -- module (IOQ_CPATH names the build folder, so `make asan` can swap it in).
 local build = os.getenv("IOQ_CPATH") or "build"
+local windows = package.config:sub(1, 1) == "\\"
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
-package.cpath = build .. "/?.so;" .. package.cpath
+package.cpath = build .. (windows and "/?.dll;" or "/?.so;") .. package.cpath
 
 -- Under `make asan` the sanitizer runtime is preloaded into this process.
 -- Keep it out of the shell commands specs run (they are not ours to check),

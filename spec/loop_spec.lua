@@ -228,6 +228,9 @@ describe("await", function()
   end)
 
   it("uses next to no CPU while idle", function()
+    if util.windows then
+      pending("os.clock measures wall time, not CPU time, on Windows")
+    end
     ioq.run(function()
       local c0, t0 = os.clock(), ioq.now()
       ioq.sleep(0.5)

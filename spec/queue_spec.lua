@@ -9,7 +9,7 @@ describe("queue", function()
     local q <close> = ioq.queue()
     local names = ioq.backends()
     assert.is_true(#names >= 1)
-    assert.is_truthy(({ io_uring = true, epoll = true })[q.backend])
+    assert.is_truthy(({ io_uring = true, epoll = true, iocp = true })[q.backend])
     assert.matches("^ioq.queue %(" .. q.backend, tostring(q))
     assert.matches("^%d+%.%d+%.%d+$", ioq.version)
   end)
@@ -115,6 +115,7 @@ describe("queue", function()
   end)
 
   it("retries a wait that a signal interrupts (EINTR)", function()
+    util.posix_only("signals (SIGALRM)")
     if os.getenv("IOQ_VALGRIND") then
       pending("under valgrind a signal waits until the system call ends, so no EINTR")
       return

@@ -5,7 +5,9 @@
 #
 #   IOQ_MODES     "plain" (build/), "asan" (build-asan/, ASan+UBSan, the
 #                 sanitizer runtime preloaded into the Lua processes only),
-#                 "valgrind" (build/, busted under valgrind memcheck);
+#                 "valgrind" (build/, busted under valgrind memcheck),
+#                 "wine" (build-win/, the Windows build under Wine, with
+#                 spec/support/runner.lua since busted cannot run there);
 #                 default "plain"
 #   IOQ_BACKENDS  default: every backend ioq.backends() finds here
 set -u
@@ -18,6 +20,14 @@ trap 'rm -f "$log"' EXIT
 
 run() { if [ -n "${IOQ_PRELOAD:-}" ]; then LD_PRELOAD="$IOQ_PRELOAD" "$@"; else "$@"; fi; }
 VALGRIND="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite"
+
+# Runs Lua code against the build in $IOQ_CPATH: lua ARGS...
+run_lua() {
+  LUA_CPATH="$IOQ_CPATH/?.so;;" LUA_PATH="lua/?.lua;;" run $LUA "$@"
+}
+wine_run() {
+  LUA_CPATH="$IOQ_CPATH/?.dll;;" LUA_PATH="lua/?.lua;;" $WINE_LUA "$@"
+}
 
 count() {  # adds busted's summary in $log to the totals
   local summary s f e p
@@ -32,12 +42,26 @@ count() {  # adds busted's summary in $log to the totals
   passed=$((passed + s)); failed=$((failed + f + e)); skipped=$((skipped + p))
 }
 
+# The Windows lua.exe under Wine; luassert and say are pure Lua, taken from
+# Debian's packages through Wine's Z: drive.
+WINE_LUA="sh mk/wine-lua.sh"
+WINE_PATH='Z:\usr\share\lua\5.1\?.lua;Z:\usr\share\lua\5.1\?\init.lua;;'
+
 for mode in $modes; do
   wrap=
-  unset IOQ_VALGRIND
+  runner=$BUSTED
+  lua=run_lua
+  unset IOQ_VALGRIND LUA_PATH
   case $mode in
     plain) export IOQ_CPATH=build; unset IOQ_PRELOAD ;;
     valgrind) export IOQ_CPATH=build IOQ_VALGRIND=1; unset IOQ_PRELOAD; wrap=$VALGRIND ;;
+    wine)
+      export IOQ_CPATH=build-win; unset IOQ_PRELOAD
+      lua=wine_run
+      runner="$WINE_LUA spec/support/runner.lua"
+      export LUA_PATH=$WINE_PATH
+      [ $# -gt 0 ] || set -- spec/*_spec.lua
+      ;;
     asan)
       export IOQ_CPATH=build-asan
       export IOQ_PRELOAD="$(${CC:-cc} -print-file-name=libasan.so) $(${CC:-cc} -print-file-name=libubsan.so)"
@@ -47,8 +71,7 @@ for mode in $modes; do
       ;;
     *) echo "unknown mode $mode"; exit 2 ;;
   esac
-  backends=${IOQ_BACKENDS:-$(LUA_CPATH="$IOQ_CPATH/?.so;;" LUA_PATH="lua/?.lua;;" \
-    run $LUA -e 'print(table.concat(require("ioq").backends(), " "))')}
+  backends=${IOQ_BACKENDS:-$($lua -e 'print(table.concat(require("ioq").backends(), " "))' | tr -d '\r')}
   if [ -z "$backends" ]; then
     echo "no usable backend found (could ioq.core load from $IOQ_CPATH?)"
     failed=$((failed + 1)); status=1; continue
@@ -56,7 +79,7 @@ for mode in $modes; do
   for backend in $backends; do
     echo "== specs: $mode build, $backend backend"
     # shellcheck disable=SC2086  # $wrap and $BUSTED are command words
-    IOQ_BACKEND=$backend run timeout 900 $wrap $BUSTED -o utfTerminal "$@" 2>&1 | tee "$log"
+    IOQ_BACKEND=$backend run timeout 900 $wrap $runner -o utfTerminal "$@" 2>&1 | tee "$log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
     count
   done

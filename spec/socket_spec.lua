@@ -233,6 +233,9 @@ describe("unix sockets", function()
   after_each(util.cleanup)
 
   it("connect to a path and to an abstract name", function()
+    if util.windows then  -- Windows 10 has AF_UNIX; Wine does not
+      pending("Unix sockets: abstract names are Linux-only, and Wine has no AF_UNIX")
+    end
     local path = util.tmpfile()
     os.remove(path)
     for _, name in ipairs { path, "@ioq-spec-" .. tostring(os.time()) .. math.random(1e6) } do

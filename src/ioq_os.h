@@ -80,6 +80,26 @@ static inline int ioq_oserr(void) {
 
 #include "ioq.h"
 
+/* Memory aligned for O_DIRECT (and FILE_FLAG_NO_BUFFERING); NULL if none. */
+#ifdef _WIN32
+#include <malloc.h>
+static inline void *ioq_aligned_alloc(size_t align, size_t size) {
+  return _aligned_malloc(size, align);
+}
+static inline void ioq_aligned_free(void *p) {
+  _aligned_free(p);
+}
+#else
+#include <stdlib.h>
+static inline void *ioq_aligned_alloc(size_t align, size_t size) {
+  void *p;
+  return posix_memalign(&p, align, size) == 0 ? p : NULL;
+}
+static inline void ioq_aligned_free(void *p) {
+  free(p);
+}
+#endif
+
 /*
 ** Closes a descriptor ioq made: a socket if `is_socket`, else a file.
 ** Returns 0 or an errno value; the descriptor is gone either way (Linux

@@ -22,7 +22,7 @@ void lioq_block_unref(lioq_block *b) {
     if (b->pool != NULL)
       ioq_pool_release(b->pool, b->buf);
     else
-      free(b->data);
+      ioq_aligned_free(b->data);
     free(b);
   }
 }
@@ -33,8 +33,8 @@ static lioq_block *block_new(size_t size) {
   size_t rounded = (size + BLOCK_ALIGN - 1) / BLOCK_ALIGN * BLOCK_ALIGN;
   if (b == NULL)
     return NULL;
-  if (rounded < size || posix_memalign(&data, BLOCK_ALIGN,
-                                       rounded ? rounded : BLOCK_ALIGN) != 0) {
+  if (rounded < size || (data = ioq_aligned_alloc(BLOCK_ALIGN,
+                                 rounded ? rounded : BLOCK_ALIGN)) == NULL) {
     free(b);
     return NULL;
   }

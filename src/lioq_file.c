@@ -6,7 +6,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#ifndef _WIN32
+#ifdef _WIN32
+#include <io.h>
+#else
 #include <sys/signalfd.h>
 #endif
 
@@ -35,6 +37,19 @@ static lioq_file *checkopen(lua_State *L, int arg) {
 }
 
 /*
+** The descriptor under a C stream (a Lua io file). On Windows that is the
+** C runtime's handle, opened for synchronous I/O: the iocp backend serves
+** it from a pool thread.
+*/
+static ioq_fd stream_fd(FILE *f) {
+#ifdef _WIN32
+  return (ioq_fd)_get_osfhandle(_fileno(f));
+#else
+  return fileno(f);
+#endif
+}
+
+/*
 ** The descriptor of the file object (ioq or Lua io) at idx; IOQ_NOFD if it
 ** is closed or not a file object.
 */
@@ -43,12 +58,10 @@ ioq_fd lioq_tofd(lua_State *L, int idx) {
   if ((ud = lioq_toudata(L, idx, TAG_FILE)) != NULL ||
       (ud = lioq_toudata(L, idx, TAG_SOCKET)) != NULL)
     return ((lioq_file *)ud)->fd;
-#ifndef _WIN32
   if ((ud = luaL_testudata(L, idx, LUA_FILEHANDLE)) != NULL) {
     luaL_Stream *s = ud;
-    return s->closef != NULL ? fileno(s->f) : IOQ_NOFD;
+    return s->closef != NULL ? stream_fd(s->f) : IOQ_NOFD;
   }
-#endif
   return IOQ_NOFD;
 }
 
@@ -60,12 +73,8 @@ ioq_fd lioq_checkfd(lua_State *L, int arg) {
   void *ud;
   if (lua_type(L, arg) == LUA_TNUMBER) {
     lua_Integer fd = luaL_checkinteger(L, arg);
-#ifdef _WIN32
-    luaL_argcheck(L, fd >= 0, arg, "handle must be a non-negative integer");
-#else
-    luaL_argcheck(L, fd >= 0 && fd <= 0x7fffffff, arg,
+    luaL_argcheck(L, fd >= 0 && (sizeof(ioq_fd) > 4 || fd <= 0x7fffffff), arg,
                   "descriptor must be a non-negative integer");
-#endif
     return (ioq_fd)fd;
   }
   if ((ud = lioq_toudata(L, arg, TAG_FILE)) != NULL) {
@@ -79,15 +88,9 @@ ioq_fd lioq_checkfd(lua_State *L, int arg) {
     return f->fd;
   }
   if ((ud = luaL_testudata(L, arg, LUA_FILEHANDLE)) != NULL) {
-#ifdef _WIN32
-    /* Its handle is not overlapped, which an I/O completion port needs. */
-    return luaL_argerror(L, arg, "Lua io files cannot be used on Windows "
-                                 "(open the file with ioq.open)");
-#else
     luaL_Stream *s = ud;
     luaL_argcheck(L, s->closef != NULL, arg, "attempt to use a closed file");
-    return fileno(s->f);
-#endif
+    return stream_fd(s->f);
   }
   return luaL_typeerror(L, arg, "descriptor (integer, file or socket)");
 }
@@ -97,10 +100,11 @@ ioq_fd lioq_checkfd(lua_State *L, int arg) {
 ** object is closed either way (EINTR included: Linux has closed it).
 */
 int lioq_closefd(lua_State *L, lioq_file *f) {
-  int fd = f->fd;
-  f->fd = -1;
-  if (close(fd) != 0 && errno != EINTR)
-    return lioq_fail(L, "close", errno);
+  ioq_fd fd = f->fd;
+  int err;
+  f->fd = IOQ_NOFD;
+  if ((err = ioq_close(fd, f->family != 0)) != 0)
+    return lioq_fail(L, "close", err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -108,8 +112,8 @@ int lioq_closefd(lua_State *L, lioq_file *f) {
 /* For __gc and __close: closes quietly, and only once. */
 void lioq_dropfd(lioq_file *f) {
   if (f->fd != IOQ_NOFD) {
-    close(f->fd);
-    f->fd = -1;
+    ioq_close(f->fd, f->family != 0);
+    f->fd = IOQ_NOFD;
   }
 }
 

@@ -1,12 +1,31 @@
 -- Small helpers shared by the specs.
 local util = {}
 
+--- True under Windows (make test-windows runs these specs under Wine).
+util.windows = package.config:sub(1, 1) == "\\"
+
+--- Skips the running test on Windows, where `what` does not exist.
+function util.posix_only(what)
+  if util.windows then
+    pending("needs " .. what .. ", which Windows does not have")
+  end
+end
+
 local tmpfiles = {}
+local tmpcount = 0
+
+-- os.tmpname on Windows names a file in the drive's root; use %TEMP%.
+local function tmpname()
+  if not util.windows then return os.tmpname() end
+  tmpcount = tmpcount + 1
+  return string.format("%s\\ioq-spec-%d-%d-%d", os.getenv("TEMP") or ".",
+    os.time(), math.random(1 << 30), tmpcount)
+end
 
 --- A fresh temporary file name holding `content` (if given); removed by
 -- util.cleanup().
 function util.tmpfile(content)
-  local name = os.tmpname()
+  local name = tmpname()
   tmpfiles[#tmpfiles + 1] = name
   if content then
     local f = assert(io.open(name, "wb"))
@@ -54,6 +73,7 @@ end
 -- prefix) before it. Returns ok (exit status 0), the exit code, and
 -- stdout+stderr.
 function util.run_lua(code, env, wrapper)
+  util.posix_only("a POSIX shell to start child processes")
   local script = util.tmpfile(code)
   local prefix = ""
   if util.preload then

@@ -1,0 +1,738 @@
+/*
+** backend_iocp.c: the queue on a Windows I/O completion port.
+**
+** IOCP is completion-based like io_uring: an overlapped ReadFile, WSARecv,
+** AcceptEx... returns at once and a completion packet arrives on the port
+** when the kernel is done. So most ops map one to one:
+**
+**   read, write        ReadFile / WriteFile at an explicit offset (a file
+**                      object keeps its position: IOQ_CAP_NO_POSITION)
+**   recv, send, ...    WSARecv, WSASend, WSARecvFrom, WSASendTo
+**   accept, connect    AcceptEx, ConnectEx (found with WSAIoctl)
+**   nop                PostQueuedCompletionStatus
+**   open, fsync        CreateFileW, FlushFileBuffers on the system thread
+**                      pool (they block), which posts the packet; so are
+**                      reads and writes on handles not opened for
+**                      overlapped I/O (Lua io files, consoles)
+**   sleep, timeouts    a timer heap that bounds the port's wait; a timed
+**                      out op is cancelled with CancelIoEx
+**   shutdown, UDP      done at once (they never block); reported by the
+**   connect            next reap
+**
+** Lifetime (DESIGN.md rule 6): each started op gets a heap record with its
+** OVERLAPPED first, its output fields and the I/O's own state. The record
+** is freed only when its packet is dequeued, also after CancelIoEx (which
+** only asks) and when the queue closes (the binding cancels everything and
+** reaps until nothing is left).
+**
+** A handle is tied to one port for life. Each op associates its handle
+** (an already associated handle refuses, which is fine); should a handle
+** be used by two queues, the packets of the second arrive at the first's
+** port, which forwards each to the port of the record's owner.
+*/
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ioq_os.h"
+
+#include <mswsock.h>
+
+/* Completion keys: how a packet's result is read. */
+enum { KEY_IO = 1,     /* the kernel's: the status is in the OVERLAPPED */
+       KEY_DONE = 2 }; /* ours: the result is in rec->res */
+
+/* How a record completes, and so how it is cancelled. */
+enum { K_IO,           /* a kernel packet; CancelIoEx */
+       K_POSTED,       /* a packet we posted or a pool thread will post */
+       K_LOCAL,        /* no packet: the done list (sleeps, instant ops) */
+};
+
+typedef struct iocp_backend iocp_backend;
+
+typedef struct rec {
+  OVERLAPPED ov;            /* first: a packet's OVERLAPPED* is its rec* */
+  ioq_op *op;
+  iocp_backend *owner;
+  struct rec *next, *prev;  /* the owner's live list; the done list */
+  size_t timer;             /* slot in the timer heap + 1; 0: none */
+  int64_t deadline;         /* monotonic ns, while in the heap */
+  int64_t res;              /* K_POSTED and K_LOCAL: the result */
+  int kind;
+  int timed_out;            /* the op's timeout cancelled it */
+  int sleep_result;         /* a sleep's result when its timer fires */
+  WSABUF wsabuf;
+  DWORD flags;              /* WSARecv's in/out flags */
+  int addrlen;              /* WSARecvFrom's in/out address length */
+  SOCKET accepted;          /* AcceptEx: the socket it fills */
+  /* AcceptEx writes both addresses here, each with 16 bytes to spare. */
+  char addrs[2 * (sizeof(struct sockaddr_storage) + 16)];
+} rec;
+
+struct iocp_backend {
+  ioq_backend base;
+  HANDLE port;
+  rec *done_head, *done_tail;    /* finished without a packet */
+  size_t live;                   /* records not yet reaped */
+  rec **heap;                    /* timers, soonest first */
+  size_t nheap, capheap;
+  LPFN_ACCEPTEX acceptex;        /* looked up on first use */
+  LPFN_CONNECTEX connectex;
+  unsigned started;              /* ops started since the last submit */
+  OVERLAPPED_ENTRY entries[64];
+};
+
+#define TO_IOCP(b) ((iocp_backend *)(b))
+#define REC(op) ((rec *)(op)->be.op.ptr[0])
+
+static int64_t mono_ns(void) {
+  static LARGE_INTEGER freq;
+  LARGE_INTEGER t;
+  if (freq.QuadPart == 0)
+    QueryPerformanceFrequency(&freq);
+  QueryPerformanceCounter(&t);
+  return (int64_t)(t.QuadPart / freq.QuadPart) * 1000000000 +
+         (int64_t)(t.QuadPart % freq.QuadPart) * 1000000000 / freq.QuadPart;
+}
+
+/* ---------------------------------------------------------------- timers */
+
+static void heap_set(iocp_backend *b, size_t i, rec *r) {
+  b->heap[i] = r;
+  r->timer = i + 1;
+}
+
+static void heap_up(iocp_backend *b, size_t i) {
+  rec *r = b->heap[i];
+  while (i > 0 && b->heap[(i - 1) / 2]->deadline > r->deadline) {
+    heap_set(b, i, b->heap[(i - 1) / 2]);
+    i = (i - 1) / 2;
+  }
+  heap_set(b, i, r);
+}
+
+static void heap_down(iocp_backend *b, size_t i) {
+  rec *r = b->heap[i];
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= b->nheap)
+      break;
+    if (c + 1 < b->nheap && b->heap[c + 1]->deadline < b->heap[c]->deadline)
+      c++;
+    if (b->heap[c]->deadline >= r->deadline)
+      break;
+    heap_set(b, i, b->heap[c]);
+    i = c;
+  }
+  heap_set(b, i, r);
+}
+
+/* Room for one more timer; called before an op starts, so a failure there
+** leaves nothing half done. 0 or -ENOMEM. */
+static int heap_reserve(iocp_backend *b) {
+  if (b->nheap == b->capheap) {
+    size_t cap = b->capheap ? 2 * b->capheap : 64;
+    rec **h = realloc(b->heap, cap * sizeof *h);
+    if (h == NULL)
+      return -ENOMEM;
+    b->heap = h;
+    b->capheap = cap;
+  }
+  return 0;
+}
+
+static void heap_add(iocp_backend *b, rec *r, int64_t deadline) {
+  r->deadline = deadline;
+  b->heap[b->nheap] = r;  /* room was reserved */
+  heap_up(b, b->nheap++);
+}
+
+static void heap_remove(iocp_backend *b, rec *r) {
+  size_t i = r->timer - 1;
+  rec *last = b->heap[--b->nheap];
+  r->timer = 0;
+  if (last == r)
+    return;
+  heap_set(b, i, last);
+  heap_up(b, i);
+  heap_down(b, last->timer - 1);
+}
+
+/* ---------------------------------------------------------------- records */
+
+static void done_push(iocp_backend *b, rec *r, int64_t res) {
+  r->res = res;
+  r->kind = K_LOCAL;
+  r->next = NULL;
+  if (b->done_tail) b->done_tail->next = r;
+  else b->done_head = r;
+  b->done_tail = r;
+}
+
+static void done_remove(iocp_backend *b, rec *r) {
+  rec **p = &b->done_head, *prev = NULL;
+  while (*p != NULL && *p != r) {
+    prev = *p;
+    p = &(*p)->next;
+  }
+  if (*p == NULL)
+    return;
+  *p = r->next;
+  if (b->done_tail == r)
+    b->done_tail = prev;
+}
+
+/* Ties a handle to the port. One that is already tied (to this port, or
+** once to another: see the top of the file) refuses, which is fine. */
+static void associate(iocp_backend *b, ioq_fd fd) {
+  CreateIoCompletionPort((HANDLE)fd, b->port, KEY_IO, 0);
+}
+
+/* The extension functions Winsock exports only through WSAIoctl. */
+static int lookup(SOCKET s, GUID guid, void *fn, size_t size) {
+  DWORD got = 0;
+  if (WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &guid, sizeof guid, fn,
+               (DWORD)size, &got, NULL, NULL) != 0)
+    return -ioq_sockerr();
+  return 0;
+}
+
+static int socket_info(SOCKET s, WSAPROTOCOL_INFOW *info) {
+  int len = sizeof *info;
+  if (getsockopt(s, SOL_SOCKET, SO_PROTOCOL_INFOW, (char *)info, &len) != 0)
+    return -ioq_sockerr();
+  return 0;
+}
+
+/*
+** An op's error as errno. A read or write the handle has no right to is
+** EBADF, as on POSIX systems (Windows says access denied).
+*/
+static int op_errno(const ioq_op *op, DWORD err) {
+  if ((op->code == IOQ_READ || op->code == IOQ_WRITE) &&
+      err == ERROR_ACCESS_DENIED)
+    return EBADF;
+  return ioq_win_errno(err);
+}
+
+/*
+** An overlapped call's outcome, read right after the call: under way or
+** done (0: its packet will come), or failed at once (-errno: no packet).
+*/
+static int overlapped(const ioq_op *op, BOOL ok) {
+  DWORD err;
+  if (ok)
+    return 0;
+  err = GetLastError();
+  return err == ERROR_IO_PENDING ? 0 : -op_errno(op, err);
+}
+
+static int wsa_overlapped(int r) {
+  int err;
+  if (r == 0)
+    return 0;
+  err = WSAGetLastError();
+  return err == WSA_IO_PENDING ? 0 : -ioq_win_errno((unsigned long)err);
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static int start_accept(iocp_backend *b, rec *r) {
+  ioq_op *op = r->op;
+  SOCKET lst = (SOCKET)op->fd;
+  WSAPROTOCOL_INFOW info;
+  DWORD got;
+  int err;
+  if (b->acceptex == NULL) {
+    GUID g = WSAID_ACCEPTEX;
+    if ((err = lookup(lst, g, &b->acceptex, sizeof b->acceptex)) != 0)
+      return err;
+  }
+  if ((err = socket_info(lst, &info)) != 0)
+    return err;
+  r->accepted = WSASocketW(info.iAddressFamily, info.iSocketType,
+                           info.iProtocol, NULL, 0,
+                           WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+  if (r->accepted == INVALID_SOCKET)
+    return -ioq_sockerr();
+  associate(b, op->fd);
+  err = wsa_overlapped(b->acceptex(lst, r->accepted, r->addrs, 0,
+                                   sizeof r->addrs / 2, sizeof r->addrs / 2,
+                                   &got, &r->ov) ? 0 : SOCKET_ERROR);
+  if (err != 0) {
+    closesocket(r->accepted);
+    r->accepted = INVALID_SOCKET;
+  }
+  return err;
+}
+
+/* ConnectEx wants a bound socket; bind to the any address if it is not. */
+static int bind_any(SOCKET s, int family) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (getsockname(s, (struct sockaddr *)&ss, &len) == 0)
+    return 0;
+  memset(&ss, 0, sizeof ss);
+  ss.ss_family = (unsigned short)family;
+  len = family == AF_INET6 ? (int)sizeof(struct sockaddr_in6)
+                           : (int)sizeof(struct sockaddr_in);
+  if (bind(s, (struct sockaddr *)&ss, len) != 0)
+    return -ioq_sockerr();
+  return 0;
+}
+
+static int start_connect(iocp_backend *b, rec *r) {
+  ioq_op *op = r->op;
+  SOCKET s = (SOCKET)op->fd;
+  WSAPROTOCOL_INFOW info;
+  int err;
+  if ((err = socket_info(s, &info)) != 0)
+    return err;
+  if (info.iSocketType != SOCK_STREAM) {  /* a datagram connect never waits */
+    if (connect(s, op->addr, (int)op->addrlen) != 0)
+      return -ioq_sockerr();
+    done_push(b, r, 0);
+    return 0;
+  }
+  if (b->connectex == NULL) {
+    GUID g = WSAID_CONNECTEX;
+    if ((err = lookup(s, g, &b->connectex, sizeof b->connectex)) != 0)
+      return err;
+  }
+  if ((err = bind_any(s, info.iAddressFamily)) != 0)
+    return err;
+  associate(b, op->fd);
+  return wsa_overlapped(b->connectex(s, op->addr, (int)op->addrlen, NULL, 0,
+                                     NULL, &r->ov) ? 0 : SOCKET_ERROR);
+}
+
+/* CreateFileW's arguments for open(2)-style flags. */
+static HANDLE open_path(const ioq_op *op, DWORD *err) {
+  int acc = op->flags & O_ACCMODE, n;
+  DWORD access = acc == O_RDONLY ? GENERIC_READ
+               : acc == O_WRONLY ? GENERIC_WRITE
+               : GENERIC_READ | GENERIC_WRITE;
+  DWORD how, attrs = FILE_FLAG_OVERLAPPED;
+  wchar_t *wpath;
+  HANDLE h;
+  if ((op->flags & O_CREAT) && (op->flags & O_EXCL)) how = CREATE_NEW;
+  else if ((op->flags & O_CREAT) && (op->flags & O_TRUNC)) how = CREATE_ALWAYS;
+  else if (op->flags & O_CREAT) how = OPEN_ALWAYS;
+  else if (op->flags & O_TRUNC) how = TRUNCATE_EXISTING;
+  else how = OPEN_EXISTING;
+  if (op->flags & O_DIRECT)
+    attrs |= FILE_FLAG_NO_BUFFERING | FILE_FLAG_WRITE_THROUGH;
+  if ((op->flags & O_CREAT) && !(op->mode & 0200))
+    attrs |= FILE_ATTRIBUTE_READONLY;
+  /* Lua strings are bytes; paths are taken as UTF-8. */
+  n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, op->buf, -1, NULL, 0);
+  if (n <= 0) {
+    *err = ERROR_INVALID_NAME;
+    return INVALID_HANDLE_VALUE;
+  }
+  if ((wpath = malloc((size_t)n * sizeof *wpath)) == NULL) {
+    *err = ERROR_NOT_ENOUGH_MEMORY;
+    return INVALID_HANDLE_VALUE;
+  }
+  MultiByteToWideChar(CP_UTF8, 0, op->buf, -1, wpath, n);
+  h = CreateFileW(wpath, access,
+                  FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                  NULL, how, attrs, NULL);
+  *err = h == INVALID_HANDLE_VALUE ? GetLastError() : 0;
+  free(wpath);
+  return h;
+}
+
+/*
+** Whether a handle was opened for synchronous I/O (without
+** FILE_FLAG_OVERLAPPED): its I/O blocks, so it goes to a pool thread. Asked
+** of ntdll, the one place that tells (FileModeInformation).
+*/
+typedef LONG (WINAPI *query_file_fn)(HANDLE, void *, void *, ULONG, int);
+static query_file_fn query_file;
+
+static BOOL CALLBACK find_query(PINIT_ONCE once, PVOID arg, PVOID *ctx) {
+  HMODULE nt = GetModuleHandleW(L"ntdll.dll");
+  (void)once; (void)arg; (void)ctx;
+  if (nt != NULL)  /* through void (*)(void): one function type to another */
+    query_file = (query_file_fn)(void (*)(void))
+                 GetProcAddress(nt, "NtQueryInformationFile");
+  return TRUE;
+}
+
+static int is_synchronous(HANDLE h) {
+  static INIT_ONCE once = INIT_ONCE_STATIC_INIT;
+  struct { void *status; ULONG_PTR info; } iosb;
+  ULONG mode = 0;
+  InitOnceExecuteOnce(&once, find_query, NULL, NULL);
+  if (query_file == NULL ||
+      query_file(h, &iosb, &mode, sizeof mode, 16 /* FileModeInformation */) != 0)
+    return 0;
+  return (mode & 0x30) != 0;  /* FILE_SYNCHRONOUS_IO_(NON)ALERT */
+}
+
+/* A read or write on a synchronous handle: at the offset, or (-1) at the
+** handle's own file pointer, which such handles have. */
+static int64_t sync_transfer(ioq_op *op) {
+  OVERLAPPED at, *pat = NULL;
+  DWORD n = 0, err;
+  BOOL ok;
+  if (op->offset >= 0) {
+    memset(&at, 0, sizeof at);
+    at.Offset = (DWORD)op->offset;
+    at.OffsetHigh = (DWORD)(op->offset >> 32);
+    pat = &at;
+  }
+  ok = op->code == IOQ_READ
+     ? ReadFile((HANDLE)op->fd, op->buf, op->len, &n, pat)
+     : WriteFile((HANDLE)op->fd, op->buf, op->len, &n, pat);
+  if (ok)
+    return n;
+  err = GetLastError();
+  if (op->code == IOQ_READ &&
+      (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
+    return 0;
+  return -op_errno(op, err);
+}
+
+/* Runs the blocking part of an op and sets r->res. */
+static void run_blocking(rec *r) {
+  ioq_op *op = r->op;
+  DWORD err = 0;
+  if (op->code == IOQ_OPEN) {
+    HANDLE h = open_path(op, &err);
+    r->res = h == INVALID_HANDLE_VALUE ? -ioq_win_errno(err) : (int64_t)(intptr_t)h;
+  } else if (op->code == IOQ_FSYNC) {
+    r->res = FlushFileBuffers((HANDLE)op->fd) ? 0 : -ioq_oserr();
+  } else {
+    r->res = sync_transfer(op);
+  }
+}
+
+/* On a pool thread: the blocking part, then the packet to its port. The
+** owner cannot go away before the packet is reaped. */
+static void CALLBACK pool_work(PTP_CALLBACK_INSTANCE inst, void *arg) {
+  rec *r = arg;
+  (void)inst;
+  run_blocking(r);
+  PostQueuedCompletionStatus(r->owner->port, 0, KEY_DONE, &r->ov);
+}
+
+static int start_blocking(iocp_backend *b, rec *r) {
+  r->kind = K_POSTED;
+  if (!TrySubmitThreadpoolCallback(pool_work, r, NULL)) {
+    run_blocking(r);  /* no pool thread to be had: do it here */
+    done_push(b, r, r->res);
+  }
+  return 0;
+}
+
+static int start_io(iocp_backend *b, rec *r) {
+  ioq_op *op = r->op;
+  SOCKET s = (SOCKET)op->fd;
+  int64_t off = op->offset;
+  r->wsabuf.buf = op->buf;
+  r->wsabuf.len = op->len;
+  switch (op->code) {
+    case IOQ_NOP:
+      r->kind = K_POSTED;
+      r->res = 0;
+      if (!PostQueuedCompletionStatus(b->port, 0, KEY_DONE, &r->ov))
+        return -ioq_oserr();
+      return 0;
+    case IOQ_SLEEP: {
+      int64_t ns = op->ns;
+      r->kind = K_LOCAL;
+      r->sleep_result = 0;
+      if (op->timeout_ns > 0 && op->timeout_ns < ns) {
+        ns = op->timeout_ns;
+        r->sleep_result = -ETIMEDOUT;
+      }
+      heap_add(b, r, mono_ns() + ns);
+      return 0;
+    }
+    case IOQ_OPEN: case IOQ_FSYNC:
+      return start_blocking(b, r);
+    case IOQ_SHUTDOWN:
+      if (shutdown(s, op->flags) != 0)
+        return -ioq_sockerr();
+      done_push(b, r, 0);
+      return 0;
+    case IOQ_ACCEPT:
+      return start_accept(b, r);
+    case IOQ_CONNECT:
+      return start_connect(b, r);
+    default:
+      break;
+  }
+  if ((op->code == IOQ_READ || op->code == IOQ_WRITE) &&
+      is_synchronous((HANDLE)op->fd))
+    return start_blocking(b, r);
+  associate(b, op->fd);
+  switch (op->code) {
+    case IOQ_READ:
+      /* A descriptor without a position (a raw handle) reads at 0. */
+      off = off < 0 ? 0 : off;
+      r->ov.Offset = (DWORD)off;
+      r->ov.OffsetHigh = (DWORD)(off >> 32);
+      return overlapped(op, ReadFile((HANDLE)op->fd, op->buf, op->len, NULL,
+                                 &r->ov));
+    case IOQ_WRITE:
+      /* Offset -1 (all ones) writes at the end of the file. */
+      r->ov.Offset = off < 0 ? 0xffffffffu : (DWORD)off;
+      r->ov.OffsetHigh = off < 0 ? 0xffffffffu : (DWORD)(off >> 32);
+      return overlapped(op, WriteFile((HANDLE)op->fd, op->buf, op->len, NULL,
+                                  &r->ov));
+    case IOQ_RECV:
+      r->flags = 0;
+      return wsa_overlapped(WSARecv(s, &r->wsabuf, 1, NULL, &r->flags,
+                                    &r->ov, NULL));
+    case IOQ_SEND:
+      return wsa_overlapped(WSASend(s, &r->wsabuf, 1, NULL, 0, &r->ov,
+                                    NULL));
+    case IOQ_RECVFROM:
+      r->flags = 0;
+      r->addrlen = sizeof(struct sockaddr_storage);
+      return wsa_overlapped(WSARecvFrom(s, &r->wsabuf, 1, NULL, &r->flags,
+                                        op->addr, &r->addrlen, &r->ov, NULL));
+    case IOQ_SENDTO:
+      return wsa_overlapped(WSASendTo(s, &r->wsabuf, 1, NULL, 0, op->addr,
+                                      (int)op->addrlen, &r->ov, NULL));
+    default:
+      return -EINVAL;
+  }
+}
+
+static int iocp_start(ioq_backend *base, ioq_op *op) {
+  iocp_backend *b = TO_IOCP(base);
+  rec *r;
+  int err;
+  if (op->multishot || op->use_pool)
+    return -EOPNOTSUPP;
+  if ((err = heap_reserve(b)) != 0)  /* a timer must not fail later */
+    return err;
+  if ((r = calloc(1, sizeof *r)) == NULL)
+    return -ENOMEM;
+  r->op = op;
+  r->owner = b;
+  r->kind = K_IO;
+  r->accepted = INVALID_SOCKET;
+  op->be.op.ptr[0] = r;
+  if ((err = start_io(b, r)) != 0) {
+    free(r);
+    return err;
+  }
+  /* A timeout for an op that can wait: cancel it when the time is up. */
+  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && r->kind == K_IO)
+    heap_add(b, r, mono_ns() + op->timeout_ns);
+  b->live++;
+  b->started++;
+  return 0;
+}
+
+static int iocp_cancel(ioq_backend *base, ioq_op *op) {
+  iocp_backend *b = TO_IOCP(base);
+  rec *r = REC(op);
+  if (r->kind == K_LOCAL) {
+    if (r->timer != 0) {  /* a sleep that has not fired */
+      heap_remove(b, r);
+      done_push(b, r, -ECANCELED);
+    }
+    return 0;
+  }
+  if (r->kind == K_IO)
+    /* Fails when the I/O has finished (or its handle is closed, which
+    ** cancelled it): either way its packet is on the way. */
+    CancelIoEx((HANDLE)op->fd, &r->ov);
+  return 0;  /* posted ops finish on their own, soon */
+}
+
+/* Every op went to the kernel in start; this only counts them. */
+static int iocp_submit(ioq_backend *base) {
+  iocp_backend *b = TO_IOCP(base);
+  int n = (int)b->started;
+  b->started = 0;
+  return n;
+}
+
+/* Fires the timers that are due: sleeps end, ops that timed out are
+** cancelled (their packet then reports -ETIMEDOUT). */
+static void fire_timers(iocp_backend *b, int64_t now) {
+  while (b->nheap > 0 && b->heap[0]->deadline <= now) {
+    rec *r = b->heap[0];
+    heap_remove(b, r);
+    if (r->op->code == IOQ_SLEEP) {
+      done_push(b, r, r->sleep_result);
+    } else {
+      r->timed_out = 1;
+      CancelIoEx((HANDLE)r->op->fd, &r->ov);
+    }
+  }
+}
+
+/* The result of a kernel packet's op, as ioq reports it. */
+static int64_t io_result(rec *r, DWORD bytes) {
+  ioq_op *op = r->op;
+  DWORD err = 0, n;
+  int64_t res;
+  if (r->ov.Internal != 0 &&  /* not STATUS_SUCCESS: ask for the error */
+      !GetOverlappedResult((HANDLE)op->fd, &r->ov, &n, FALSE))
+    err = GetLastError();
+  if (err == 0)
+    res = bytes;
+  else if (op->code == IOQ_READ &&
+           (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
+    res = 0;  /* the end of a file, or a pipe whose writer has gone */
+  else if (op->code == IOQ_RECVFROM && err == ERROR_MORE_DATA)
+    res = bytes;  /* a datagram cut to the buffer, as on Linux */
+  else
+    res = -op_errno(op, err);
+  if (res == -ECANCELED && r->timed_out)
+    res = -ETIMEDOUT;
+  switch (op->code) {
+    case IOQ_ACCEPT:
+      if (res >= 0) {
+        SOCKET lst = (SOCKET)op->fd;
+        setsockopt(r->accepted, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT,
+                   (char *)&lst, sizeof lst);
+        res = (int64_t)r->accepted;
+      } else {
+        closesocket(r->accepted);
+      }
+      r->accepted = INVALID_SOCKET;
+      break;
+    case IOQ_CONNECT:
+      if (res >= 0) {
+        setsockopt((SOCKET)op->fd, SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT,
+                   NULL, 0);
+        res = 0;
+      }
+      break;
+    case IOQ_RECVFROM:
+      if (res >= 0)
+        op->addrlen = (uint32_t)r->addrlen;
+      break;
+    default:
+      break;
+  }
+  return res;
+}
+
+static void finish(iocp_backend *b, rec *r, int64_t res, ioq_event *ev) {
+  if (r->timer != 0)
+    heap_remove(b, r);
+  ev->op = r->op;
+  ev->res = res;
+  ev->buf = -1;
+  ev->more = 0;
+  r->op->res = res;
+  b->live--;
+  free(r);
+}
+
+/* Moves finished records from the done list into ev[n..max). */
+static int take_done(iocp_backend *b, ioq_event *ev, int n, int max) {
+  while (n < max && b->done_head != NULL) {
+    rec *r = b->done_head;
+    done_remove(b, r);
+    finish(b, r, r->res, &ev[n++]);
+  }
+  return n;
+}
+
+/* Milliseconds for the port's wait: no longer than `wait` ns (< 0: no
+** bound), nor past the next timer; rounded up so no timer fires early. */
+static DWORD wait_ms(iocp_backend *b, int64_t wait, int64_t now) {
+  if (b->nheap > 0 && (wait < 0 || b->heap[0]->deadline - now < wait))
+    wait = b->heap[0]->deadline - now;
+  if (wait < 0 && b->nheap == 0)
+    return INFINITE;
+  if (wait <= 0)
+    return 0;
+  if (wait / 1000000 >= 0x7ffffffe)
+    return 0x7ffffffe;
+  return (DWORD)((wait + 999999) / 1000000);
+}
+
+static int iocp_reap(ioq_backend *base, ioq_event *ev, int max,
+                     int64_t timeout_ns) {
+  iocp_backend *b = TO_IOCP(base);
+  int64_t now = mono_ns(), until = timeout_ns < 0 ? -1 : now + timeout_ns;
+  int n = 0;
+  b->started = 0;
+  if (max > (int)(sizeof b->entries / sizeof b->entries[0]))
+    max = (int)(sizeof b->entries / sizeof b->entries[0]);
+  for (;;) {
+    ULONG got = 0, i;
+    fire_timers(b, now);
+    if ((n = take_done(b, ev, n, max)) == max)
+      return n;
+    if (!GetQueuedCompletionStatusEx(b->port, b->entries, (ULONG)(max - n),
+                                     &got, n > 0 ? 0 : wait_ms(b, until < 0
+                                       ? -1 : until - now, now), FALSE)) {
+      DWORD err = GetLastError();
+      if (err != WAIT_TIMEOUT)
+        return n > 0 ? n : -ioq_win_errno(err);
+      got = 0;
+    }
+    for (i = 0; i < got; i++) {
+      OVERLAPPED_ENTRY *e = &b->entries[i];
+      rec *r = (rec *)e->lpOverlapped;
+      if (r == NULL)
+        continue;
+      if (r->owner != b) {  /* a handle tied to this port, another's op */
+        PostQueuedCompletionStatus(r->owner->port,
+                                   e->dwNumberOfBytesTransferred,
+                                   e->lpCompletionKey, e->lpOverlapped);
+        continue;
+      }
+      finish(b, r, e->lpCompletionKey == KEY_DONE
+                     ? r->res : io_result(r, e->dwNumberOfBytesTransferred),
+             &ev[n++]);
+    }
+    if (n > 0)
+      return n;
+    now = mono_ns();
+    if (until >= 0 && now >= until) {  /* time is up: what is due, if any */
+      fire_timers(b, now);
+      return take_done(b, ev, 0, max);
+    }
+  }
+}
+
+static const char *iocp_features(ioq_backend *base) {
+  (void)base;
+  return "threadpool";
+}
+
+static int iocp_create(ioq_backend **out, unsigned entries) {
+  iocp_backend *b;
+  int err;
+  (void)entries;  /* a port has no fixed size */
+  if ((err = ioq_win_startup()) != 0)
+    return -err;
+  if ((b = calloc(1, sizeof *b)) == NULL)
+    return -ENOMEM;
+  b->port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
+  if (b->port == NULL) {
+    err = ioq_oserr();
+    free(b);
+    return -err;
+  }
+  b->base.cls = &ioq_iocp_backend;
+  b->base.caps = IOQ_CAP_NO_POSITION;
+  *out = &b->base;
+  return 0;
+}
+
+static void iocp_destroy(ioq_backend *base) {
+  iocp_backend *b = TO_IOCP(base);
+  CloseHandle(b->port);
+  free(b->heap);
+  free(b);
+}
+
+const ioq_backend_class ioq_iocp_backend = {
+  "iocp", iocp_create, iocp_destroy, iocp_start, iocp_cancel, iocp_submit,
+  iocp_reap, iocp_features, NULL
+};
