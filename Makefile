@@ -32,7 +32,7 @@ BUSTED      ?= $(LUA) /usr/bin/busted
 LUACHECK    ?= luacheck
 
 .PHONY: all check test lint asan asan-build valgrind fuzz soak demo install clean \
-        windows test-windows
+        windows windows-build test-windows
 
 all: $(CORE)
 
@@ -80,9 +80,10 @@ valgrind: $(CORE) $(TESTLIB)
 	IOQ_MODES=valgrind LUA="$(LUA)" bash spec/run.sh
 
 # Everything CI runs: lint, then the specs on the plain build, on the
-# sanitizer build and under valgrind, ending with one summary line.
-check: lint $(CORE) $(TESTLIB) asan-build
-	IOQ_MODES="plain asan valgrind" LUA="$(LUA)" bash spec/run.sh
+# sanitizer build, under valgrind, and as the Windows build under Wine,
+# ending with one summary line.
+check: lint $(CORE) $(TESTLIB) asan-build windows-build
+	IOQ_MODES="plain asan valgrind wine" LUA="$(LUA)" bash spec/run.sh
 
 # The randomized API fuzzer for FUZZ_SECONDS (default 600) split over the
 # backends; IOQ_FUZZ_SEED=n IOQ_FUZZ_ITERS=n replays one run.
@@ -124,7 +125,7 @@ install: $(CORE)
 	  install -m 0644 "$$f" $(DESTDIR)$(INST_LUADIR)/ioq/; done
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan $(WIN_BUILD)/ioq $(WIN_BUILD)/ioq_test.dll
 
 # ---------------------------------------------------------------- Windows
 # make windows: ioq/core.dll for 64-bit Windows, cross-built with mingw-w64
@@ -143,6 +144,7 @@ WIN_CFLAGS  := $(WARNINGS) -D_WIN32_WINNT=0x0601 -I$(WIN_LUA)/include -O2 \
                -shared -static-libgcc
 
 windows: $(WIN_CORE)
+windows-build: $(WIN_CORE) $(WIN_TESTLIB)
 
 $(WIN_LUA)/lua.exe:
 	sh mk/windows-lua.sh $(WIN_LUA)
@@ -158,5 +160,5 @@ $(WIN_TESTLIB): spec/support/testsupport_win.c Makefile $(WIN_LUA)/lua.exe
 	  $(WIN_LUA)/lua54.dll
 
 # The specs under Wine, through spec/run.sh's "wine" mode.
-test-windows: $(WIN_CORE) $(WIN_TESTLIB)
+test-windows: windows-build
 	IOQ_MODES=wine LUA="$(LUA)" bash spec/run.sh

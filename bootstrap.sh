@@ -3,7 +3,9 @@
 #
 #   sh bootstrap.sh demo   the main demo: examples/copy.lua
 #   sh bootstrap.sh test   every check: luacheck, then all specs on a plain
-#                          and on an ASan+UBSan build, on every backend
+#                          and on an ASan+UBSan build and under valgrind,
+#                          on every backend, and the Windows build (IOCP,
+#                          cross-built with mingw-w64) under Wine
 #
 # Installs the Debian packages it needs (with sudo when not root) only when
 # one is missing, so running it again costs nothing.
@@ -14,7 +16,7 @@ what=${1:-demo}
 pkgs="make gcc libc6-dev pkg-config lua5.4 liblua5.4-dev liburing-dev"
 case $what in
   demo) ;;
-  test) pkgs="$pkgs lua-busted lua-check valgrind" ;;
+  test) pkgs="$pkgs lua-busted lua-check valgrind gcc-mingw-w64-x86-64 wine64 patch xz-utils" ;;
   *) echo "usage: sh bootstrap.sh demo|test" >&2; exit 2 ;;
 esac
 

@@ -780,8 +780,10 @@ Signals.__name = "ioq.signals"
 --- ioq.signals(name, ...): blocks the named signals ("INT", "TERM", ...)
 -- for the process and delivers them through the queue instead:
 -- sigs:wait([timeout]) (an await) returns the name of the next one.
+-- Returns fail, msg, ENOSYS on Windows.
 function ioq.signals(...)
-  local f = core.signalfd(...)
+  local f, msg, err = core.signalfd(...)
+  if not f then return nil, msg, err end  -- Windows: ENOSYS
   return setmetatable({ file = f, buf = core.buffer(128) }, Signals)
 end
 

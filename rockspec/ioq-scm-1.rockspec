@@ -7,7 +7,8 @@ source = {
 description = {
   summary = "Completion-based asynchronous I/O for Lua 5.4: io_uring queues, coroutines, deadlines",
   detailed = [[
-ioq gives Lua scripts a completion-based I/O queue (io_uring on Linux):
+ioq gives Lua scripts a completion-based I/O queue (io_uring on Linux,
+with an epoll fallback; I/O completion ports on Windows):
 hand it a buffer and a descriptor, get a handle back at once, and resolve
 it from a wait loop or from coroutines with ioq.run / spawn / await.
 ]],
@@ -27,6 +28,7 @@ build = {
   type = "builtin",
   modules = {
     ioq = "lua/ioq.lua",
+    ["ioq.stream"] = "lua/ioq/stream.lua",
   },
   platforms = {
     linux = {
@@ -41,6 +43,19 @@ build = {
           libraries = { "uring", "pthread" },
           incdirs = { "$(LIBURING_INCDIR)" },
           libdirs = { "$(LIBURING_LIBDIR)" },
+        },
+      },
+    },
+    windows = {
+      modules = {
+        ["ioq.core"] = {
+          sources = {
+            "src/lioq_core.c", "src/lioq_queue.c", "src/lioq_buffer.c",
+            "src/lioq_file.c", "src/lioq_socket.c", "src/backend_iocp.c",
+            "src/ioq_win.c",
+          },
+          defines = { "IOQ_HAVE_IOCP", "_WIN32_WINNT=0x0601" },
+          libraries = { "ws2_32", "mswsock" },
         },
       },
     },

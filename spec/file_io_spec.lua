@@ -54,6 +54,42 @@ describe("file reads and writes", function()
     assert.are.equal("ij", buf:tostring(1, 2))
   end)
 
+  it("keeps an ioq file's position: reads and writes without an offset follow each other", function()
+    local name = util.tmpfile()
+    do
+      local f <close> = assert(q:open(name, "w+"):wait())
+      assert.are.equal(3, q:write(f, "abc"):wait())
+      assert.are.equal(7, q:write(f, "defghij"):wait())
+      local buf = ioq.buffer(4)
+      assert.are.equal(0, q:read(f, buf):wait())        -- at the end now
+      assert.are.equal(4, q:read(f, buf, 2):wait())     -- an offset moves nothing
+      assert.are.equal("cdef", buf:tostring())
+      assert.are.equal(0, q:read(f, buf):wait())
+    end
+    assert.are.equal("abcdefghij", util.readfile(name))
+    local f <close> = assert(q:open(name, "r"):wait())
+    local buf = ioq.buffer(4)
+    local h = q:read(f, buf)
+    assert.are.equal(4, h:wait())
+    assert.are.equal("abcd", buf:tostring())
+    h:resubmit()                                        -- the next 4 bytes
+    assert.are.equal(4, h:wait())
+    assert.are.equal("efgh", buf:tostring())
+    assert.are.equal(2, q:read(f, buf):wait())          -- short: 2 of 4
+    assert.are.equal("ij", buf:tostring(1, 2))
+    assert.are.equal(0, q:read(f, buf):wait())          -- and no further
+  end)
+
+  it("appends every write to a file opened with mode 'a'", function()
+    local name = util.tmpfile("abc")
+    do
+      local f <close> = assert(q:open(name, "a"):wait())
+      assert.are.equal(2, q:write(f, "de"):wait())
+      assert.are.equal(1, q:write(f, "f"):wait())
+    end
+    assert.are.equal("abcdef", util.readfile(name))
+  end)
+
   it("honours the length argument of a read", function()
     local name = util.tmpfile("abcdefghij")
     local f <close> = assert(io.open(name, "rb"))
