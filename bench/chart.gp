@@ -10,8 +10,7 @@
 
 set terminal pngcairo size 1400,760 font "DejaVu Sans,11" noenhanced
 set output out
-set datafile separator "\t"
-set datafile missing "?"
+set datafile separator "\t"  # labels have spaces; n/a ratios and absent targets are NaN
 
 set title "ioq against each baseline (ratio of medians, same run; higher is better)\n".subtitle
 set ylabel "ioq / baseline"
@@ -28,13 +27,11 @@ set key top left opaque box
 
 set arrow 1 from graph 0, first 1 to graph 1, first 1 nohead dt 3 lw 1.5 lc rgb "#555555"
 
-# A value sits above its bar, or above the target's dash when that is higher.
-top(r, t) = (r == r ? r : 0) > (t == t ? t : 0) ? (r == r ? r : 0) : t
 color(s) = s == 1 ? 0x2e9e44 : s == 2 ? 0xd64541 : 0x9aa3ad
 
 plot data using 0:2:(color($4)):xtic(1) with boxes lc rgb variable notitle, \
      "" using ($0 - 0.4):3:(0.8):(0) with vectors nohead lw 3 lc rgb "#000000" title "target", \
-     "" using 0:(top($2, $3)):5 with labels offset 0,0.8 notitle, \
+     "" using 0:6:5 with labels offset 0,0.8 notitle, \
      NaN with boxes lc rgb "#2e9e44" title "target met", \
      NaN with boxes lc rgb "#d64541" title "target missed", \
      NaN with boxes lc rgb "#9aa3ad" title "no target"

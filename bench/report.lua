@@ -94,7 +94,7 @@ local BENCHES = {
 -- Labels for the run's facts, in the order shown.
 local META_LABELS = {
   { "date", "Date" }, { "mode", "Mode" }, { "rounds", "Rounds" }, { "took", "Took" },
-  { "machine", "Machine" }, { "os", "System" }, { "load", "Load" }, { "load_end", "Load" },
+  { "machine", "Machine" }, { "os", "System" }, { "load", "Load average" },
   { "lua", "Lua" }, { "ioq", "ioq" }, { "liburing", "liburing" }, { "gcc", "Compiler" },
   { "fio", "fio" }, { "luv", "lua-luv" }, { "cqueues", "lua-cqueues" }, { "nginx", "nginx" },
   { "wrk", "wrk" }, { "gnuplot", "gnuplot" }, { "files", "Test files" }, { "sizes", "Sizes" },
@@ -284,18 +284,19 @@ f:write(table.concat(out, "\n"), "\n")
 f:close()
 
 -- The chart: one bar per (ioq contender, baseline) pair. Columns: label,
--- ratio (? when n/a), target (? when none), status (0 no target, 1 met,
--- 2 missed, 3 n/a), text above the bar.
+-- ratio (NaN when n/a), target (NaN when none), status (0 no target,
+-- 1 met, 2 missed, 3 n/a), text above the bar, and that text's height
+-- (above the bar or its target's dash, whichever is higher; 0 for n/a).
 local chart = assert(io.open(chart_path, "w"))
 for _, bench in ipairs(ran) do
   for _, pair in ipairs(bench.chart) do
     local r = ratio(bench, pair[1], pair[2])
     local t = target_of(bench, pair[1], pair[2])
     local status = not r and 3 or not t and 0 or r >= t and 1 or 2
-    chart:write(string.format("%s: %s / %s\t%s\t%s\t%d\t%s\n", bench.id,
+    chart:write(string.format("%s: %s / %s\t%s\t%s\t%d\t%s\t%.3f\n", bench.id,
       row_of(bench, pair[1]).short, row_of(bench, pair[2]).short,
-      r and string.format("%.3f", r) or "?", t and string.format("%g", t) or "?", status,
-      r and string.format("%.2f", r) or "n/a"))
+      r and string.format("%.3f", r) or "NaN", t and string.format("%g", t) or "NaN", status,
+      r and string.format("%.2f", r) or "n/a", r and math.max(r, t or 0) or 0))
   end
 end
 chart:close()

@@ -567,14 +567,19 @@ meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 meta mode "$([ "$QUICK" = 1 ] && echo "QUICK=1 (short runs: a smoke test, not for comparison)" ||
   echo "full")"
 meta rounds "$REPS"
-virt=$(systemd-detect-virt 2>/dev/null) || virt=${virt:-unknown}
-[ "$virt" != none ] || virt="no virtualization"
+# The hypervisor, not a container around us: the CPUs are what matter.
+virt=$(systemd-detect-virt --vm 2>/dev/null) || true
+case $virt in
+  none) virt="bare metal" ;;
+  '') if grep -qw hypervisor /proc/cpuinfo; then virt="a VM"; else virt="no hypervisor seen"; fi ;;
+  *) virt="$virt VM" ;;
+esac
 meta machine "$(nproc) CPUs ($virt), \
 $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), \
 $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
 # shellcheck disable=SC1091  # the system's own file
 meta os "$(. /etc/os-release && echo "$PRETTY_NAME"), Linux $(uname -r) $(uname -m)"
-meta load "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 meta lua "$("$LUA" -v 2>&1 | cut -d' ' -f1-2)"
 meta ioq "$("$LUA" -e 'local ioq = require "ioq"
   print(ioq.version .. " (git " .. arg[1] .. "), io_uring features: " ..
@@ -610,7 +615,8 @@ for bench in "${selected[@]}"; do
   esac
 done
 
-meta load_end "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+meta load "$load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end \
+(other work on the machine shows here)"
 meta took "$((EPOCHSECONDS - started)) s"
 meta missing "${APT_LINE:+to fill the n/a rows: $APT_LINE}"
 
