@@ -19,6 +19,9 @@
 **   shutdown, UDP      done at once (they never block); reported by the
 **   connect            next reap
 **
+** Ops on the thread pool cannot be cancelled and ignore their timeout:
+** like epoll's workers, they end with their real result.
+**
 ** Lifetime (DESIGN.md rule 6): each started op gets a heap record with its
 ** OVERLAPPED first, its output fields and the I/O's own state. The record
 ** is freed only when its packet is dequeued, also after CancelIoEx (which
@@ -72,7 +75,7 @@ typedef struct rec {
 struct iocp_backend {
   ioq_backend base;
   HANDLE port;
-  rec *done_head, *done_tail;    /* finished without a packet */
+  rec *done_head, *done_tail;    /* finished without a packet, in order */
   size_t live;                   /* records not yet reaped */
   rec **heap;                    /* timers, soonest first */
   size_t nheap, capheap;
@@ -169,17 +172,11 @@ static void done_push(iocp_backend *b, rec *r, int64_t res) {
   b->done_tail = r;
 }
 
-static void done_remove(iocp_backend *b, rec *r) {
-  rec **p = &b->done_head, *prev = NULL;
-  while (*p != NULL && *p != r) {
-    prev = *p;
-    p = &(*p)->next;
-  }
-  if (*p == NULL)
-    return;
-  *p = r->next;
-  if (b->done_tail == r)
-    b->done_tail = prev;
+static rec *done_pop(iocp_backend *b) {
+  rec *r = b->done_head;
+  if ((b->done_head = r->next) == NULL)
+    b->done_tail = NULL;
+  return r;
 }
 
 /* Ties a handle to the port. One that is already tied (to this port, or
@@ -633,8 +630,7 @@ static void finish(iocp_backend *b, rec *r, int64_t res, ioq_event *ev) {
 /* Moves finished records from the done list into ev[n..max). */
 static int take_done(iocp_backend *b, ioq_event *ev, int n, int max) {
   while (n < max && b->done_head != NULL) {
-    rec *r = b->done_head;
-    done_remove(b, r);
+    rec *r = done_pop(b);
     finish(b, r, r->res, &ev[n++]);
   }
   return n;
