@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ioq.h"
+#include "ioq_os.h"
 
 /* Where an op is, inside this backend. */
 enum {
@@ -97,11 +97,6 @@ typedef struct epoll_backend {
 /* Set once epoll_pwait2 (Linux 5.11) turned out to be missing. */
 static _Atomic int no_pwait2;
 
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* ---------------------------------------------------------------- lists */
 
@@ -463,7 +458,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
   E(op)->want = 0;
   E(op)->blocking = 0;
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
-      heap_add(b, op, now_ns() + op->timeout_ns) < 0) {
+      heap_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
     finish(b, op, -ENOMEM);
     return;
   }
@@ -475,7 +470,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
       int64_t ns = op->timeout_ns > 0 && op->timeout_ns < op->ns
                  ? op->timeout_ns : op->ns;
       E(op)->state = EOP_TIMER;
-      if (heap_add(b, op, now_ns() + ns) < 0)
+      if (heap_add(b, op, ioq_now_ns() + ns) < 0)
         finish(b, op, -ENOMEM);
       return;
     }
@@ -682,7 +677,7 @@ static int epoll_cancel(ioq_backend *base, ioq_op *op) {
 
 /* Fires the timers that are due: sleeps end, timeouts cancel their op. */
 static void expire(epoll_backend *b) {
-  int64_t t = now_ns();
+  int64_t t = ioq_now_ns();
   while (b->heap_n > 0 && E(b->heap[0])->deadline <= t) {
     ioq_op *op = b->heap[0];
     eop *e = E(op);
@@ -719,7 +714,7 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
     int64_t wait = timeout_ns;
     struct timespec ts, *tsp = NULL;
     if (b->heap_n > 0) {
-      int64_t until = E(b->heap[0])->deadline - now_ns();
+      int64_t until = E(b->heap[0])->deadline - ioq_now_ns();
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }

@@ -88,15 +88,6 @@ struct iocp_backend {
 #define TO_IOCP(b) ((iocp_backend *)(b))
 #define REC(op) ((rec *)(op)->be.op.ptr[0])
 
-static int64_t mono_ns(void) {
-  static LARGE_INTEGER freq;
-  LARGE_INTEGER t;
-  if (freq.QuadPart == 0)
-    QueryPerformanceFrequency(&freq);
-  QueryPerformanceCounter(&t);
-  return (int64_t)(t.QuadPart / freq.QuadPart) * 1000000000 +
-         (int64_t)(t.QuadPart % freq.QuadPart) * 1000000000 / freq.QuadPart;
-}
 
 /* ---------------------------------------------------------------- timers */
 
@@ -445,7 +436,7 @@ static int start_io(iocp_backend *b, rec *r) {
         ns = op->timeout_ns;
         r->sleep_result = -ETIMEDOUT;
       }
-      heap_add(b, r, mono_ns() + ns);
+      heap_add(b, r, ioq_now_ns() + ns);
       return 0;
     }
     case IOQ_OPEN: case IOQ_FSYNC:
@@ -521,7 +512,7 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
   }
   /* A timeout for an op that can wait: cancel it when the time is up. */
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && r->kind == K_IO)
-    heap_add(b, r, mono_ns() + op->timeout_ns);
+    heap_add(b, r, ioq_now_ns() + op->timeout_ns);
   b->live++;
   b->started++;
   return 0;
@@ -653,7 +644,7 @@ static DWORD wait_ms(iocp_backend *b, int64_t wait, int64_t now) {
 static int iocp_reap(ioq_backend *base, ioq_event *ev, int max,
                      int64_t timeout_ns) {
   iocp_backend *b = TO_IOCP(base);
-  int64_t now = mono_ns(), until = timeout_ns < 0 ? -1 : now + timeout_ns;
+  int64_t now = ioq_now_ns(), until = timeout_ns < 0 ? -1 : now + timeout_ns;
   int n = 0;
   b->started = 0;
   if (max > (int)(sizeof b->entries / sizeof b->entries[0]))
@@ -688,7 +679,7 @@ static int iocp_reap(ioq_backend *base, ioq_event *ev, int max,
     }
     if (n > 0)
       return n;
-    now = mono_ns();
+    now = ioq_now_ns();
     if (until >= 0 && now >= until) {  /* time is up: what is due, if any */
       fire_timers(b, now);
       return take_done(b, ev, 0, max);

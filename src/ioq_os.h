@@ -80,6 +80,26 @@ static inline int ioq_oserr(void) {
 
 #include "ioq.h"
 
+/* Monotonic nanoseconds, for timers and ioq.now(). */
+#ifdef _WIN32
+static inline int64_t ioq_now_ns(void) {
+  static LARGE_INTEGER freq;  /* fixed at boot: a racing store is the same */
+  LARGE_INTEGER t;
+  if (freq.QuadPart == 0)
+    QueryPerformanceFrequency(&freq);
+  QueryPerformanceCounter(&t);
+  return (int64_t)(t.QuadPart / freq.QuadPart) * 1000000000 +
+         (int64_t)(t.QuadPart % freq.QuadPart) * 1000000000 / freq.QuadPart;
+}
+#else
+#include <time.h>
+static inline int64_t ioq_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+#endif
+
 /* Memory aligned for O_DIRECT (and FILE_FLAG_NO_BUFFERING); NULL if none. */
 #ifdef _WIN32
 #include <malloc.h>

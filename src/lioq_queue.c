@@ -170,23 +170,6 @@ static void checkowner(lua_State *L, lqueue *q) {
 
 /* ---------------------------------------------------------------- time */
 
-static int64_t now_ns(void) {
-#ifdef _WIN32
-  static LARGE_INTEGER freq;  /* fixed at boot; a racing first store is
-                                 the same value */
-  LARGE_INTEGER t;
-  if (freq.QuadPart == 0)
-    QueryPerformanceFrequency(&freq);
-  QueryPerformanceCounter(&t);
-  return (int64_t)(t.QuadPart / freq.QuadPart) * 1000000000 +
-         (int64_t)(t.QuadPart % freq.QuadPart) * 1000000000 / freq.QuadPart;
-#else
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-#endif
-}
-
 /* Seconds at `arg` (a non-negative number) as nanoseconds; `dflt` if nil. */
 static int64_t checkseconds(lua_State *L, int arg, int64_t dflt) {
   lua_Number s;
@@ -201,7 +184,7 @@ static int64_t checkseconds(lua_State *L, int arg, int64_t dflt) {
 
 /* ioq.now(): monotonic seconds. */
 int lioq_now(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)now_ns() / 1e9);
+  lua_pushnumber(L, (lua_Number)ioq_now_ns() / 1e9);
   return 1;
 }
 
@@ -479,7 +462,7 @@ static void deliver(lua_State *L, lqueue *q, int anchors, int n, int into,
 */
 static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
                 int into) {
-  int64_t deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
+  int64_t deadline = timeout_ns > 0 ? ioq_now_ns() + timeout_ns : 0;
   lua_Integer count = 0;
   int anchors;
   if (queue_pending(q) == 0)
@@ -497,7 +480,7 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
     if (n == 0) {
       int64_t wait = timeout_ns;
       if (timeout_ns > 0) {
-        wait = deadline - now_ns();
+        wait = deadline - ioq_now_ns();
         if (wait < 0) wait = 0;
       }
       if (q->cancels != NULL && (wait < 0 || wait > 1000000))
@@ -513,7 +496,7 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
     deliver(L, q, anchors, n, into, &count);
     if (count > 0 || timeout_ns == 0 || queue_pending(q) == 0)
       break;
-    if (timeout_ns > 0 && now_ns() >= deadline)
+    if (timeout_ns > 0 && ioq_now_ns() >= deadline)
       break;
   }
   lua_pop(L, 1);
@@ -1393,7 +1376,7 @@ static int handle_cancel(lua_State *L) {
 static int handle_wait(lua_State *L) {
   lhandle *h = checkhandle(L);
   int64_t timeout = checkseconds(L, 2, -1);
-  int64_t deadline = timeout >= 0 ? now_ns() + timeout : 0;
+  int64_t deadline = timeout >= 0 ? ioq_now_ns() + timeout : 0;
   int pumped = 0, timed_out = 0;
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, UV_QUEUE);  /* index 2 */
@@ -1403,7 +1386,7 @@ static int handle_wait(lua_State *L) {
     if (h->q->be == NULL)
       return luaL_error(L, "queue is closed");
     if (timeout >= 0 && !timed_out) {
-      left = deadline - now_ns();
+      left = deadline - ioq_now_ns();
       if (left <= 0 && pumped) {
         timed_out = 1;
         cancel(h);  /* on failure the op still ends by itself */
