@@ -74,6 +74,9 @@ local source, dest = arg[1], arg[2]
 local made
 if not source then
   source = os.tmpname()
+  if package.config:sub(1, 1) == "\\" then  -- Windows: that names C:\, use %TEMP%
+    source = (os.getenv("TEMP") or ".") .. "\\ioq-copy-" .. os.time()
+  end
   make_source(source, 32 * 1024 * 1024)
   made = source
 end

@@ -33,6 +33,7 @@ local function serve(client)
 end
 
 ioq.run(function()
+  -- nil on Windows, which has no signals to wait for: Ctrl-C ends it there
   local signals <close> = ioq.signals("INT", "TERM")
   local server <close> = assert(ioq.socket(host:find(":", 1, true) and "tcp6" or "tcp"))
   assert(server:setoption("reuseaddr", true))
@@ -68,6 +69,10 @@ ioq.run(function()
     host, select(2, server:getsockname()), ioq.current().backend))
   io.stdout:flush()
 
+  if not signals then
+    acceptor:join()  -- serves until the process is ended
+    return
+  end
   local sig = signals:wait()
   print("SIG" .. sig .. ": closing " .. (function()
     local n = 0

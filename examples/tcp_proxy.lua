@@ -53,6 +53,7 @@ local function serve(client)
 end
 
 ioq.run(function()
+  -- nil on Windows, which has no signals to wait for: Ctrl-C ends it there
   local signals <close> = ioq.signals("INT", "TERM")
   local server <close> = assert(ioq.socket(family(host)))
   assert(server:setoption("reuseaddr", true))
@@ -82,6 +83,10 @@ ioq.run(function()
   print(string.format("tcp proxy %s:%d -> %s:%d (%s backend), ready", host,
     select(2, server:getsockname()), target_host, target_port, ioq.current().backend))
   io.stdout:flush()
+  if not signals then
+    acceptor:join()  -- serves until the process is ended
+    return
+  end
   local sig = signals:wait()
   print("SIG" .. sig .. ": stopping")
   acceptor:cancel()

@@ -7,6 +7,10 @@ local LUA = "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='" ..
   (os.getenv("IOQ_CPATH") or "build") .. "/?.so;;' " ..
   (util.preload and "LD_PRELOAD='" .. util.preload .. "' " or "") ..
   (os.getenv("LUA") or "lua5.4")
+if util.windows then  -- this very lua.exe, through cmd.exe (so no quotes first)
+  LUA = arg[-1] .. ' -e "package.path=[[lua/?.lua;lua/?/init.lua;]]..package.path ' ..
+    'package.cpath=[[' .. (os.getenv("IOQ_CPATH") or "build") .. '/?.dll;]]..package.cpath"'
+end
 
 local function free_port()
   local ioq = require "ioq"
@@ -63,7 +67,6 @@ local function sh(cmd)
 end
 
 describe("examples", function()
-  before_each(function() util.posix_only("a POSIX shell to start the examples") end)
   after_each(util.cleanup)
 
   it("copy.lua copies and checksums a file", function()
@@ -77,6 +80,7 @@ describe("examples", function()
   end)
 
   it("echo_server.lua serves echo_client.lua and stops on SIGTERM", function()
+    util.posix_only("SIGTERM and a POSIX shell to run servers in the background")
     local port = free_port()
     local pid, out, ready = start("echo_server.lua", port)
     assert.is_truthy(ready, util.readfile(out))
@@ -90,6 +94,7 @@ describe("examples", function()
   end)
 
   it("http_hello.lua answers HTTP/1.1 with keep-alive and Connection: close", function()
+    util.posix_only("SIGTERM and a POSIX shell to run servers in the background")
     local ioq = require "ioq"
     local port = free_port()
     local pid, out, ready = start("http_hello.lua", port)
@@ -122,6 +127,7 @@ describe("examples", function()
   end)
 
   it("tcp_proxy.lua forwards to an echo server", function()
+    util.posix_only("SIGTERM and a POSIX shell to run servers in the background")
     local eport, pport = free_port(), free_port()
     local epid, eout, eready = start("echo_server.lua", eport)
     assert.is_truthy(eready, util.readfile(eout))
