@@ -46,12 +46,13 @@ local BENCHES = {
     rows = {
       { "fio-uring", "fio io_uring", "fio --ioengine=io_uring --direct=1" },
       { "fio-psync", "fio psync", "fio --ioengine=psync --direct=1, 64 threads" },
+      { "c", "C", "C liburing (bench/uring_bench.c), O_DIRECT" },
       { "ioq", "ioq", "ioq: q:read() per read, file opened with mode \"rd\"" },
       { "luv", "luv", "luv uv.fs_read, file opened with O_DIRECT" },
     },
-    vs = { "fio-uring", "fio-psync", "luv" },
+    vs = { "fio-uring", "fio-psync", "c", "luv" },
     targets = { { "ioq", "fio-uring", 0.9 }, { "ioq", "luv", 3 } },
-    chart = { { "ioq", "fio-uring" }, { "ioq", "fio-psync" }, { "ioq", "luv" } },
+    chart = { { "ioq", "fio-uring" }, { "ioq", "fio-psync" }, { "ioq", "c" }, { "ioq", "luv" } },
   },
   {
     id = "copy", title = "Sequential copy of a file, then fsync", unit = "MiB/s",

@@ -8,17 +8,17 @@
 #                                        bench/results/tmp/partial.md/.png
 #
 # Benchmarks: nop randread direct copy echo http. Each runs all of its
-# contenders in the same run, REPS rounds (3); round r starts with the r-th
-# contender and goes round from there, so drift in a noisy machine hits
-# every contender alike and none always runs first. The report gives each
+# contenders in the same run, REPS rounds (5; QUICK: 3); round r starts
+# with the r-th contender and goes round from there, so drift in a noisy
+# machine hits every contender alike and none always runs first. The report gives each
 # contender's median, its ratio to the baselines measured in the same
 # rounds, and each target as met or missed. A contender that cannot run
 # here (a package missing, a feature it lacks) is a row saying why.
 #
-# Knobs: LUA (lua5.4), CC (cc), REPS (3), QUICK, DATA_DIR (where the test
-# files live: bench/results/tmp, or /var/tmp/ioq-bench when that
-# filesystem refuses O_DIRECT), SERVER_CPU (0), CLIENT_CPU (1), BASE_PORT
-# (19701: the servers use BASE_PORT..BASE_PORT+9).
+# Knobs: LUA (lua5.4), CC (cc), REPS (5; QUICK: 3), QUICK, DATA_DIR
+# (where the test files live: bench/results/tmp, or /var/tmp/ioq-bench
+# when that filesystem refuses O_DIRECT), SERVER_CPU (0), CLIENT_CPU (1),
+# BASE_PORT (19701: the servers use BASE_PORT..BASE_PORT+8).
 set -euo pipefail
 export LC_ALL=C  # decimal points, sort order and tool output as parsed here
 
@@ -27,9 +27,11 @@ cd "$(dirname "$0")/.."
 ALL=(nop randread direct copy echo http)
 LUA=${LUA:-lua5.4}
 CC=${CC:-cc}
-REPS=${REPS:-3}
 QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] || QUICK=0
+# Five rounds in a full run: on a shared 2-CPU machine single runs of the
+# copy and the servers can be off by 2x, and a median of five shrugs off two.
+REPS=${REPS:-$([ "$QUICK" = 1 ] && echo 3 || echo 5)}
 TMP=bench/results/tmp
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -295,6 +297,7 @@ measure_direct() {
   case $1 in
     fio-uring) run_fio "${FIO_RANDREAD[@]}" "--filename=$BIG_FILE" --ioengine=io_uring \
       --iodepth=64 --direct=1 ;;
+    c) run_rate "$TMP/uring_bench" randread "$BIG_FILE" "$DIRECT_OPS" direct ;;
     # psync has one read in flight per thread: 64 threads for QD 64.
     fio-psync) run_fio "${FIO_RANDREAD[@]}" "--filename=$BIG_FILE" --ioengine=psync --direct=1 \
       --numjobs=64 --thread --group_reporting ;;
@@ -608,7 +611,7 @@ for bench in "${selected[@]}"; do
     randread)
       cat "$CACHED_FILE" >/dev/null  # into the page cache
       run_rounds randread c fio ioq ioq-reuse ioq-epoll luv ;;
-    direct) run_rounds direct fio-uring fio-psync ioq luv ;;
+    direct) run_rounds direct fio-uring fio-psync c ioq luv ;;
     copy) run_rounds copy cp ioq luv ;;
     echo) run_rounds echo c ioq ioq-epoll luv cqueues ;;
     http) run_rounds http nginx ioq ioq-epoll luv ;;

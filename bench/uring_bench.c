@@ -9,6 +9,8 @@
 **                                  submit, reap all 64, repeat
 **   uring_bench randread FILE N    N buffered 4 KiB reads at random aligned
 **                                  offsets in FILE, 64 always in flight
+**   uring_bench randread FILE N direct
+**                                  the same with FILE opened O_DIRECT
 **
 ** Output is one line, e.g. "nop ops=6400000 secs=0.412345 rate=15520736".
 **
@@ -179,12 +181,12 @@ static void on_read(struct io_uring_cqe *cqe, void *ctx) {
     issue_read(rr, (unsigned)io_uring_cqe_get_data64(cqe));
 }
 
-static void job_randread(const char *path, unsigned long long n) {
+static void job_randread(const char *path, unsigned long long n, int direct) {
   static randread rr;
   struct stat st;
   unsigned i;
   double t0;
-  rr.fd = open(path, O_RDONLY | O_CLOEXEC);
+  rr.fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
   if (rr.fd < 0)
     die(path, errno);
   if (fstat(rr.fd, &st) != 0)
@@ -223,7 +225,7 @@ static void job_randread(const char *path, unsigned long long n) {
 
 static void usage(void) {
   fprintf(stderr, "usage: uring_bench nop N\n"
-                  "       uring_bench randread FILE N\n");
+                  "       uring_bench randread FILE N [direct]\n");
   exit(2);
 }
 
@@ -231,7 +233,10 @@ int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "nop") == 0)
     job_nop(parse_count(argv[2]));
   else if (argc == 4 && strcmp(argv[1], "randread") == 0)
-    job_randread(argv[2], parse_count(argv[3]));
+    job_randread(argv[2], parse_count(argv[3]), 0);
+  else if (argc == 5 && strcmp(argv[1], "randread") == 0 &&
+           strcmp(argv[4], "direct") == 0)
+    job_randread(argv[2], parse_count(argv[3]), 1);
   else
     usage();
   return 0;
