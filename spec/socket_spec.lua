@@ -85,10 +85,12 @@ describe("tcp", function()
   end)
 
   it("refuses a connection to a closed port with ECONNREFUSED", function()
-    local probe = assert(ioq.socket("tcp"))
+    -- Bound, never listening: nobody accepts there, and while the probe
+    -- holds the port no socket can be given it (a connecting socket that
+    -- got the same port would connect to itself).
+    local probe <close> = assert(ioq.socket("tcp"))
     assert(probe:bind("127.0.0.1", 0))
     local port = select(2, probe:getsockname())
-    probe:close()  -- bound then closed: nobody listens there
     ioq.run(function()
       local c <close> = assert(ioq.socket("tcp"))
       local ok, msg, err = c:connect("127.0.0.1", port):await(5)
