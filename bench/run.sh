@@ -612,7 +612,9 @@ for bench in "${selected[@]}"; do
       cat "$CACHED_FILE" >/dev/null  # into the page cache
       run_rounds randread c fio ioq ioq-reuse ioq-epoll luv ;;
     direct) run_rounds direct fio-uring fio-psync c ioq luv ;;
-    copy) run_rounds copy cp ioq luv ;;
+    copy)
+      cat "$BIG_FILE" >/dev/null  # every contender copies from the page cache
+      run_rounds copy cp ioq luv ;;
     echo) run_rounds echo c ioq ioq-epoll luv cqueues ;;
     http) run_rounds http nginx ioq ioq-epoll luv ;;
   esac
