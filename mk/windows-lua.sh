@@ -4,8 +4,8 @@
 # Debian's security patches applied. The result is cached in DIR (make
 # windows uses build-win/lua); running it again costs nothing.
 #
-# `apt-get source` needs a deb-src entry: as root the script adds one for
-# Debian's main archive when none is there; otherwise it says what to add.
+# `apt-get source` needs a deb-src entry: the script adds one for Debian's
+# main archive when none is there (with sudo when not root).
 set -eu
 dir=${1:?usage: mk/windows-lua.sh DIR}
 cross=${CROSS:-x86_64-w64-mingw32-}
@@ -13,14 +13,13 @@ cross=${CROSS:-x86_64-w64-mingw32-}
 
 have_src() { apt-get source --print-uris lua5.4 >/dev/null 2>&1; }
 if ! have_src; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "mk/windows-lua.sh: apt-get source needs a deb-src entry; as root run:" >&2
-    echo "  printf 'Types: deb-src\\nURIs: http://deb.debian.org/debian\\nSuites: bookworm\\nComponents: main\\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\\n' > /etc/apt/sources.list.d/ioq-deb-src.sources && apt-get update" >&2
-    exit 1
-  fi
-  printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-    > /etc/apt/sources.list.d/ioq-deb-src.sources
-  apt-get update -qq
+  sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "adding a deb-src entry for Debian's main archive, for apt-get source"
+  printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")" |
+    $sudo tee /etc/apt/sources.list.d/ioq-deb-src.sources >/dev/null
+  $sudo apt-get update -qq
 fi
 
 work="$dir.src"
