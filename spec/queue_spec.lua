@@ -135,6 +135,28 @@ describe("queue", function()
     assert.are.equal(before + 2, t.alarms())
   end)
 
+  it("lets two queues use one socket, except on IOCP, which ties it to one", function()
+    local q1 <close> = ioq.queue()
+    local q2 <close> = ioq.queue()
+    local a, b = assert(ioq.socketpair())
+    finally(function() a:close(); b:close() end)
+    assert.are.equal(1, q1:send(a, "x"):wait(2))  -- a is q1's now, on IOCP
+    local buf1 = ioq.buffer(4)
+    assert.are.equal(1, q1:recv(b, buf1):wait(2))
+    local buf2 = ioq.buffer(4)
+    local h = q2:recv(a, buf2)
+    if q2.backend == "iocp" then  -- its completion could only reach q1
+      local ok, msg, err = h:wait(2)
+      assert.is_nil(ok)
+      assert.are.equal(ioq.errno.EBUSY, err, msg)
+      assert.are.equal(1, q1:send(a, "y"):wait(2))  -- still q1's to use
+      return
+    end
+    assert.are.equal(2, q1:send(b, "yz"):wait(2))
+    assert.are.equal(2, h:wait(2))
+    assert.are.equal("yz", buf2:tostring(1, 2))
+  end)
+
   it("rejects bad options", function()
     assert.has_error(function() ioq.queue { entries = 0 } end,
       "bad argument #1 to 'queue' (entries must be an integer in 1..32768)")

@@ -28,10 +28,14 @@
 ** only asks) and when the queue closes (the binding cancels everything and
 ** reaps until nothing is left).
 **
-** A handle is tied to one port for life. Each op associates its handle
-** (an already associated handle refuses, which is fine); should a handle
-** be used by two queues, the packets of the second arrive at the first's
-** port, which forwards each to the port of the record's owner.
+** A handle is tied to one port for life, so it belongs to the first queue
+** that uses it: the backend keeps the set of handles it tied, and an op on
+** a handle some other port holds fails with EBUSY rather than completing
+** on a port nobody may drive. Handle values are reused after a close, so
+** each op still asks to tie its handle (a new handle under a known value
+** then gets tied); and should a packet still reach another queue's port
+** (a reused value tied there first), that backend forwards it to the
+** port of the record's owner.
 */
 #include <errno.h>
 #include <stdlib.h>
@@ -82,6 +86,8 @@ struct iocp_backend {
   LPFN_ACCEPTEX acceptex;        /* looked up on first use */
   LPFN_CONNECTEX connectex;
   unsigned started;              /* ops started since the last submit */
+  ioq_fd *tied;                  /* handles tied to the port: open */
+  size_t ntied, captied;         /* addressing, 0 is a free slot */
   OVERLAPPED_ENTRY entries[64];
 };
 
@@ -170,10 +176,56 @@ static rec *done_pop(iocp_backend *b) {
   return r;
 }
 
-/* Ties a handle to the port. One that is already tied (to this port, or
-** once to another: see the top of the file) refuses, which is fine. */
-static void associate(iocp_backend *b, ioq_fd fd) {
-  CreateIoCompletionPort((HANDLE)fd, b->port, KEY_IO, 0);
+/* The slot of handle fd in the tied set: where it is, or where it goes. */
+static size_t tied_slot(const iocp_backend *b, ioq_fd fd) {
+  size_t i = ((size_t)fd >> 2) * 0x9e3779b97f4a7c15u & (b->captied - 1);
+  while (b->tied[i] != 0 && b->tied[i] != fd)
+    i = (i + 1) & (b->captied - 1);
+  return i;
+}
+
+/* Room for one more tied handle (at most half full). 0 or -ENOMEM. */
+static int tied_reserve(iocp_backend *b) {
+  size_t cap, i;
+  ioq_fd *old = b->tied, *t;
+  if (2 * (b->ntied + 1) <= b->captied)
+    return 0;
+  cap = b->captied ? 2 * b->captied : 64;
+  if ((t = calloc(cap, sizeof *t)) == NULL)
+    return -ENOMEM;
+  b->tied = t;
+  b->captied = cap;
+  for (i = 0; i < cap / 2; i++)
+    if (old != NULL && old[i] != 0)
+      b->tied[tied_slot(b, old[i])] = old[i];
+  free(old);
+  return 0;
+}
+
+/*
+** Ties a handle to this port before an op on it. 0; -EBUSY when another
+** port holds it (it was used by another queue first); -EBADF when it is
+** not a handle.
+*/
+static int tie(iocp_backend *b, ioq_fd fd) {
+  DWORD err;
+  int mine;
+  if (fd == 0 || fd == IOQ_NOFD)
+    return -EBADF;
+  mine = b->captied > 0 && b->tied[tied_slot(b, fd)] == fd;
+  if (!mine && tied_reserve(b) != 0)
+    return -ENOMEM;
+  if (CreateIoCompletionPort((HANDLE)fd, b->port, KEY_IO, 0) == NULL) {
+    err = GetLastError();
+    if (err != ERROR_INVALID_PARAMETER)  /* not a handle ports can take */
+      return -ioq_win_errno(err);
+    return mine ? 0 : -EBUSY;             /* tied already: ours, or not */
+  }
+  if (!mine) {
+    b->tied[tied_slot(b, fd)] = fd;
+    b->ntied++;
+  }
+  return 0;
 }
 
 /* The extension functions Winsock exports only through WSAIoctl. */
@@ -238,12 +290,13 @@ static int start_accept(iocp_backend *b, rec *r) {
   }
   if ((err = socket_info(lst, &info)) != 0)
     return err;
+  if ((err = tie(b, op->fd)) != 0)
+    return err;
   r->accepted = WSASocketW(info.iAddressFamily, info.iSocketType,
                            info.iProtocol, NULL, 0,
                            WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
   if (r->accepted == INVALID_SOCKET)
     return -ioq_sockerr();
-  associate(b, op->fd);
   err = wsa_overlapped(b->acceptex(lst, r->accepted, r->addrs, 0,
                                    sizeof r->addrs / 2, sizeof r->addrs / 2,
                                    &got, &r->ov) ? 0 : SOCKET_ERROR);
@@ -287,9 +340,9 @@ static int start_connect(iocp_backend *b, rec *r) {
     if ((err = lookup(s, g, &b->connectex, sizeof b->connectex)) != 0)
       return err;
   }
-  if ((err = bind_any(s, info.iAddressFamily)) != 0)
+  if ((err = bind_any(s, info.iAddressFamily)) != 0 ||
+      (err = tie(b, op->fd)) != 0)
     return err;
-  associate(b, op->fd);
   return wsa_overlapped(b->connectex(s, op->addr, (int)op->addrlen, NULL, 0,
                                      NULL, &r->ov) ? 0 : SOCKET_ERROR);
 }
@@ -419,6 +472,7 @@ static int start_io(iocp_backend *b, rec *r) {
   ioq_op *op = r->op;
   SOCKET s = (SOCKET)op->fd;
   int64_t off = op->offset;
+  int err;
   r->wsabuf.buf = op->buf;
   r->wsabuf.len = op->len;
   switch (op->code) {
@@ -456,7 +510,8 @@ static int start_io(iocp_backend *b, rec *r) {
   if ((op->code == IOQ_READ || op->code == IOQ_WRITE) &&
       is_synchronous((HANDLE)op->fd))
     return start_blocking(b, r);
-  associate(b, op->fd);
+  if ((err = tie(b, op->fd)) != 0)
+    return err;
   switch (op->code) {
     case IOQ_READ:
       /* A descriptor without a position (a raw handle) reads at 0. */
@@ -716,6 +771,7 @@ static void iocp_destroy(ioq_backend *base) {
   iocp_backend *b = TO_IOCP(base);
   CloseHandle(b->port);
   free(b->heap);
+  free(b->tied);
   free(b);
 }
 
