@@ -61,7 +61,7 @@ typedef struct rec {
   OVERLAPPED ov;            /* first: a packet's OVERLAPPED* is its rec* */
   ioq_op *op;
   iocp_backend *owner;
-  struct rec *next, *prev;  /* the owner's live list; the done list */
+  struct rec *next;         /* on the done list */
   size_t timer;             /* slot in the timer heap + 1; 0: none */
   int64_t deadline;         /* monotonic ns, while in the heap */
   int64_t res;              /* K_POSTED and K_LOCAL: the result */
@@ -80,7 +80,6 @@ struct iocp_backend {
   ioq_backend base;
   HANDLE port;
   rec *done_head, *done_tail;    /* finished without a packet, in order */
-  size_t live;                   /* records not yet reaped */
   rec **heap;                    /* timers, soonest first */
   size_t nheap, capheap;
   LPFN_ACCEPTEX acceptex;        /* looked up on first use */
@@ -93,7 +92,6 @@ struct iocp_backend {
 
 #define TO_IOCP(b) ((iocp_backend *)(b))
 #define REC(op) ((rec *)(op)->be.op.ptr[0])
-
 
 /* ---------------------------------------------------------------- timers */
 
@@ -568,7 +566,6 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
   /* A timeout for an op that can wait: cancel it when the time is up. */
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && r->kind == K_IO)
     heap_add(b, r, ioq_now_ns() + op->timeout_ns);
-  b->live++;
   b->started++;
   return 0;
 }
@@ -669,7 +666,6 @@ static void finish(iocp_backend *b, rec *r, int64_t res, ioq_event *ev) {
   ev->buf = -1;
   ev->more = 0;
   r->op->res = res;
-  b->live--;
   free(r);
 }
 
