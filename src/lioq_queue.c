@@ -135,15 +135,15 @@ static size_t queue_pending(const lqueue *q) {
   return q->unsent.n + q->inflight.n + q->ready.n + q->starved.n;
 }
 
+#ifdef _WIN32
+#define checkowner(L, q) ((void)0)  /* Windows has no fork */
+#define forked_child(q) 0
+#else
 /*
 ** Forks, counted by an atfork handler, so that noticing one costs a load
 ** rather than a getpid() system call on every wait. (glibc drops the
 ** handler if this module is ever unloaded.)
 */
-#ifdef _WIN32
-#define checkowner(L, q) ((void)0)  /* no fork */
-#define forked_child(q) 0
-#else
 static volatile unsigned long forks;
 
 static void count_fork(void) {
