@@ -29,6 +29,36 @@ describe("cancel", function()
     assert.are.equal(E.ECANCELED, select(3, h:result()))
   end)
 
+  -- On Windows a pipe made without FILE_FLAG_OVERLAPPED is served by a
+  -- pool thread, blocked in ReadFile until CancelSynchronousIo ends it;
+  -- elsewhere sync_pipe is a plain pipe.
+  it("cancels, times out and closes over reads blocked on a synchronous pipe", function()
+    local r, w = (t.sync_pipe or t.pipe)()
+    finally(function() t.close(r); t.close(w) end)
+    local b = ioq.buffer(16)
+    local h = q:read(r, b)
+    q:submit()
+    q:wait(0.05)
+    assert.is_false(h:done())
+    assert.is_true(h:cancel())
+    assert.are.equal(E.ECANCELED, select(3, h:wait(2)))
+    assert.is_false(b:busy())
+    local h2 = q:read(r, b)
+    h2:timeout(0.05)
+    local t0 = ioq.now()
+    assert.are.equal(E.ETIMEDOUT, select(3, h2:wait(2)))
+    assert.is_true(ioq.now() - t0 < 1)
+    local h3 = q:read(r, b)                  -- the pipe still works
+    assert.are.equal(2, q:write(w, "ok"):wait(2))
+    assert.are.equal(2, h3:wait(2))
+    assert.are.equal("ok", b:tostring(1, 2))
+    q:read(r, ioq.buffer(16))                -- left blocked: close must end it
+    q:submit()
+    local t1 = ioq.now()
+    q:close()
+    assert.is_true(ioq.now() - t1 < 1)
+  end)
+
   it("frees a buffer when a read on a silent pipe is cancelled", function()
     local r, w = t.pipe()
     local b = ioq.buffer(16)

@@ -19,8 +19,9 @@
 **   shutdown, UDP      done at once (they never block); reported by the
 **   connect            next reap
 **
-** Ops on the thread pool cannot be cancelled and ignore their timeout:
-** like epoll's workers, they end with their real result.
+** A pool op is cancelled (or timed out) with CancelSynchronousIo on the
+** thread running its call: a read on an empty pipe or a console may
+** otherwise never end, and closing the queue waits for every op.
 **
 ** Lifetime (DESIGN.md rule 6): each started op gets a heap record with its
 ** OVERLAPPED first, its output fields and the I/O's own state. The record
@@ -51,7 +52,8 @@ enum { KEY_IO = 1,     /* the kernel's: the status is in the OVERLAPPED */
 
 /* How a record completes, and so how it is cancelled. */
 enum { K_IO,           /* a kernel packet; CancelIoEx */
-       K_POSTED,       /* a packet we posted or a pool thread will post */
+       K_POSTED,       /* a packet we posted (nop) */
+       K_POOL,         /* a pool thread's packet; CancelSynchronousIo */
        K_LOCAL,        /* no packet: the done list (sleeps, instant ops) */
 };
 
@@ -64,7 +66,7 @@ typedef struct rec {
   struct rec *next;         /* on the done list */
   size_t timer;             /* slot in the timer heap + 1; 0: none */
   int64_t deadline;         /* monotonic ns, while in the heap */
-  int64_t res;              /* K_POSTED and K_LOCAL: the result */
+  int64_t res;              /* K_POSTED, K_POOL, K_LOCAL: the result */
   int kind;
   int timed_out;            /* the op's timeout cancelled it */
   int sleep_result;         /* a sleep's result when its timer fires */
@@ -74,6 +76,14 @@ typedef struct rec {
   SOCKET accepted;          /* AcceptEx: the socket it fills */
   /* AcceptEx writes both addresses here, each with 16 bytes to spare. */
   char addrs[2 * (sizeof(struct sockaddr_storage) + 16)];
+  /* K_POOL: the pool thread running the op's blocking call, under lock
+  ** (so a cancel cannot hit the thread's next work), and whether a
+  ** cancel came; a cancel that found no I/O yet is retried by reap. */
+  SRWLOCK lock;
+  HANDLE thread;
+  int cancel_asked, pool_done;
+  struct rec *retry_next;   /* on the owner's retry list */
+  int on_retry;
 } rec;
 
 struct iocp_backend {
@@ -85,6 +95,7 @@ struct iocp_backend {
   LPFN_ACCEPTEX acceptex;        /* looked up on first use */
   LPFN_CONNECTEX connectex;
   unsigned started;              /* ops started since the last submit */
+  rec *retries;                  /* pool ops whose cancel must be retried */
   ioq_fd *tied;                  /* handles tied to the port: open */
   size_t ntied, captied;         /* addressing, 0 is a free slot */
   OVERLAPPED_ENTRY entries[64];
@@ -448,17 +459,86 @@ static void run_blocking(rec *r) {
   }
 }
 
-/* On a pool thread: the blocking part, then the packet to its port. The
-** owner cannot go away before the packet is reaped. */
+/*
+** On a pool thread: the blocking part, then the packet to its port. The
+** owner cannot go away before the packet is reaped. While the call runs,
+** r->thread names this thread, so a cancel can interrupt it with
+** CancelSynchronousIo (a read on a pipe or a console may never end).
+*/
 static void CALLBACK pool_work(PTP_CALLBACK_INSTANCE inst, void *arg) {
   rec *r = arg;
+  HANDLE self = NULL;
+  int cancelled;
   (void)inst;
-  run_blocking(r);
+  DuplicateHandle(GetCurrentProcess(), GetCurrentThread(), GetCurrentProcess(),
+                  &self, 0, FALSE, DUPLICATE_SAME_ACCESS);
+  AcquireSRWLockExclusive(&r->lock);
+  cancelled = r->cancel_asked;
+  r->thread = self;
+  ReleaseSRWLockExclusive(&r->lock);
+  if (cancelled)
+    r->res = -ECANCELED;
+  else
+    run_blocking(r);
+  AcquireSRWLockExclusive(&r->lock);
+  r->thread = NULL;
+  r->pool_done = 1;
+  ReleaseSRWLockExclusive(&r->lock);
+  if (self != NULL)
+    CloseHandle(self);
   PostQueuedCompletionStatus(r->owner->port, 0, KEY_DONE, &r->ov);
 }
 
+/*
+** Interrupts a pool op's blocking call. 1 when that is done or no longer
+** needed (the call ended, or a cancel can no longer miss it); 0 when the
+** thread has not entered the call yet, or is between calls: try again.
+*/
+static int pool_cancel(rec *r) {
+  int settled;
+  AcquireSRWLockExclusive(&r->lock);
+  r->cancel_asked = 1;
+  settled = r->pool_done ||
+            (r->thread != NULL && CancelSynchronousIo(r->thread));
+  if (r->thread == NULL && !r->pool_done)
+    settled = 1;  /* not started: pool_work sees cancel_asked */
+  ReleaseSRWLockExclusive(&r->lock);
+  return settled;
+}
+
+/* Cancels a pool op, or puts it on the list reap retries from. */
+static void cancel_pool_op(iocp_backend *b, rec *r) {
+  if (pool_cancel(r) || r->on_retry)
+    return;
+  r->on_retry = 1;
+  r->retry_next = b->retries;
+  b->retries = r;
+}
+
+/* Retries the pool cancels that found the thread outside its call. */
+static void retry_cancels(iocp_backend *b) {
+  rec **p = &b->retries;
+  while (*p != NULL) {
+    rec *r = *p;
+    if (pool_cancel(r)) {
+      *p = r->retry_next;
+      r->on_retry = 0;
+    } else {
+      p = &r->retry_next;
+    }
+  }
+}
+
+static void retry_remove(iocp_backend *b, rec *r) {
+  rec **p = &b->retries;
+  while (*p != r)
+    p = &(*p)->retry_next;
+  *p = r->retry_next;
+  r->on_retry = 0;
+}
+
 static int start_blocking(iocp_backend *b, rec *r) {
-  r->kind = K_POSTED;
+  r->kind = K_POOL;
   if (!TrySubmitThreadpoolCallback(pool_work, r, NULL)) {
     run_blocking(r);  /* no pool thread to be had: do it here */
     done_push(b, r, r->res);
@@ -564,7 +644,8 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
     return err;
   }
   /* A timeout for an op that can wait: cancel it when the time is up. */
-  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && r->kind == K_IO)
+  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
+      (r->kind == K_IO || r->kind == K_POOL))
     heap_add(b, r, ioq_now_ns() + op->timeout_ns);
   b->started++;
   return 0;
@@ -584,7 +665,9 @@ static int iocp_cancel(ioq_backend *base, ioq_op *op) {
     /* Fails when the I/O has finished (or its handle is closed, which
     ** cancelled it): either way its packet is on the way. */
     CancelIoEx((HANDLE)op->fd, &r->ov);
-  return 0;  /* posted ops finish on their own, soon */
+  else if (r->kind == K_POOL)
+    cancel_pool_op(b, r);
+  return 0;  /* a posted nop is already on its way */
 }
 
 /* Every op went to the kernel in start; this only counts them. */
@@ -605,7 +688,10 @@ static void fire_timers(iocp_backend *b, int64_t now) {
       done_push(b, r, r->sleep_result);
     } else {
       r->timed_out = 1;
-      CancelIoEx((HANDLE)r->op->fd, &r->ov);
+      if (r->kind == K_POOL)
+        cancel_pool_op(b, r);
+      else
+        CancelIoEx((HANDLE)r->op->fd, &r->ov);
     }
   }
 }
@@ -627,8 +713,6 @@ static int64_t io_result(rec *r, DWORD bytes) {
     res = bytes;  /* a datagram cut to the buffer, as on Linux */
   else
     res = -op_errno(op, err);
-  if (res == -ECANCELED && r->timed_out)
-    res = -ETIMEDOUT;
   switch (op->code) {
     case IOQ_ACCEPT:
       if (res >= 0) {
@@ -661,6 +745,10 @@ static int64_t io_result(rec *r, DWORD bytes) {
 static void finish(iocp_backend *b, rec *r, int64_t res, ioq_event *ev) {
   if (r->timer != 0)
     heap_remove(b, r);
+  if (r->on_retry)
+    retry_remove(b, r);
+  if (res == -ECANCELED && r->timed_out)
+    res = -ETIMEDOUT;
   ev->op = r->op;
   ev->res = res;
   ev->buf = -1;
@@ -702,12 +790,17 @@ static int iocp_reap(ioq_backend *base, ioq_event *ev, int max,
     max = (int)(sizeof b->entries / sizeof b->entries[0]);
   for (;;) {
     ULONG got = 0, i;
+    DWORD ms;
+    if (b->retries != NULL)
+      retry_cancels(b);
     fire_timers(b, now);
     if ((n = take_done(b, ev, n, max)) == max)
       return n;
+    ms = n > 0 ? 0 : wait_ms(b, until < 0 ? -1 : until - now, now);
+    if (b->retries != NULL && ms > 1)
+      ms = 1;  /* a cancel to retry soon */
     if (!GetQueuedCompletionStatusEx(b->port, b->entries, (ULONG)(max - n),
-                                     &got, n > 0 ? 0 : wait_ms(b, until < 0
-                                       ? -1 : until - now, now), FALSE)) {
+                                     &got, ms, FALSE)) {
       DWORD err = GetLastError();
       if (err != WAIT_TIMEOUT)
         return n > 0 ? n : -ioq_win_errno(err);

@@ -48,6 +48,20 @@ static int make_pipe(lua_State *L) {
   return 2;
 }
 
+/*
+** sync_pipe(): an anonymous pipe, whose handles do synchronous I/O only:
+** the iocp backend serves them from pool threads, where a read on an
+** empty pipe blocks until cancelled.
+*/
+static int make_sync_pipe(lua_State *L) {
+  HANDLE r, w;
+  if (!CreatePipe(&r, &w, NULL, 0))
+    return luaL_error(L, "CreatePipe failed (%d)", (int)GetLastError());
+  lua_pushinteger(L, (lua_Integer)(intptr_t)r);
+  lua_pushinteger(L, (lua_Integer)(intptr_t)w);
+  return 2;
+}
+
 /* close(handle): closes a raw handle; true on success. */
 static int close_fd(lua_State *L) {
   lua_pushboolean(L, CloseHandle((HANDLE)(intptr_t)luaL_checkinteger(L, 1)));
@@ -68,6 +82,7 @@ __declspec(dllexport) int luaopen_ioq_test(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"fdcount", fdcount},
     {"pipe", make_pipe},
+    {"sync_pipe", make_sync_pipe},
     {"close", close_fd},
     {"setenv", set_env},
     {NULL, NULL}
