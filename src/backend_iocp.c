@@ -265,6 +265,21 @@ static int op_errno(const ioq_op *op, DWORD err) {
 }
 
 /*
+** A transfer's result when Windows reports `err` with `bytes` moved: the
+** end of a file, or a pipe whose writer has gone, is a 0-byte read; a
+** datagram cut to the buffer is the bytes that fit, as on Linux; anything
+** else is -errno.
+*/
+static int64_t failed_transfer(const ioq_op *op, DWORD err, DWORD bytes) {
+  if (op->code == IOQ_READ &&
+      (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
+    return 0;
+  if (op->code == IOQ_RECVFROM && err == ERROR_MORE_DATA)
+    return bytes;
+  return -op_errno(op, err);
+}
+
+/*
 ** An overlapped call's outcome, read right after the call: under way or
 ** done (0: its packet will come), or failed at once (-errno: no packet).
 */
@@ -425,7 +440,7 @@ static int is_synchronous(HANDLE h) {
 ** handle's own file pointer, which such handles have. */
 static int64_t sync_transfer(ioq_op *op) {
   OVERLAPPED at, *pat = NULL;
-  DWORD n = 0, err;
+  DWORD n = 0;
   BOOL ok;
   if (op->offset >= 0) {
     memset(&at, 0, sizeof at);
@@ -436,13 +451,7 @@ static int64_t sync_transfer(ioq_op *op) {
   ok = op->code == IOQ_READ
      ? ReadFile((HANDLE)op->fd, op->buf, op->len, &n, pat)
      : WriteFile((HANDLE)op->fd, op->buf, op->len, &n, pat);
-  if (ok)
-    return n;
-  err = GetLastError();
-  if (op->code == IOQ_READ &&
-      (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
-    return 0;
-  return -op_errno(op, err);
+  return ok ? (int64_t)n : failed_transfer(op, GetLastError(), n);
 }
 
 /* Runs the blocking part of an op and sets r->res. */
@@ -651,6 +660,19 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
   return 0;
 }
 
+/*
+** Asks the kernel to stop an op that may be waiting: CancelIoEx for an
+** overlapped I/O (which fails when it has finished, or when closing its
+** handle cancelled it: either way its packet is on the way), the pool
+** thread's call for a pool op. A posted nop is already on its way.
+*/
+static void ask_cancel(iocp_backend *b, rec *r) {
+  if (r->kind == K_IO)
+    CancelIoEx((HANDLE)r->op->fd, &r->ov);
+  else if (r->kind == K_POOL)
+    cancel_pool_op(b, r);
+}
+
 static int iocp_cancel(ioq_backend *base, ioq_op *op) {
   iocp_backend *b = TO_IOCP(base);
   rec *r = REC(op);
@@ -661,13 +683,8 @@ static int iocp_cancel(ioq_backend *base, ioq_op *op) {
     }
     return 0;
   }
-  if (r->kind == K_IO)
-    /* Fails when the I/O has finished (or its handle is closed, which
-    ** cancelled it): either way its packet is on the way. */
-    CancelIoEx((HANDLE)op->fd, &r->ov);
-  else if (r->kind == K_POOL)
-    cancel_pool_op(b, r);
-  return 0;  /* a posted nop is already on its way */
+  ask_cancel(b, r);
+  return 0;
 }
 
 /* Every op went to the kernel in start; this only counts them. */
@@ -688,10 +705,7 @@ static void fire_timers(iocp_backend *b, int64_t now) {
       done_push(b, r, r->sleep_result);
     } else {
       r->timed_out = 1;
-      if (r->kind == K_POOL)
-        cancel_pool_op(b, r);
-      else
-        CancelIoEx((HANDLE)r->op->fd, &r->ov);
+      ask_cancel(b, r);
     }
   }
 }
@@ -704,15 +718,7 @@ static int64_t io_result(rec *r, DWORD bytes) {
   if (r->ov.Internal != 0 &&  /* not STATUS_SUCCESS: ask for the error */
       !GetOverlappedResult((HANDLE)op->fd, &r->ov, &n, FALSE))
     err = GetLastError();
-  if (err == 0)
-    res = bytes;
-  else if (op->code == IOQ_READ &&
-           (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
-    res = 0;  /* the end of a file, or a pipe whose writer has gone */
-  else if (op->code == IOQ_RECVFROM && err == ERROR_MORE_DATA)
-    res = bytes;  /* a datagram cut to the buffer, as on Linux */
-  else
-    res = -op_errno(op, err);
+  res = err == 0 ? (int64_t)bytes : failed_transfer(op, err, bytes);
   switch (op->code) {
     case IOQ_ACCEPT:
       if (res >= 0) {
