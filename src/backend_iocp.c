@@ -280,15 +280,20 @@ static int64_t failed_transfer(const ioq_op *op, DWORD err, DWORD bytes) {
 }
 
 /*
-** An overlapped call's outcome, read right after the call: under way or
-** done (0: its packet will come), or failed at once (-errno: no packet).
+** An overlapped ReadFile/WriteFile's outcome, read right after the call:
+** under way or done (0: its packet will come), or failed at once, with no
+** packet. A failure that is a result (a read at the end of the file may
+** say so at once) goes to the done list; an error is -errno.
 */
-static int overlapped(const ioq_op *op, BOOL ok) {
+static int overlapped(iocp_backend *b, rec *r, BOOL ok) {
   DWORD err;
-  if (ok)
+  int64_t res;
+  if (ok || (err = GetLastError()) == ERROR_IO_PENDING)
     return 0;
-  err = GetLastError();
-  return err == ERROR_IO_PENDING ? 0 : -op_errno(op, err);
+  if ((res = failed_transfer(r->op, err, 0)) < 0)
+    return (int)res;
+  done_push(b, r, res);
+  return 0;
 }
 
 static int wsa_overlapped(int r) {
@@ -605,14 +610,14 @@ static int start_io(iocp_backend *b, rec *r) {
       off = off < 0 ? 0 : off;
       r->ov.Offset = (DWORD)off;
       r->ov.OffsetHigh = (DWORD)(off >> 32);
-      return overlapped(op, ReadFile((HANDLE)op->fd, op->buf, op->len, NULL,
-                                 &r->ov));
+      return overlapped(b, r, ReadFile((HANDLE)op->fd, op->buf, op->len,
+                                       NULL, &r->ov));
     case IOQ_WRITE:
       /* Offset -1 (all ones) writes at the end of the file. */
       r->ov.Offset = off < 0 ? 0xffffffffu : (DWORD)off;
       r->ov.OffsetHigh = off < 0 ? 0xffffffffu : (DWORD)(off >> 32);
-      return overlapped(op, WriteFile((HANDLE)op->fd, op->buf, op->len, NULL,
-                                  &r->ov));
+      return overlapped(b, r, WriteFile((HANDLE)op->fd, op->buf, op->len,
+                                        NULL, &r->ov));
     case IOQ_RECV:
       r->flags = 0;
       return wsa_overlapped(WSARecv(s, &r->wsabuf, 1, NULL, &r->flags,
