@@ -60,7 +60,7 @@ for mode in $modes; do
       lua=wine_run
       runner="$WINE_LUA spec/support/runner.lua"
       export LUA_PATH=$WINE_PATH
-      [ $# -gt 0 ] || set -- spec/*_spec.lua
+      [ $# -gt 0 ] || set -- spec/*_spec.lua $(ls spec/regress/*_spec.lua 2>/dev/null)
       ;;
     asan)
       export IOQ_CPATH=build-asan
