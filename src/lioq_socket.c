@@ -49,11 +49,7 @@ static int checkkind(lua_State *L, int arg, const char *dflt) {
 /* Pushes a socket object in the closed state (see lioq_file_prepare). */
 lioq_file *lioq_socket_prepare(lua_State *L, int family, int type) {
   lioq_file *s = lua_newuserdatauv(L, sizeof *s, 0);
-  s->fd = IOQ_NOFD;
-  s->family = family;
-  s->type = type;
-  s->append = 0;
-  s->pos = 0;
+  lioq_file_init(s, family, type);
   luaL_setmetatable(L, LIOQ_SOCKET);
   return s;
 }
