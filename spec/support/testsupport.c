@@ -3,6 +3,7 @@
 ** Built only for the test run (build/ioq_test.so), never installed.
 */
 #include <dirent.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +116,36 @@ static int set_env(lua_State *L) {
   return 1;
 }
 
+/* ---- threads (lead: regress/core_spec) ---- */
+
+typedef struct { lua_State *L; int status; } thread_call;
+
+static void *call_function(void *arg) {
+  thread_call *c = arg;
+  c->status = lua_pcall(c->L, lua_gettop(c->L) - 1, LUA_MULTRET, 0);
+  return NULL;
+}
+
+/*
+** in_thread(fn, ...): calls fn(...) on a new OS thread while this one
+** waits for it (the Lua state is used by one thread at a time, as when a
+** state is handed from thread to thread). Returns true and fn's results,
+** or false and its error.
+*/
+static int in_thread(lua_State *L) {
+  thread_call c;
+  pthread_t t;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  c.L = L;
+  c.status = LUA_OK;
+  if (pthread_create(&t, NULL, call_function, &c) != 0)
+    return luaL_error(L, "cannot start a thread");
+  pthread_join(t, NULL);
+  lua_pushboolean(L, c.status == LUA_OK);
+  lua_insert(L, 1);
+  return lua_gettop(L);
+}
+
 int luaopen_ioq_test(lua_State *L);
 
 int luaopen_ioq_test(lua_State *L) {
@@ -128,6 +159,7 @@ int luaopen_ioq_test(lua_State *L) {
     {"fork", do_fork},
     {"waitpid", do_waitpid},
     {"exit", do_exit},
+    {"in_thread", in_thread},
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
