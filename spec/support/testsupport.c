@@ -4,6 +4,7 @@
 */
 #include <dirent.h>
 #include <pthread.h>
+#include <time.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,63 @@ static int in_thread(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* ---- watchdog (lead: spec/helper.lua) ---- */
+
+static pthread_mutex_t wd_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wd_cond;
+static int wd_started, wd_armed, wd_seconds;
+static struct timespec wd_deadline;
+static char wd_name[1024];
+
+static void *watchdog_main(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&wd_lock);
+  for (;;) {
+    if (!wd_armed) {
+      pthread_cond_wait(&wd_cond, &wd_lock);
+    } else if (pthread_cond_timedwait(&wd_cond, &wd_lock, &wd_deadline)
+               == ETIMEDOUT && wd_armed) {
+      fprintf(stderr, "\n\nspec timed out after %d s (a hang?): %s\n",
+              wd_seconds, wd_name);
+      fflush(stderr);
+      _exit(124);
+    }
+  }
+  return NULL;
+}
+
+/*
+** watchdog(seconds, name): unless watchdog is called again within
+** `seconds`, prints `name` and ends the process (exit 124): a spec that
+** hangs names itself instead of stalling the whole run. watchdog(0)
+** disarms it.
+*/
+static int watchdog(lua_State *L) {
+  lua_Integer secs = luaL_checkinteger(L, 1);
+  const char *name = luaL_optstring(L, 2, "?");
+  pthread_mutex_lock(&wd_lock);
+  if (!wd_started) {
+    pthread_condattr_t attr;
+    pthread_t t;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&wd_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    if (pthread_create(&t, NULL, watchdog_main, NULL) == 0) {
+      pthread_detach(t);
+      wd_started = 1;
+    }
+  }
+  wd_armed = secs > 0;
+  wd_seconds = (int)secs;
+  clock_gettime(CLOCK_MONOTONIC, &wd_deadline);
+  wd_deadline.tv_sec += (time_t)secs;
+  snprintf(wd_name, sizeof wd_name, "%s", name);
+  pthread_cond_signal(&wd_cond);
+  pthread_mutex_unlock(&wd_lock);
+  return 0;
+}
+
 int luaopen_ioq_test(lua_State *L);
 
 int luaopen_ioq_test(lua_State *L) {
@@ -160,6 +218,7 @@ int luaopen_ioq_test(lua_State *L) {
     {"waitpid", do_waitpid},
     {"exit", do_exit},
     {"in_thread", in_thread},
+    {"watchdog", watchdog},
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
