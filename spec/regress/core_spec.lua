@@ -309,4 +309,51 @@ describe("regress: binding", function()
     while not h:done() do q:wait(1) end
     c:close(); l:close()
   end)
+
+  it("multishot accept pauses on EMFILE, hands over the error, and goes on", function()
+    local ok, code, out = util.run_lua([[
+      local ioq = require "ioq"
+      local E = ioq.errno
+      local q <close> = ioq.queue()
+      local l = ioq.socket("tcp")
+      assert(l:bind("127.0.0.1", 0))
+      assert(l:listen())
+      local _, port = l:getsockname()
+      local h = q:accept_multi(l)
+      if not h then print("no multishot accept"); return end
+      local c = ioq.socket("tcp")
+      local files = {}
+      while true do
+        local f = io.open("/dev/null")
+        if not f then break end
+        files[#files + 1] = f
+      end
+      assert(q:connect(c, "127.0.0.1", port):wait(2))
+      local s, msg, err
+      for _ = 1, 50 do
+        s, msg, err = h:take()
+        if s ~= false then break end
+        q:wait(0.1)
+      end
+      assert(s == nil and err == E.EMFILE, "take: " .. tostring(msg))
+      assert(not h:done(), "the accept ended on EMFILE")
+      files[#files]:close()
+      files[#files] = nil
+      for _ = 1, 50 do
+        s, msg = h:take()
+        if s ~= false then break end
+        q:wait(0.1)
+      end
+      assert(s, "no connection after a descriptor came free: " .. tostring(msg))
+      s:close()
+      h:cancel()
+      while not h:done() do q:wait(1) end
+      print("paused ok")
+    ]], {}, "ulimit -n 32 &&")
+    assert.is_true(ok, "exit " .. tostring(code) .. ": " .. out)
+    if out:match("no multishot accept") then
+      return pending("no multishot accept on this backend")
+    end
+    assert.matches("paused ok", out)
+  end)
 end)
