@@ -183,29 +183,51 @@ static int alarm_pending(lua_State *L) {
 }
 
 /*
-** fail_accept(errno): from now on accept and accept4 fail with `errno` in
-** this process (a seccomp filter: for a child process only, it cannot be
-** undone). true, or nil and the error text.
+** fail_syscall(name, errno): from now on the system call `name` fails with
+** `errno` in this process: "accept" (accept and accept4) or
+** "epoll_pwait2" (ENOSYS: a kernel before 5.11). A seccomp filter: for a
+** child process only, it cannot be undone. true, or nil and the error text.
 */
-static int fail_accept(lua_State *L) {
-  unsigned err = (unsigned)luaL_checkinteger(L, 1);
-  struct sock_filter filter[] = {
-    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_accept4, 1, 0),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_accept, 0, 1),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
+static int fail_syscall(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  unsigned err = (unsigned)luaL_checkinteger(L, 2);
+  unsigned nr1, nr2;
   struct sock_fprog prog;
-  prog.len = (unsigned short)(sizeof filter / sizeof filter[0]);
-  prog.filter = filter;
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
-      prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
-    lua_pushnil(L);
-    lua_pushstring(L, strerror(errno));
-    return 2;
+  if (strcmp(name, "accept") == 0) {
+    nr1 = __NR_accept4;
+    nr2 = __NR_accept;
+  } else if (strcmp(name, "epoll_pwait2") == 0) {
+    nr1 = nr2 = __NR_epoll_pwait2;
+  } else {
+    return luaL_argerror(L, 1, "accept or epoll_pwait2 expected");
+  }
+  {
+    struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr1, 1, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr2, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    prog.len = (unsigned short)(sizeof filter / sizeof filter[0]);
+    prog.filter = filter;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+      lua_pushnil(L);
+      lua_pushstring(L, strerror(errno));
+      return 2;
+    }
   }
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* dup(fd): a second descriptor for the same open file (close-on-exec). */
+static int dup_fd(lua_State *L) {
+  int fd = fcntl((int)luaL_checkinteger(L, 1), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0)
+    return luaL_error(L, "dup: %s", strerror(errno));
+  lua_pushinteger(L, fd);
   return 1;
 }
 #endif
@@ -230,7 +252,8 @@ int luaopen_ioq_test(lua_State *L) {
     {"mkfifo", make_fifo},
     {"block_alarm", block_alarm},
     {"alarm_pending", alarm_pending},
-    {"fail_accept", fail_accept},
+    {"fail_syscall", fail_syscall},
+    {"dup", dup_fd},
 #endif
     {NULL, NULL}
   };
