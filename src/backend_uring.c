@@ -765,8 +765,8 @@ static int collect(uring_backend *u, ioq_event *ev, int max) {
 }
 
 /*
-** Submits, waits (no longer than the next op deadline), asks for the ops
-** whose deadline passed to be cancelled, then collects. An error from the
+** Submits, waits (no longer than the next op deadline), collects, then
+** asks for the ops whose deadline passed to be cancelled. An error from the
 ** kernel (-EEXIST from a thread that is not the ring's issuer, -EINTR)
 ** returns before anything here has changed.
 */
@@ -801,9 +801,12 @@ static int uring_reap(ioq_backend *b, ioq_event *done, int max,
   }
   if (r < 0 && r != -ETIME && r != -EBUSY && r != -EAGAIN)
     return r;  /* -EINTR included: the caller decides whether to go on */
+  /* Collected first, so that an op that did finish leaves the heap
+  ** before its deadline could fire. */
+  r = collect(u, done, max);
   if (u->ntimed > 0)
     fire_timers(u);
-  return collect(u, done, max);
+  return r;
 }
 
 static const char *uring_features(ioq_backend *b) {
