@@ -331,12 +331,13 @@ static int has_required(struct io_uring *ring, unsigned features) {
   return ok;
 }
 
-/* Waits up to a second for a CQE with `tag`; its result, or -ETIME. */
+/* Waits a second or so for a CQE with `tag`; its result, or -ETIME. */
 static int probe_wait(struct io_uring *ring, uint64_t tag, unsigned *flags) {
-  struct __kernel_timespec ts = {1, 0};
+  struct __kernel_timespec ts = {0, 250000000};
   struct io_uring_cqe *cqe;
-  while (io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL) >= 0 ||
-         io_uring_cq_ready(ring) > 0) {
+  int round;
+  for (round = 0; round < 4; round++) {
+    io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
     while (io_uring_peek_cqe(ring, &cqe) == 0) {
       int res = cqe->res;
       int match = io_uring_cqe_get_data64(cqe) == tag;
