@@ -25,7 +25,9 @@ SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
                src/backend_epoll.c
 HDRS        := src/ioq.h src/ioq_os.h src/lioq.h
 CORE        := $(BUILD)/ioq/core.so
-TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring $(BUILD)/alloc_host
+SHIMS       := $(BUILD)/no_ext_arg.so  # LD_PRELOAD shims, see "test shims"
+TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring $(BUILD)/alloc_host \
+               $(SHIMS)
 LUA_LIBS    ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
 
 BUSTED      ?= $(LUA) /usr/bin/busted
@@ -53,6 +55,20 @@ $(BUILD)/ioq_test.so: spec/support/testsupport.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC -I$(LUA_INCDIR) $(CFLAGS) $(LIBFLAG) \
 	  -o $@ spec/support/testsupport.c -pthread
+
+# ---------------------------------------------------------------- test shims
+# LD_PRELOAD libraries that make this kernel look like an older one to ioq
+# (spec/regress/uring_spec.lua). The sanitizer build gets them too, built
+# without instrumentation: they only change what the kernel reports.
+$(BUILD)/no_ext_arg.so: spec/support/no_ext_arg.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC $(URING_CFLAGS) -O2 -g -shared \
+	  -o $@ spec/support/no_ext_arg.c -ldl
+
+.PHONY: asan-shims
+asan-build: asan-shims
+asan-shims:
+	$(MAKE) BUILD=build-asan build-asan/no_ext_arg.so
 
 ASAN_FLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
                -fno-sanitize-recover=all

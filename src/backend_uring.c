@@ -2,8 +2,22 @@
 ** backend_uring.c: the io_uring backend (liburing).
 **
 ** Each op's address is its SQE's user_data, so a CQE leads straight back to
-** the op. SQEs that the backend adds on its own (cancel requests, linked
-** timeouts) carry INTERNAL_TAG and their CQEs are dropped.
+** the op. SQEs that the backend adds on its own (cancel requests) carry
+** INTERNAL_TAG, and their CQEs are dropped, as are those of any SQE that
+** liburing adds on its own (LIBURING_UDATA_TIMEOUT).
+**
+** An op's timeout (timeout_ns) is kept here, in a heap of deadlines, not
+** as a linked timeout in the kernel: since Linux 6.15 a linked timeout is
+** armed only once its op's first attempt returns, so an op that blocks in
+** an io-wq worker (an open of a FIFO with no peer, with O_CREAT) would
+** never time out. When a deadline passes, reap asks the kernel to cancel
+** the op, which also interrupts a worker, and the op ends with ETIMEDOUT.
+** Every op then takes exactly one SQE, however small the ring.
+**
+** A forked child shares the ring (and its registrations) with its parent:
+** the child must never submit, cancel, register or unregister anything,
+** so every entry point refuses to run there (EPERM), and destroy only lets
+** go of the child's own copy.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -11,14 +25,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <sys/utsname.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <liburing.h>
 
-#include "ioq.h"
+#include "ioq_os.h"
 
 /* The pool: provided buffers in a ring the kernel takes them from. */
 typedef struct uring_pool {
@@ -33,6 +49,10 @@ typedef struct uring_backend {
   unsigned features;       /* IORING_FEAT_* the kernel reported */
   unsigned setup;          /* the IORING_SETUP_* flags the ring has */
   uring_pool *pool;        /* NULL until asked for */
+  pid_t pid;               /* the process that made the ring */
+  unsigned long forks;     /* the fork count when pid was last checked */
+  ioq_op **timed;          /* min-heap of ops with a timeout, on deadline */
+  int ntimed, timed_cap;
   char describe[128];
 } uring_backend;
 
@@ -45,17 +65,41 @@ typedef struct uring_backend {
 /* Largest batch of CQEs looked at in one go. */
 #define CQE_BATCH 256
 
+/* ---------------------------------------------------------------- forks */
+
+/*
+** Forks, counted by an atfork handler, so that noticing one costs a load
+** rather than a getpid() system call on every start.
+*/
+static volatile unsigned long forks;
+static pthread_once_t forks_once = PTHREAD_ONCE_INIT;
+
+static void count_fork(void) {
+  forks++;
+}
+
+static void watch_forks(void) {
+  pthread_atfork(NULL, NULL, count_fork);
+}
+
+/* True in a forked child of the process that made the ring. */
+static int forked(uring_backend *u) {
+  if (u->forks == forks)
+    return 0;
+  if (getpid() != u->pid)
+    return 1;
+  u->forks = forks;  /* we are the parent: no need to ask again */
+  return 0;
+}
+
 _Static_assert(sizeof(struct __kernel_timespec) == 2 * sizeof(int64_t),
                "ioq_op keeps kernel timespecs as two int64_t");
 
-/* The op's own timespec (sleep), and its linked timeout's. */
+/* The op's own timespec (a sleep's). */
 static struct __kernel_timespec *op_timespec(ioq_op *op) {
   return (struct __kernel_timespec *)(void *)op->be.op.ts;
 }
 
-static struct __kernel_timespec *timeout_timespec(ioq_op *op) {
-  return (struct __kernel_timespec *)(void *)op->be.timeout;
-}
 
 /* sendmsg/recvmsg keep their msghdr and iovec in the op's private space. */
 typedef struct msgspace {
@@ -87,6 +131,120 @@ static void set_timespec(struct __kernel_timespec *ts, int64_t ns) {
   ts->tv_nsec = ns % 1000000000;
 }
 
+/* ---------------------------------------------------------------- timeouts */
+
+/*
+** An op's timeout state lives in op->be.timeout: [0] its deadline
+** (monotonic ns), [1] its index in the heap, or one of these.
+*/
+#define TIMER_NONE  ((int64_t)-1)  /* no timeout, or it was disarmed */
+#define TIMER_FIRED ((int64_t)-2)  /* the deadline passed: cancel asked */
+
+/* How soon a timeout whose cancel found no room is tried again. */
+#define TIMER_RETRY_NS 1000000
+
+static int64_t *deadline_of(ioq_op *op) {
+  return &op->be.timeout[0];
+}
+
+static int64_t *timer_state(ioq_op *op) {
+  return &op->be.timeout[1];
+}
+
+static void heap_set(uring_backend *u, int i, ioq_op *op) {
+  u->timed[i] = op;
+  *timer_state(op) = i;
+}
+
+static void heap_up(uring_backend *u, int i) {
+  ioq_op *op = u->timed[i];
+  while (i > 0) {
+    int parent = (i - 1) / 2;
+    if (*deadline_of(u->timed[parent]) <= *deadline_of(op))
+      break;
+    heap_set(u, i, u->timed[parent]);
+    i = parent;
+  }
+  heap_set(u, i, op);
+}
+
+static void heap_down(uring_backend *u, int i) {
+  ioq_op *op = u->timed[i];
+  for (;;) {
+    int small = 2 * i + 1;
+    if (small >= u->ntimed)
+      break;
+    if (small + 1 < u->ntimed &&
+        *deadline_of(u->timed[small + 1]) < *deadline_of(u->timed[small]))
+      small++;
+    if (*deadline_of(u->timed[small]) >= *deadline_of(op))
+      break;
+    heap_set(u, i, u->timed[small]);
+    i = small;
+  }
+  heap_set(u, i, op);
+}
+
+static int timer_add(uring_backend *u, ioq_op *op, int64_t deadline) {
+  if (u->ntimed == u->timed_cap) {
+    int cap = u->timed_cap ? u->timed_cap * 2 : 64;
+    ioq_op **h = realloc(u->timed, (size_t)cap * sizeof *h);
+    if (h == NULL)
+      return -ENOMEM;
+    u->timed = h;
+    u->timed_cap = cap;
+  }
+  *deadline_of(op) = deadline;
+  u->timed[u->ntimed] = op;
+  heap_up(u, u->ntimed++);
+  return 0;
+}
+
+/* Takes the op out of the heap; its state becomes `state`. */
+static void timer_remove(uring_backend *u, ioq_op *op, int64_t state) {
+  int i = (int)*timer_state(op);
+  if (--u->ntimed > i) {
+    heap_set(u, i, u->timed[u->ntimed]);
+    heap_down(u, i);
+    heap_up(u, (int)*timer_state(u->timed[i]));
+  }
+  *timer_state(op) = state;
+}
+
+/* A free SQE, submitting what is queued first if the ring is full. */
+static struct io_uring_sqe *get_sqe(uring_backend *u) {
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  if (sqe == NULL) {
+    io_uring_submit(&u->ring);  /* on failure the SQEs wait for the next */
+    sqe = io_uring_get_sqe(&u->ring);
+  }
+  return sqe;
+}
+
+/*
+** Asks the kernel to cancel every op whose deadline has passed. A cancel
+** that finds no room in the ring is tried again soon after.
+*/
+static void fire_timers(uring_backend *u) {
+  int64_t now = ioq_now_ns();
+  int asked = 0;
+  while (u->ntimed > 0 && *deadline_of(u->timed[0]) <= now) {
+    ioq_op *op = u->timed[0];
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (sqe == NULL) {
+      *deadline_of(op) = now + TIMER_RETRY_NS;
+      heap_down(u, 0);
+      break;
+    }
+    timer_remove(u, op, TIMER_FIRED);
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op, 0);
+    io_uring_sqe_set_data64(sqe, INTERNAL_TAG);
+    asked = 1;
+  }
+  if (asked)
+    io_uring_submit(&u->ring);  /* on failure they go with the next wait */
+}
+
 /*
 ** The ring flags worth having, best first: one task submits and reaps
 ** (SINGLE_ISSUER), so completions can run when we ask for them
@@ -115,15 +273,6 @@ static size_t first_setup(void) {
   return 0;
 }
 
-/* The running kernel as major * 100 + minor (6.1 -> 601). */
-static int kernel_version(void) {
-  struct utsname un;
-  int major = 0, minor = 0;
-  if (uname(&un) == 0)
-    sscanf(un.release, "%d.%d", &major, &minor);
-  return major * 100 + minor;
-}
-
 static void describe(uring_backend *u) {
   static const struct { unsigned flag; const char *word; } words[] = {
     {IORING_SETUP_SINGLE_ISSUER, "single_issuer"},
@@ -148,12 +297,155 @@ static void describe(uring_backend *u) {
              "%sprovided_buffers", n ? " " : "");
 }
 
+/*
+** What ioq needs from the kernel, asked of the ring itself rather than
+** read from a version number (vendor kernels backport; containers lie).
+** IORING_FEAT_EXT_ARG (Linux 5.11) lets a wait carry its own timeout;
+** without it liburing queues a timeout SQE of its own for every timed
+** wait, which takes room in the ring behind our back, and those kernels
+** (5.6 to 5.10) also lack IORING_OP_SHUTDOWN and several fixes to
+** cancellation that ioq relies on. Such a kernel gets -ENOSYS here, so
+** "auto" takes the epoll backend instead, as libuv turns io_uring down
+** on old kernels.
+*/
+static const unsigned char required_ops[] = {
+  IORING_OP_NOP, IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FSYNC,
+  IORING_OP_OPENAT, IORING_OP_TIMEOUT, IORING_OP_ACCEPT, IORING_OP_CONNECT,
+  IORING_OP_RECV, IORING_OP_SEND, IORING_OP_RECVMSG, IORING_OP_SENDMSG,
+  IORING_OP_SHUTDOWN, IORING_OP_ASYNC_CANCEL,
+};
+
+static int has_required(struct io_uring *ring, unsigned features) {
+  struct io_uring_probe *probe;
+  size_t i;
+  int ok = 1;
+  if (!(features & IORING_FEAT_EXT_ARG) || !(features & IORING_FEAT_NODROP))
+    return 0;
+  probe = io_uring_get_probe_ring(ring);
+  if (probe == NULL)
+    return 0;
+  for (i = 0; i < sizeof required_ops; i++)
+    if (!io_uring_opcode_supported(probe, required_ops[i]))
+      ok = 0;
+  io_uring_free_probe(probe);
+  return ok;
+}
+
+/* Waits a second or so for a CQE with `tag`; its result, or -ETIME. */
+static int probe_wait(struct io_uring *ring, uint64_t tag, unsigned *flags) {
+  struct __kernel_timespec ts = {0, 250000000};
+  struct io_uring_cqe *cqe;
+  int round;
+  for (round = 0; round < 4; round++) {
+    io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+    while (io_uring_peek_cqe(ring, &cqe) == 0) {
+      int res = cqe->res;
+      int match = io_uring_cqe_get_data64(cqe) == tag;
+      *flags = cqe->flags;
+      io_uring_cqe_seen(ring, cqe);
+      if (match)
+        return res;
+    }
+  }
+  return -ETIME;
+}
+
+/* A multishot accept of a connection that is already waiting. */
+static int try_multishot_accept(struct io_uring *ring) {
+  struct sockaddr_un a;
+  socklen_t len = sizeof a;
+  unsigned flags = 0;
+  int ok = 0, res;
+  int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  /* An address of just the family: the kernel picks an abstract name. */
+  if (l >= 0 && c >= 0 &&
+      bind(l, (struct sockaddr *)&a, sizeof(sa_family_t)) == 0 &&
+      listen(l, 1) == 0 && getsockname(l, (struct sockaddr *)&a, &len) == 0 &&
+      connect(c, (struct sockaddr *)&a, len) == 0) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    io_uring_prep_multishot_accept(sqe, l, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, 1);
+    res = probe_wait(ring, 1, &flags);
+    ok = res >= 0 && (flags & IORING_CQE_F_MORE);
+    if (res >= 0)
+      close(res);
+  }
+  if (c >= 0) close(c);
+  if (l >= 0) close(l);
+  return ok;
+}
+
+/* A multishot receive of a byte waiting, into a buffer ring at `br`. */
+static int try_multishot_recv(struct io_uring *ring,
+                              struct io_uring_buf_ring *br) {
+  static char byte;
+  struct io_uring_buf_reg reg;
+  unsigned flags = 0;
+  int ok = 0, s[2];
+  memset(&reg, 0, sizeof reg);
+  reg.ring_addr = (uint64_t)(uintptr_t)br;
+  reg.ring_entries = 1;
+  reg.bgid = POOL_GROUP;
+  if (io_uring_register_buf_ring(ring, &reg, 0) != 0)
+    return 0;
+  io_uring_buf_ring_init(br);
+  io_uring_buf_ring_add(br, &byte, 1, 0, io_uring_buf_ring_mask(1), 0);
+  io_uring_buf_ring_advance(br, 1);
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s) == 0) {
+    if (write(s[1], "x", 1) == 1) {
+      struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+      io_uring_prep_recv_multishot(sqe, s[0], NULL, 0, 0);
+      sqe->flags |= IOSQE_BUFFER_SELECT;
+      sqe->buf_group = POOL_GROUP;
+      io_uring_sqe_set_data64(sqe, 2);
+      ok = probe_wait(ring, 2, &flags) == 1 &&
+           (flags & IORING_CQE_F_BUFFER) && (flags & IORING_CQE_F_MORE);
+    }
+    close(s[0]);
+    close(s[1]);
+  }
+  return ok;
+}
+
+/*
+** Multishot accept (Linux 5.19) and multishot receive into provided
+** buffers (6.0) are flags on old opcodes, so a probe cannot show them:
+** they are tried once per process on a scratch ring. An older kernel
+** rejects the flags with EINVAL.
+*/
+static unsigned probed_caps;
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+
+static void probe_caps(void) {
+  struct io_uring ring;
+  struct io_uring_buf_ring *br;
+  unsigned caps = 0;
+  if (io_uring_queue_init(4, &ring, 0) != 0)
+    return;
+  br = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
+            -1, 0);
+  if (try_multishot_accept(&ring))
+    caps |= IOQ_CAP_MULTISHOT_ACCEPT;
+  if (br != MAP_FAILED && try_multishot_recv(&ring, br))
+    caps |= IOQ_CAP_POOL;
+  /* The ring goes first: it ends the ops still armed, and the kernel keeps
+  ** the buffer ring's pages for as long as it needs them. */
+  io_uring_queue_exit(&ring);
+  if (br != MAP_FAILED)
+    munmap(br, 4096);
+  probed_caps = caps;
+}
+
 static int uring_create(ioq_backend **out, unsigned entries) {
   uring_backend *u = calloc(1, sizeof *u);
   size_t i;
   int r = -EINVAL;
   if (u == NULL)
     return -ENOMEM;
+  pthread_once(&forks_once, watch_forks);
   for (i = first_setup(); i < NSETUPS; i++) {
     struct io_uring_params p;
     memset(&p, 0, sizeof p);
@@ -167,17 +459,20 @@ static int uring_create(ioq_backend **out, unsigned entries) {
     if (r != -EINVAL)
       break;
   }
+  if (r == 0 && !has_required(&u->ring, u->features)) {
+    io_uring_queue_exit(&u->ring);
+    r = -ENOSYS;
+  }
   if (r < 0) {
     free(u);
     return r;
   }
-  /* Multishot accept came in 5.19, buffer rings too, multishot recv in 6.0.
-  ** IOQ_NO_MULTISHOT=1 turns both off, to test what runs without them. */
+  u->pid = getpid();
+  u->forks = forks;
+  /* IOQ_NO_MULTISHOT=1 turns both off, to test what runs without them. */
   if (getenv("IOQ_NO_MULTISHOT") == NULL) {
-    if (kernel_version() >= 519)
-      u->base.caps |= IOQ_CAP_MULTISHOT_ACCEPT;
-    if (kernel_version() >= 600)
-      u->base.caps |= IOQ_CAP_POOL;
+    pthread_once(&probe_once, probe_caps);
+    u->base.caps |= probed_caps;
   }
   describe(u);
   u->base.cls = &ioq_uring_backend;
@@ -185,16 +480,25 @@ static int uring_create(ioq_backend **out, unsigned entries) {
   return 0;
 }
 
+/*
+** Every op has been reaped. In a forked child the ring, the pool's
+** registration and the kernel's work all belong to the parent: the child
+** only lets go of its own copy (its mappings and its descriptor), which
+** the kernel does not count as the ring's end while the parent has it.
+*/
 static void uring_destroy(ioq_backend *b) {
   uring_backend *u = (uring_backend *)b;
+  int child = forked(u);
   if (u->pool != NULL) {
     uring_pool *p = u->pool;
-    io_uring_unregister_buf_ring(&u->ring, POOL_GROUP);
+    if (!child)
+      io_uring_unregister_buf_ring(&u->ring, POOL_GROUP);
     munmap(p->br, p->br_bytes);
     p->base.recycle = NULL;
     ioq_pool_unref(&p->base);
   }
   io_uring_queue_exit(&u->ring);
+  free(u->timed);
   free(u);
 }
 
@@ -219,6 +523,8 @@ static int uring_pool_create(ioq_backend *b, unsigned count, unsigned size,
   void *mem = NULL;
   unsigned i;
   int r;
+  if (forked(u))
+    return -EPERM;
   if (u->pool != NULL) {
     *out = &u->pool->base;
     return 0;
@@ -271,12 +577,25 @@ static int uring_pool_create(ioq_backend *b, unsigned count, unsigned size,
   return 0;
 }
 
+/*
+** One SQE per op, whatever the op and its timeout, so a ring of any size
+** (entries = 1 included) can always take the next op once it has been
+** submitted. The timeout goes into the heap before the SQE is taken, so a
+** failure there leaves the ring as it was.
+*/
 static int uring_start(ioq_backend *b, ioq_op *op) {
   uring_backend *u = (uring_backend *)b;
   struct io_uring_sqe *sqe;
-  unsigned need = op->timeout_ns > 0 ? 2 : 1;
-  if (io_uring_sq_space_left(&u->ring) < need)
+  if (forked(u))
+    return -EPERM;
+  if (op->code >= IOQ_NOPCODES)
+    return -EINVAL;
+  if (io_uring_sq_space_left(&u->ring) < 1)
     return -EAGAIN;
+  *timer_state(op) = TIMER_NONE;
+  if (op->timeout_ns > 0 &&
+      timer_add(u, op, ioq_now_ns() + op->timeout_ns) < 0)
+    return -ENOMEM;
   sqe = io_uring_get_sqe(&u->ring);
   switch (op->code) {
     case IOQ_NOP:
@@ -332,31 +651,34 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
     case IOQ_SHUTDOWN:
       io_uring_prep_shutdown(sqe, op->fd, op->flags);
       break;
-    default:
-      /* The SQE is already taken: turn it into a NOP nobody waits for. */
+    default:  /* not reached: checked above */
       io_uring_prep_nop(sqe);
-      io_uring_sqe_set_data64(sqe, INTERNAL_TAG);
-      return -EINVAL;
+      break;
   }
   io_uring_sqe_set_data(sqe, op);
-  if (op->timeout_ns > 0) {
-    struct io_uring_sqe *tsqe = io_uring_get_sqe(&u->ring);
-    sqe->flags |= IOSQE_IO_LINK;
-    set_timespec(timeout_timespec(op), op->timeout_ns);
-    io_uring_prep_link_timeout(tsqe, timeout_timespec(op), 0);
-    io_uring_sqe_set_data64(tsqe, INTERNAL_TAG);
-  }
   return 0;
 }
 
+/*
+** submit, reap and cancel enter the kernel; under IORING_SETUP_SINGLE_ISSUER
+** (the "defer" setup) the kernel refuses every thread but the one that
+** made the ring with -EEXIST. They then return that -EEXIST before they
+** change anything here: SQEs already queued stay queued for the owner, and
+** CQEs stay in the ring.
+*/
 static int uring_submit(ioq_backend *b) {
   uring_backend *u = (uring_backend *)b;
+  if (forked(u))
+    return -EPERM;
   return io_uring_submit(&u->ring);
 }
 
 static int uring_cancel(ioq_backend *b, ioq_op *op) {
   uring_backend *u = (uring_backend *)b;
-  struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+  struct io_uring_sqe *sqe;
+  if (forked(u))
+    return -EPERM;
+  sqe = io_uring_get_sqe(&u->ring);
   if (sqe == NULL) {
     int r = io_uring_submit(&u->ring);
     if (r < 0 && r != -EBUSY && r != -EAGAIN && r != -EINTR)
@@ -370,13 +692,45 @@ static int uring_cancel(ioq_backend *b, ioq_op *op) {
   return 0;
 }
 
-/* The op's result as the binding wants it. */
-static int64_t op_result(const ioq_op *op, int res) {
+/*
+** errno values from 512 up are the kernel's own (include/linux/errno.h),
+** never meant for user space; a system call turns them into these before
+** it returns, but a CQE carries them as they are. An op that a worker was
+** running when it was cancelled ends with one of the restart codes: the
+** worker took the cancel as a signal.
+*/
+#define KERNEL_ERRNO_BASE     512
+#define KERNEL_ERESTARTNOHAND 514
+#define KERNEL_ENOIOCTLCMD    515
+#define KERNEL_ERESTARTBLOCK  516
+#define KERNEL_ENOTSUPP       524
+
+/*
+** The op's result as the binding wants it: a cancel that the script asked
+** for is ECANCELED and one that its timeout asked for is ETIMEDOUT,
+** whatever way the kernel put it, and no kernel-internal errno gets out
+** (an interruption nobody asked for is EINTR).
+*/
+static int64_t op_result(ioq_op *op, int res) {
+  int interrupted = res == -EINTR;
   if (op->code == IOQ_SLEEP && res == -ETIME)
     return 0;  /* the time passed: that is success for a sleep */
-  if (res == -ECANCELED && op->timeout_ns > 0 && !op->cancel_requested)
-    return -ETIMEDOUT;  /* its linked timeout fired */
-  return res;
+  if (res <= -KERNEL_ERRNO_BASE) {
+    if (res == -KERNEL_ENOIOCTLCMD)
+      return -ENOTTY;
+    if (res == -KERNEL_ENOTSUPP)
+      return -EOPNOTSUPP;
+    if (res < -KERNEL_ERESTARTNOHAND && res != -KERNEL_ERESTARTBLOCK)
+      return -EIO;  /* ERESTARTSYS up to ERESTARTNOHAND are restarts */
+    interrupted = 1;
+  }
+  if (!interrupted && res != -ECANCELED)
+    return res;
+  if (op->cancel_requested)
+    return -ECANCELED;
+  if (*timer_state(op) == TIMER_FIRED)
+    return -ETIMEDOUT;
+  return interrupted ? -EINTR : res;
 }
 
 static int collect(uring_backend *u, ioq_event *ev, int max) {
@@ -389,13 +743,15 @@ static int collect(uring_backend *u, ioq_event *ev, int max) {
     uint64_t tag = io_uring_cqe_get_data64(cqes[i]);
     unsigned flags = cqes[i]->flags;
     ioq_op *op;
-    if (tag == INTERNAL_TAG)
+    if (tag == INTERNAL_TAG || tag == LIBURING_UDATA_TIMEOUT)
       continue;
     op = (ioq_op *)(uintptr_t)tag;
     ev[k].op = op;
     ev[k].res = op_result(op, cqes[i]->res);
     ev[k].more = (flags & IORING_CQE_F_MORE) != 0;
     ev[k].buf = -1;
+    if (!ev[k].more && *timer_state(op) >= 0)
+      timer_remove(u, op, TIMER_NONE);
     if ((flags & IORING_CQE_F_BUFFER) && u->pool != NULL) {
       ev[k].buf = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
       u->pool->base.nfree--;
@@ -409,20 +765,33 @@ static int collect(uring_backend *u, ioq_event *ev, int max) {
   return k;
 }
 
+/*
+** Submits, waits (no longer than the next op deadline), collects, then
+** asks for the ops whose deadline passed to be cancelled. An error from the
+** kernel (-EEXIST from a thread that is not the ring's issuer, -EINTR)
+** returns before anything here has changed.
+*/
 static int uring_reap(ioq_backend *b, ioq_event *done, int max,
                       int64_t timeout_ns) {
   uring_backend *u = (uring_backend *)b;
   struct io_uring_cqe *cqe;
-  int r;
+  int r = 0;
+  if (forked(u))
+    return -EPERM;
+  if (u->ntimed > 0) {
+    int64_t until = *deadline_of(u->timed[0]) - ioq_now_ns();
+    if (until < 0)
+      until = 0;
+    if (timeout_ns < 0 || until < timeout_ns)
+      timeout_ns = until;
+  }
   if (io_uring_cq_ready(&u->ring) > 0) {
     if (io_uring_sq_ready(&u->ring) > 0) {
       r = io_uring_submit(&u->ring);
-      if (r < 0 && r != -EBUSY && r != -EAGAIN && r != -EINTR)
-        return r;
+      if (r == -EINTR)
+        r = 0;  /* the completions are here already */
     }
-    return collect(u, done, max);
-  }
-  if (timeout_ns == 0) {
+  } else if (timeout_ns == 0) {
     r = io_uring_submit_and_get_events(&u->ring);
   } else if (timeout_ns < 0) {
     r = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, NULL, NULL);
@@ -433,7 +802,12 @@ static int uring_reap(ioq_backend *b, ioq_event *done, int max,
   }
   if (r < 0 && r != -ETIME && r != -EBUSY && r != -EAGAIN)
     return r;  /* -EINTR included: the caller decides whether to go on */
-  return collect(u, done, max);
+  /* Collected first, so that an op that did finish leaves the heap
+  ** before its deadline could fire. */
+  r = collect(u, done, max);
+  if (u->ntimed > 0)
+    fire_timers(u);
+  return r;
 }
 
 static const char *uring_features(ioq_backend *b) {
