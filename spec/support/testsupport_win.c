@@ -68,20 +68,6 @@ static int close_fd(lua_State *L) {
   return 1;
 }
 
-/* closesocket(socket): closes a raw socket behind ioq's back, as another
-** library would; true on success. Winsock is found at run time (ioq.core
-** has loaded it), so this library links to no more than it did. */
-static int close_socket(lua_State *L) {
-  typedef int (WINAPI *closesocket_fn)(UINT_PTR);
-  HMODULE ws = GetModuleHandleA("ws2_32.dll");
-  closesocket_fn fn = ws == NULL ? NULL : (closesocket_fn)(void (*)(void))
-                      GetProcAddress(ws, "closesocket");
-  if (fn == NULL)
-    return luaL_error(L, "ws2_32.dll is not loaded");
-  lua_pushboolean(L, fn((UINT_PTR)luaL_checkinteger(L, 1)) == 0);
-  return 1;
-}
-
 /* setenv(name [, value]): sets, or with no value removes, a variable. */
 static int set_env(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
@@ -98,7 +84,6 @@ __declspec(dllexport) int luaopen_ioq_test(lua_State *L) {
     {"pipe", make_pipe},
     {"sync_pipe", make_sync_pipe},
     {"close", close_fd},
-    {"closesocket", close_socket},
     {"setenv", set_env},
     {NULL, NULL}
   };
