@@ -187,8 +187,10 @@ int ioq_win_startup(void) {
 ** (or that was closed). One table for the process is always right about
 ** ties made by ioq: every successful tie of a value, by any queue, records
 ** the port that now holds it, and ioq_close forgets a value before closing
-** it. A handle tied by code outside ioq, or closed by it and reused, is
-** "tied to another port" (EBUSY), never taken for ours.
+** it. A handle that code outside ioq tied is "tied to another port"
+** (EBUSY). The one case it cannot see: a value ioq tied, closed behind
+** its back (CloseHandle, closesocket) and reused by a handle that code
+** outside ioq tied; close ioq's handles with ioq.
 **
 ** Open addressing on the handle value; a port is named by an id never
 ** reused (a pointer could be, once its queue is freed).
