@@ -30,13 +30,14 @@
 ** reaps until nothing is left).
 **
 ** A handle is tied to one port for life, so it belongs to the first queue
-** that uses it: the backend keeps the set of handles it tied, and an op on
-** a handle some other port holds fails with EBUSY rather than completing
-** on a port nobody may drive. Handle values are reused after a close, so
-** each op still asks to tie its handle (a new handle under a known value
-** then gets tied); and should a packet still reach another queue's port
-** (a reused value tied there first), that backend forwards it to the
-** port of the record's owner.
+** that uses it: an op on a handle some other port holds fails with EBUSY
+** rather than completing on a port nobody may drive. Which port holds a
+** handle value is kept for the whole process (ioq_win_tie): handle values
+** are reused after a close, and only a record every queue updates knows
+** that a value one queue tied now names a handle another queue tied. Each
+** op still asks to tie its handle (a new handle under a known value then
+** gets tied); and should a packet still reach another queue's port, that
+** backend forwards it to the port of the record's owner.
 */
 #include <errno.h>
 #include <stdlib.h>
@@ -58,8 +59,25 @@ enum { K_IO,           /* a kernel packet; CancelIoEx */
 };
 
 typedef struct iocp_backend iocp_backend;
+typedef struct rec rec;
 
-typedef struct rec {
+/*
+** A pool op's state shared with the pool thread, under lock (so a cancel
+** cannot hit the thread's next work). It lives apart from the record: an
+** op cancelled (or timed out) before a pool thread took it up ends at once
+** and its record goes, since the pool has a limit (500 threads by default)
+** that reads blocked on pipes or consoles can fill, and then queued work
+** may wait forever. The work item stays queued; when it runs at last it
+** finds the job abandoned and frees it.
+*/
+typedef struct pool_job {
+  SRWLOCK lock;
+  rec *r;                   /* the op's record; NULL once abandoned */
+  HANDLE thread;            /* the thread in the op's call, while it is */
+  int started, done;
+} pool_job;
+
+struct rec {
   OVERLAPPED ov;            /* first: a packet's OVERLAPPED* is its rec* */
   ioq_op *op;
   iocp_backend *owner;
@@ -76,15 +94,13 @@ typedef struct rec {
   SOCKET accepted;          /* AcceptEx: the socket it fills */
   /* AcceptEx writes both addresses here, each with 16 bytes to spare. */
   char addrs[2 * (sizeof(struct sockaddr_storage) + 16)];
-  /* K_POOL: the pool thread running the op's blocking call, under lock
-  ** (so a cancel cannot hit the thread's next work), and whether a
-  ** cancel came; a cancel that found no I/O yet is retried by reap. */
-  SRWLOCK lock;
-  HANDLE thread;
-  int cancel_asked, pool_done;
+  int append;               /* a write that goes to the end of the file */
+  /* K_POOL: the job the pool thread runs; a cancel that found the thread
+  ** not yet in its call is retried by reap. */
+  pool_job *job;
   struct rec *retry_next;   /* on the owner's retry list */
   int on_retry;
-} rec;
+};
 
 struct iocp_backend {
   ioq_backend base;
@@ -96,8 +112,7 @@ struct iocp_backend {
   LPFN_CONNECTEX connectex;
   unsigned started;              /* ops started since the last submit */
   rec *retries;                  /* pool ops whose cancel must be retried */
-  ioq_fd *tied;                  /* handles tied to the port: open */
-  size_t ntied, captied;         /* addressing, 0 is a free slot */
+  unsigned long long port_id;    /* names the port in ioq_win_tie */
   OVERLAPPED_ENTRY entries[64];
 };
 
@@ -185,56 +200,15 @@ static rec *done_pop(iocp_backend *b) {
   return r;
 }
 
-/* The slot of handle fd in the tied set: where it is, or where it goes. */
-static size_t tied_slot(const iocp_backend *b, ioq_fd fd) {
-  size_t i = ((size_t)fd >> 2) * 0x9e3779b97f4a7c15u & (b->captied - 1);
-  while (b->tied[i] != 0 && b->tied[i] != fd)
-    i = (i + 1) & (b->captied - 1);
-  return i;
-}
-
-/* Room for one more tied handle (at most half full). 0 or -ENOMEM. */
-static int tied_reserve(iocp_backend *b) {
-  size_t cap, i;
-  ioq_fd *old = b->tied, *t;
-  if (2 * (b->ntied + 1) <= b->captied)
-    return 0;
-  cap = b->captied ? 2 * b->captied : 64;
-  if ((t = calloc(cap, sizeof *t)) == NULL)
-    return -ENOMEM;
-  b->tied = t;
-  b->captied = cap;
-  for (i = 0; i < cap / 2; i++)
-    if (old != NULL && old[i] != 0)
-      b->tied[tied_slot(b, old[i])] = old[i];
-  free(old);
-  return 0;
-}
-
 /*
 ** Ties a handle to this port before an op on it. 0; -EBUSY when another
 ** port holds it (it was used by another queue first); -EBADF when it is
 ** not a handle.
 */
 static int tie(iocp_backend *b, ioq_fd fd) {
-  DWORD err;
-  int mine;
   if (fd == 0 || fd == IOQ_NOFD)
     return -EBADF;
-  mine = b->captied > 0 && b->tied[tied_slot(b, fd)] == fd;
-  if (!mine && tied_reserve(b) != 0)
-    return -ENOMEM;
-  if (CreateIoCompletionPort((HANDLE)fd, b->port, KEY_IO, 0) == NULL) {
-    err = GetLastError();
-    if (err != ERROR_INVALID_PARAMETER)  /* not a handle ports can take */
-      return -ioq_win_errno(err);
-    return mine ? 0 : -EBUSY;             /* tied already: ours, or not */
-  }
-  if (!mine) {
-    b->tied[tied_slot(b, fd)] = fd;
-    b->ntied++;
-  }
-  return 0;
+  return -ioq_win_tie(fd, b->port, b->port_id, KEY_IO);
 }
 
 /* The extension functions Winsock exports only through WSAIoctl. */
@@ -267,16 +241,34 @@ static int op_errno(const ioq_op *op, DWORD err) {
 /*
 ** A transfer's result when Windows reports `err` with `bytes` moved: the
 ** end of a file, or a pipe whose writer has gone, is a 0-byte read; a
-** datagram cut to the buffer is the bytes that fit, as on Linux; anything
-** else is -errno.
+** datagram (or a pipe message) cut to the buffer is the bytes that fit, as
+** on Linux, whichever call received it; anything else is -errno.
 */
 static int64_t failed_transfer(const ioq_op *op, DWORD err, DWORD bytes) {
   if (op->code == IOQ_READ &&
       (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
     return 0;
-  if (op->code == IOQ_RECVFROM && err == ERROR_MORE_DATA)
+  if ((op->code == IOQ_READ || op->code == IOQ_RECV ||
+       op->code == IOQ_RECVFROM) &&
+      (err == ERROR_MORE_DATA || err == WSAEMSGSIZE))
     return bytes;
   return -op_errno(op, err);
+}
+
+/*
+** Whether an overlapped call that reported `err` still queues a packet.
+** Windows queues one for every status that is not an error: success,
+** pending, and the warnings. A datagram or a pipe message cut to the
+** buffer (STATUS_BUFFER_OVERFLOW, seen as ERROR_MORE_DATA or WSAEMSGSIZE)
+** is such a warning, reported at once when the data was there: the record
+** must then wait for its packet, which gives the result (freeing it would
+** hand the packet freed memory). Every other immediate failure is an error
+** status and queues nothing. (ioq never sets
+** FILE_SKIP_COMPLETION_PORT_ON_SUCCESS, so a success always has a packet.)
+*/
+static int packet_follows(DWORD err) {
+  return err == ERROR_IO_PENDING || err == ERROR_MORE_DATA ||
+         err == WSAEMSGSIZE;
 }
 
 /*
@@ -288,7 +280,7 @@ static int64_t failed_transfer(const ioq_op *op, DWORD err, DWORD bytes) {
 static int overlapped(iocp_backend *b, rec *r, BOOL ok) {
   DWORD err;
   int64_t res;
-  if (ok || (err = GetLastError()) == ERROR_IO_PENDING)
+  if (ok || packet_follows(err = GetLastError()))
     return 0;
   if ((res = failed_transfer(r->op, err, 0)) < 0)
     return (int)res;
@@ -296,12 +288,13 @@ static int overlapped(iocp_backend *b, rec *r, BOOL ok) {
   return 0;
 }
 
+/* The same for the socket calls: 0 when the packet will come. */
 static int wsa_overlapped(int r) {
   int err;
   if (r == 0)
     return 0;
   err = WSAGetLastError();
-  return err == WSA_IO_PENDING ? 0 : -ioq_win_errno((unsigned long)err);
+  return packet_follows((DWORD)err) ? 0 : -ioq_win_errno((unsigned long)err);
 }
 
 /* ---------------------------------------------------------------- ops */
@@ -390,6 +383,11 @@ static HANDLE open_path(const ioq_op *op, DWORD *err) {
   else if (op->flags & O_CREAT) how = OPEN_ALWAYS;
   else if (op->flags & O_TRUNC) how = TRUNCATE_EXISTING;
   else how = OPEN_EXISTING;
+  /* Append: the right to add data but not to write it in place, which
+  ** Windows (like O_APPEND) honours by writing at the end, and which
+  ** start_io sees (append_only) to send every write there itself. */
+  if ((op->flags & O_APPEND) && !(op->flags & O_TRUNC))
+    access = (access & GENERIC_READ) | (FILE_GENERIC_WRITE & ~FILE_WRITE_DATA);
   if (op->flags & O_DIRECT)
     attrs |= FILE_FLAG_NO_BUFFERING | FILE_FLAG_WRITE_THROUGH;
   if ((op->flags & O_CREAT) && !(op->mode & 0200))
@@ -419,22 +417,47 @@ static HANDLE open_path(const ioq_op *op, DWORD *err) {
 ** of ntdll, the one place that tells (FileModeInformation).
 */
 typedef LONG (WINAPI *query_file_fn)(HANDLE, void *, void *, ULONG, int);
+typedef LONG (WINAPI *query_object_fn)(HANDLE, int, void *, ULONG, ULONG *);
 static query_file_fn query_file;
+static query_object_fn query_object;
+static INIT_ONCE ntdll_once = INIT_ONCE_STATIC_INIT;
 
 static BOOL CALLBACK find_query(PINIT_ONCE once, PVOID arg, PVOID *ctx) {
   HMODULE nt = GetModuleHandleW(L"ntdll.dll");
   (void)once; (void)arg; (void)ctx;
-  if (nt != NULL)  /* through void (*)(void): one function type to another */
+  if (nt != NULL) {  /* through void (*)(void): one function type to another */
     query_file = (query_file_fn)(void (*)(void))
                  GetProcAddress(nt, "NtQueryInformationFile");
+    query_object = (query_object_fn)(void (*)(void))
+                   GetProcAddress(nt, "NtQueryObject");
+  }
   return TRUE;
 }
 
+/*
+** Whether a handle may only add to its file (FILE_APPEND_DATA without
+** FILE_WRITE_DATA: ioq opens "a" files so). As with O_APPEND on Linux,
+** every write on it then goes to the end, whatever offset it names.
+*/
+static int append_only(HANDLE h) {
+  struct {  /* OBJECT_BASIC_INFORMATION */
+    ULONG attributes;
+    ACCESS_MASK access;
+    ULONG handles, pointers, reserved[10];
+  } info;
+  InitOnceExecuteOnce(&ntdll_once, find_query, NULL, NULL);
+  if (query_object == NULL ||
+      query_object(h, 0 /* ObjectBasicInformation */, &info, sizeof info,
+                   NULL) != 0)
+    return 0;
+  return (info.access & (FILE_APPEND_DATA | FILE_WRITE_DATA)) ==
+         FILE_APPEND_DATA;
+}
+
 static int is_synchronous(HANDLE h) {
-  static INIT_ONCE once = INIT_ONCE_STATIC_INIT;
   struct { void *status; ULONG_PTR info; } iosb;
   ULONG mode = 0;
-  InitOnceExecuteOnce(&once, find_query, NULL, NULL);
+  InitOnceExecuteOnce(&ntdll_once, find_query, NULL, NULL);
   if (query_file == NULL ||
       query_file(h, &iosb, &mode, sizeof mode, 16 /* FileModeInformation */) != 0)
     return 0;
@@ -442,15 +465,18 @@ static int is_synchronous(HANDLE h) {
 }
 
 /* A read or write on a synchronous handle: at the offset, or (-1) at the
-** handle's own file pointer, which such handles have. */
-static int64_t sync_transfer(ioq_op *op) {
+** handle's own file pointer, which such handles have; an append at the
+** end (offset all ones). */
+static int64_t sync_transfer(rec *r) {
+  ioq_op *op = r->op;
   OVERLAPPED at, *pat = NULL;
   DWORD n = 0;
   BOOL ok;
-  if (op->offset >= 0) {
+  if (op->offset >= 0 || r->append) {
+    int64_t off = r->append ? -1 : op->offset;
     memset(&at, 0, sizeof at);
-    at.Offset = (DWORD)op->offset;
-    at.OffsetHigh = (DWORD)(op->offset >> 32);
+    at.Offset = (DWORD)off;
+    at.OffsetHigh = (DWORD)((uint64_t)off >> 32);
     pat = &at;
   }
   ok = op->code == IOQ_READ
@@ -469,60 +495,74 @@ static void run_blocking(rec *r) {
   } else if (op->code == IOQ_FSYNC) {
     r->res = FlushFileBuffers((HANDLE)op->fd) ? 0 : -ioq_oserr();
   } else {
-    r->res = sync_transfer(op);
+    r->res = sync_transfer(r);
   }
 }
 
 /*
 ** On a pool thread: the blocking part, then the packet to its port. The
 ** owner cannot go away before the packet is reaped. While the call runs,
-** r->thread names this thread, so a cancel can interrupt it with
-** CancelSynchronousIo (a read on a pipe or a console may never end).
+** job->thread names this thread, so a cancel can interrupt it with
+** CancelSynchronousIo (a read on a pipe or a console may never end). A job
+** cancelled before this ran was abandoned: its op has ended, and the job
+** is all that is left.
 */
 static void CALLBACK pool_work(PTP_CALLBACK_INSTANCE inst, void *arg) {
-  rec *r = arg;
+  pool_job *job = arg;
   HANDLE self = NULL;
-  int cancelled;
+  rec *r;
   (void)inst;
+  AcquireSRWLockExclusive(&job->lock);
+  r = job->r;
+  job->started = 1;
+  ReleaseSRWLockExclusive(&job->lock);
+  if (r == NULL) {
+    free(job);
+    return;
+  }
   DuplicateHandle(GetCurrentProcess(), GetCurrentThread(), GetCurrentProcess(),
                   &self, 0, FALSE, DUPLICATE_SAME_ACCESS);
-  AcquireSRWLockExclusive(&r->lock);
-  cancelled = r->cancel_asked;
-  r->thread = self;
-  ReleaseSRWLockExclusive(&r->lock);
-  if (cancelled)
-    r->res = -ECANCELED;
-  else
-    run_blocking(r);
-  AcquireSRWLockExclusive(&r->lock);
-  r->thread = NULL;
-  r->pool_done = 1;
-  ReleaseSRWLockExclusive(&r->lock);
+  AcquireSRWLockExclusive(&job->lock);
+  job->thread = self;
+  ReleaseSRWLockExclusive(&job->lock);
+  run_blocking(r);
+  AcquireSRWLockExclusive(&job->lock);
+  job->thread = NULL;
+  job->done = 1;
+  ReleaseSRWLockExclusive(&job->lock);
   if (self != NULL)
     CloseHandle(self);
   PostQueuedCompletionStatus(r->owner->port, 0, KEY_DONE, &r->ov);
 }
 
 /*
-** Interrupts a pool op's blocking call. 1 when that is done or no longer
-** needed (the call ended, or a cancel can no longer miss it); 0 when the
-** thread has not entered the call yet, or is between calls: try again.
+** Ends or interrupts a pool op. 1 when that is done or no longer needed:
+** the op had not started (it ends now with ECANCELED, its job abandoned to
+** the pool), its call was interrupted, or it has ended; 0 when its thread
+** is not in the call yet: try again.
 */
-static int pool_cancel(rec *r) {
-  int settled;
-  AcquireSRWLockExclusive(&r->lock);
-  r->cancel_asked = 1;
-  settled = r->pool_done ||
-            (r->thread != NULL && CancelSynchronousIo(r->thread));
-  if (r->thread == NULL && !r->pool_done)
-    settled = 1;  /* not started: pool_work sees cancel_asked */
-  ReleaseSRWLockExclusive(&r->lock);
+static int pool_cancel(iocp_backend *b, rec *r) {
+  pool_job *job = r->job;
+  int settled, abandon = 0;
+  AcquireSRWLockExclusive(&job->lock);
+  if (!job->started) {
+    job->r = NULL;
+    abandon = settled = 1;
+  } else {
+    settled = job->done ||
+              (job->thread != NULL && CancelSynchronousIo(job->thread));
+  }
+  ReleaseSRWLockExclusive(&job->lock);
+  if (abandon) {
+    r->job = NULL;  /* pool_work frees it */
+    done_push(b, r, -ECANCELED);
+  }
   return settled;
 }
 
 /* Cancels a pool op, or puts it on the list reap retries from. */
 static void cancel_pool_op(iocp_backend *b, rec *r) {
-  if (pool_cancel(r) || r->on_retry)
+  if (pool_cancel(b, r) || r->on_retry)
     return;
   r->on_retry = 1;
   r->retry_next = b->retries;
@@ -534,7 +574,7 @@ static void retry_cancels(iocp_backend *b) {
   rec **p = &b->retries;
   while (*p != NULL) {
     rec *r = *p;
-    if (pool_cancel(r)) {
+    if (pool_cancel(b, r)) {
       *p = r->retry_next;
       r->on_retry = 0;
     } else {
@@ -551,13 +591,61 @@ static void retry_remove(iocp_backend *b, rec *r) {
   r->on_retry = 0;
 }
 
+/*
+** The pool's callback environment: it keeps this module loaded while a
+** callback is queued or running, since an abandoned job may run after
+** every queue (and the Lua state that loaded us) is gone.
+*/
+static TP_CALLBACK_ENVIRON pool_env;
+
+static BOOL CALLBACK init_pool_env(PINIT_ONCE once, PVOID arg, PVOID *ctx) {
+  HMODULE self = NULL;
+  (void)once; (void)arg; (void)ctx;
+  InitializeThreadpoolEnvironment(&pool_env);
+  if (GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
+                         GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+                         (LPCWSTR)(void *)&pool_env, &self))
+    SetThreadpoolCallbackLibrary(&pool_env, self);
+  return TRUE;
+}
+
 static int start_blocking(iocp_backend *b, rec *r) {
+  static INIT_ONCE once = INIT_ONCE_STATIC_INIT;
+  pool_job *job = calloc(1, sizeof *job);
+  if (job == NULL)
+    return -ENOMEM;
+  InitOnceExecuteOnce(&once, init_pool_env, NULL, NULL);
+  InitializeSRWLock(&job->lock);
+  job->r = r;
+  r->job = job;
   r->kind = K_POOL;
-  if (!TrySubmitThreadpoolCallback(pool_work, r, NULL)) {
+  if (!TrySubmitThreadpoolCallback(pool_work, job, &pool_env)) {
     run_blocking(r);  /* no pool thread to be had: do it here */
     done_push(b, r, r->res);
   }
   return 0;
+}
+
+/*
+** A read of 0 bytes: 0 at once, as read(2) gives on Linux, where Windows
+** would wait for data (a 0-byte read is its way to wait until a pipe or a
+** socket is readable). A recv of 0 bytes keeps that wait, which is what
+** recv(2) does on a Linux stream socket too: it ends, taking nothing, when
+** data comes (a datagram socket's ends on a datagram and drops it).
+** 1 when done here, with *err set when the handle is bad.
+*/
+static int zero_read(iocp_backend *b, rec *r, int *err) {
+  ioq_op *op = r->op;
+  *err = 0;
+  if (GetFileType((HANDLE)op->fd) == FILE_TYPE_UNKNOWN) {
+    DWORD code = GetLastError();  /* NO_ERROR: a handle of no known type */
+    if (code != NO_ERROR) {
+      *err = -op_errno(op, code);
+      return 1;
+    }
+  }
+  done_push(b, r, 0);
+  return 1;
 }
 
 static int start_io(iocp_backend *b, rec *r) {
@@ -599,6 +687,10 @@ static int start_io(iocp_backend *b, rec *r) {
     default:
       break;
   }
+  if (op->len == 0 && op->code == IOQ_READ && zero_read(b, r, &err))
+    return err;
+  if (op->code == IOQ_WRITE && op->fd != 0 && op->fd != IOQ_NOFD)
+    r->append = append_only((HANDLE)op->fd);
   if ((op->code == IOQ_READ || op->code == IOQ_WRITE) &&
       is_synchronous((HANDLE)op->fd))
     return start_blocking(b, r);
@@ -614,6 +706,8 @@ static int start_io(iocp_backend *b, rec *r) {
                                        NULL, &r->ov));
     case IOQ_WRITE:
       /* Offset -1 (all ones) writes at the end of the file. */
+      if (r->append)
+        off = -1;
       r->ov.Offset = off < 0 ? 0xffffffffu : (DWORD)off;
       r->ov.OffsetHigh = off < 0 ? 0xffffffffu : (DWORD)(off >> 32);
       return overlapped(b, r, WriteFile((HANDLE)op->fd, op->buf, op->len,
@@ -765,6 +859,7 @@ static void finish(iocp_backend *b, rec *r, int64_t res, ioq_event *ev) {
   ev->buf = -1;
   ev->more = 0;
   r->op->res = res;
+  free(r->job);  /* its thread is done with it: the packet came */
   free(r);
 }
 
@@ -861,6 +956,7 @@ static int iocp_create(ioq_backend **out, unsigned entries) {
     free(b);
     return -err;
   }
+  b->port_id = ioq_win_port_id();
   b->base.cls = &ioq_iocp_backend;
   b->base.caps = IOQ_CAP_NO_POSITION;
   *out = &b->base;
@@ -871,7 +967,6 @@ static void iocp_destroy(ioq_backend *base) {
   iocp_backend *b = TO_IOCP(base);
   CloseHandle(b->port);
   free(b->heap);
-  free(b->tied);
   free(b);
 }
 

@@ -80,6 +80,15 @@ static inline int ioq_oserr(void) {
 
 #include "ioq.h"
 
+#ifdef _WIN32
+/* The process's handle-to-port ties (ioq_win.c). A new id for a port;
+** tie a handle to a port (0, EBUSY when another port holds it, or an
+** errno value); forget a handle about to be closed. */
+unsigned long long ioq_win_port_id(void);
+int ioq_win_tie(ioq_fd fd, HANDLE port, unsigned long long id, ULONG_PTR key);
+void ioq_win_untie(ioq_fd fd);
+#endif
+
 /* Monotonic nanoseconds, for timers and ioq.now(). */
 #ifdef _WIN32
 static inline int64_t ioq_now_ns(void) {
@@ -127,6 +136,13 @@ static inline void ioq_aligned_free(void *p) {
 */
 static inline int ioq_close(ioq_fd fd, int is_socket) {
 #ifdef _WIN32
+  /* Closing does not reliably end the overlapped I/O still on the handle
+  ** (Wine leaves a pending send, and even a recv, waiting forever; Windows
+  ** may report the aborted recv as a network error), and once it is
+  ** closed nothing can cancel it. So cancel it all first: every op on it
+  ** ends with ECANCELED. Then forget its tie: the value may come back. */
+  CancelIoEx((HANDLE)fd, NULL);
+  ioq_win_untie(fd);
   if (is_socket)
     return closesocket((SOCKET)fd) == 0 ? 0 : ioq_sockerr();
   return CloseHandle((HANDLE)fd) ? 0 : ioq_oserr();

@@ -369,6 +369,15 @@ static int socket_getpeername(lua_State *L) {
   return getname(L, 1);
 }
 
+/*
+** Level NO_OPTION: a name ioq knows everywhere, for an option this system
+** lacks; setting it fails with EOPNOTSUPP (a script can test for that; it
+** cannot know in advance, so it is not a misuse to raise for). Windows has
+** no SO_REUSEPORT, and its SO_REUSEADDR is not a stand-in: it lets any
+** socket take over a port already bound, with no sharing of the load.
+*/
+#define NO_OPTION (-1)
+
 static const struct {
   const char *name;
   int level, opt;
@@ -377,6 +386,8 @@ static const struct {
   {"reuseaddr", SOL_SOCKET, SO_REUSEADDR, 1},
 #ifdef SO_REUSEPORT
   {"reuseport", SOL_SOCKET, SO_REUSEPORT, 1},
+#else
+  {"reuseport", NO_OPTION, 0, 1},
 #endif
   {"keepalive", SOL_SOCKET, SO_KEEPALIVE, 1},
   {"broadcast", SOL_SOCKET, SO_BROADCAST, 1},
@@ -420,6 +431,8 @@ static int socket_setoption(lua_State *L) {
                   "value must be a non-negative integer");
     value = (int)n;
   }
+  if (options[i].level == NO_OPTION)
+    return lioq_fail(L, "setoption", EOPNOTSUPP);
   if (setsockopt(s->fd, options[i].level, options[i].opt,
                  (const char *)&value, sizeof value) != 0)
     return lioq_fail(L, "setoption", ioq_sockerr());
