@@ -19,8 +19,9 @@ end
 -- in seconds; sanitizer and valgrind runs get more.
 do
   local ok, t = pcall(require, "ioq_test")
-  local busted = require "busted"
-  if ok and t.watchdog then
+  local bok, busted = pcall(require, "busted")
+  -- (spec/support/runner.lua, which has no busted, keeps its own watchdog)
+  if ok and t.watchdog and bok and type(busted) == "table" and busted.subscribe then
     local limit = tonumber(os.getenv("IOQ_SPEC_TIMEOUT"))
       or (os.getenv("IOQ_VALGRIND") and 600) or (preload and 180) or 60
     local function fullname(element)

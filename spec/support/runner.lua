@@ -122,11 +122,22 @@ local function report(status, name, where, detail)
   io.flush()
 end
 
+-- Each test runs under a watchdog (see spec/helper.lua), when the test
+-- library has one: a hang names its test.
+local watchdog
+watchdog = function(...)  -- looked up once the helper set the paths
+  local ok, t = pcall(require, "ioq_test")
+  watchdog = ok and t.watchdog or function() end
+  return watchdog(...)
+end
+local LIMIT = tonumber(os.getenv("IOQ_SPEC_TIMEOUT")) or 120
+
 local function run_test(b, t)
   local name = fullname(b, t.name)
   if t.kind == "pending" then
     return report("pending", name, t.where, "")
   end
+  watchdog(LIMIT, t.where .. ": " .. name)
   running = { finally = {} }
   local ok, err = true, nil
   for _, fn in ipairs(hooks(b, "before")) do
@@ -143,6 +154,7 @@ local function run_test(b, t)
     if ok and not aok then ok, err = false, aerr end
   end
   running = nil
+  watchdog(0)
   if ok then
     report("success", name, t.where)
   elseif getmetatable(err) == PENDING then

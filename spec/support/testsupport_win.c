@@ -76,6 +76,57 @@ static int set_env(lua_State *L) {
   return 1;
 }
 
+/* ---- watchdog (the runner's per-test time limit) ---- */
+
+static CRITICAL_SECTION wd_lock;
+static HANDLE wd_event;
+static int wd_started, wd_armed, wd_seconds;
+static ULONGLONG wd_deadline;
+static char wd_name[1024];
+
+static DWORD WINAPI watchdog_main(LPVOID arg) {
+  (void)arg;
+  for (;;) {
+    DWORD wait = INFINITE;
+    ULONGLONG now = GetTickCount64();
+    EnterCriticalSection(&wd_lock);
+    if (wd_armed) {
+      if (now >= wd_deadline) {
+        fprintf(stderr, "\n\nspec timed out after %d s (a hang?): %s\n",
+                wd_seconds, wd_name);
+        fflush(stderr);
+        ExitProcess(124);
+      }
+      wait = (DWORD)(wd_deadline - now);
+    }
+    LeaveCriticalSection(&wd_lock);
+    WaitForSingleObject(wd_event, wait);
+  }
+  return 0;
+}
+
+/* watchdog(seconds, name): as in testsupport.c; watchdog(0) disarms. */
+static int watchdog(lua_State *L) {
+  lua_Integer secs = luaL_checkinteger(L, 1);
+  const char *name = luaL_optstring(L, 2, "?");
+  if (!wd_started) {
+    HANDLE t;
+    InitializeCriticalSection(&wd_lock);
+    wd_event = CreateEventW(NULL, FALSE, FALSE, NULL);
+    t = CreateThread(NULL, 0, watchdog_main, NULL, 0, NULL);
+    if (t != NULL) CloseHandle(t);
+    wd_started = 1;
+  }
+  EnterCriticalSection(&wd_lock);
+  wd_armed = secs > 0;
+  wd_seconds = (int)secs;
+  wd_deadline = GetTickCount64() + (ULONGLONG)(secs > 0 ? secs : 0) * 1000;
+  snprintf(wd_name, sizeof wd_name, "%s", name);
+  LeaveCriticalSection(&wd_lock);
+  SetEvent(wd_event);
+  return 0;
+}
+
 int luaopen_ioq_test(lua_State *L);
 
 __declspec(dllexport) int luaopen_ioq_test(lua_State *L) {
@@ -85,6 +136,7 @@ __declspec(dllexport) int luaopen_ioq_test(lua_State *L) {
     {"sync_pipe", make_sync_pipe},
     {"close", close_fd},
     {"setenv", set_env},
+    {"watchdog", watchdog},
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
