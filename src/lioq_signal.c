@@ -123,7 +123,7 @@ static watcher watchers[MAX_WATCHERS];
 static struct {
   int watchers;           /* live watchers of this signal */
   int unblocked;          /* we unblocked it in the registering thread */
-  struct sigaction saved; /* its disposition before the first watcher */
+  struct sigaction saved; /* its disposition before we took it */
 } kinds[NSIGNALS];
 
 static pthread_mutex_t updating = PTHREAD_MUTEX_INITIALIZER;
@@ -166,7 +166,7 @@ static void post(watcher *w, int fd, int k) {
 
 /*
 ** What the signal would have done without us (`old`, its disposition
-** before the first watcher): for a forked child that inherited the handler
+** before we took it): for a forked child that inherited the handler
 ** but has no watcher of its own (the parent's pipes are not its business),
 ** and for a signal that arrives while its last watcher is being closed.
 */
@@ -224,28 +224,41 @@ static void quiesce(void) {
     sched_yield();
 }
 
-/* Takes signal k over for the first watcher; 0 or an errno value. */
-static int install(int k) {
+/* Whether our handler is signal k's disposition now. */
+static int ours(int k) {
+  struct sigaction now;
+  return sigaction(signals[k].signo, NULL, &now) == 0 &&
+         (now.sa_flags & SA_SIGINFO) && now.sa_sigaction == on_signal;
+}
+
+/*
+** Takes signal k over, saving the disposition ours replaces: for its
+** first watcher, and for a later one when something replaced our handler
+** since (the script, or fall_back in a forked child), so that the newest
+** watcher gets the signal and the last one gives back the newest other
+** disposition. 0 or an errno value.
+*/
+static int take(int k) {
   int signo = signals[k].signo;
   struct sigaction sa;
+  if (kinds[k].watchers > 0 && ours(k))
+    return 0;
   /* Read first, then replace: the handler may run (in another thread) as
   ** soon as it is in place, and reads `saved`. */
   if (sigaction(signo, NULL, &kinds[k].saved) != 0)
     return errno;
+  if (kinds[k].watchers == 0)
+    kinds[k].unblocked = 0;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_signal;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
   sigfillset(&sa.sa_mask);
-  if (sigaction(signo, &sa, NULL) != 0)
-    return errno;
-  kinds[k].unblocked = 0;
-  return 0;
+  return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
 }
 
-/* Gives signal k back as it was before the first watcher. */
+/* Gives signal k back as it was before we took it. */
 static void uninstall(int k) {
   int signo = signals[k].signo;
-  struct sigaction now;
   if (kinds[k].unblocked) {
     /* Blocked again first, so that one arriving meanwhile waits for the
     ** old disposition rather than taking ours. */
@@ -256,8 +269,7 @@ static void uninstall(int k) {
     kinds[k].unblocked = 0;
   }
   /* Somebody else's handler, set since, stays. */
-  if (sigaction(signo, NULL, &now) == 0 && (now.sa_flags & SA_SIGINFO) &&
-      now.sa_sigaction == on_signal)
+  if (ours(k))
     sigaction(signo, &kinds[k].saved, NULL);
 }
 
@@ -323,8 +335,7 @@ static int watch(unsigned set, int wfd, int keep) {
   ** finds the watcher. */
   for (k = 0; k < NSIGNALS && err == 0; k++)
     if (set & (1u << k)) {
-      if (kinds[k].watchers == 0)
-        err = install((int)k);
+      err = take((int)k);
       if (err == 0)
         kinds[k].watchers++;
     }

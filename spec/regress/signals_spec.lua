@@ -115,6 +115,23 @@ describe("regress: signals", function()
     assert.are.equal(before + 1, t.alarms())
   end)
 
+  it("#13 a signals object made after a script's own handler takes the signal and gives it back", function()
+    posix_signals()
+    local t = require "ioq_test"
+    local a = assert(ioq.signals("ALRM"))
+    t.arm_alarm(0)  -- the script's handler replaces ioq's
+    local before = t.alarms()
+    local b = assert(ioq.signals("ALRM"))
+    kill("ALRM", mypid())
+    assert.are.equal("ALRM", a:wait(1))
+    assert.are.equal("ALRM", b:wait(1))
+    assert.are.equal(before, t.alarms())
+    b:close()
+    a:close()
+    kill("ALRM", mypid())
+    assert.are.equal(before + 1, t.alarms())
+  end)
+
   it("#13 two signals objects watching INT each receive one raise", function()
     posix_signals()
     local a <close> = assert(ioq.signals("INT"))
