@@ -21,8 +21,8 @@ INST_LUADIR ?= $(PREFIX)/share/lua/5.4
 
 BUILD       ?= build
 SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
-               src/lioq_file.c src/lioq_socket.c src/backend_uring.c \
-               src/backend_epoll.c
+               src/lioq_file.c src/lioq_socket.c src/lioq_signal.c \
+               src/backend_uring.c src/backend_epoll.c
 HDRS        := src/ioq.h src/ioq_os.h src/lioq.h
 CORE        := $(BUILD)/ioq/core.so
 SHIMS       := $(BUILD)/no_ext_arg.so  # LD_PRELOAD shims, see "test shims"
@@ -152,8 +152,8 @@ WIN_CC      ?= x86_64-w64-mingw32-gcc
 WIN_BUILD   ?= build-win
 WIN_LUA     := $(WIN_BUILD)/lua
 WIN_SRCS    := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
-               src/lioq_file.c src/lioq_socket.c src/backend_iocp.c \
-               src/ioq_win.c
+               src/lioq_file.c src/lioq_socket.c src/lioq_signal.c \
+               src/backend_iocp.c src/ioq_win.c
 WIN_CORE    := $(WIN_BUILD)/ioq/core.dll
 WIN_TESTLIB := $(WIN_BUILD)/ioq_test.dll
 WIN_CFLAGS  := $(WARNINGS) -D_WIN32_WINNT=0x0601 -I$(WIN_LUA)/include -O2 \

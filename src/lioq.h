@@ -89,6 +89,8 @@ ioq_fd lioq_checkfd(lua_State *L, int arg);
 ioq_fd lioq_tofd(lua_State *L, int idx);
 int lioq_closefd(lua_State *L, lioq_file *f);
 void lioq_dropfd(lioq_file *f);
+
+/* lioq_signal.c */
 int lioq_signalfd(lua_State *L);
 int lioq_signame(lua_State *L);
 

@@ -3,13 +3,10 @@
 ** place that turns an argument into a descriptor.
 */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #ifdef _WIN32
 #include <io.h>
-#else
-#include <sys/signalfd.h>
 #endif
 
 #include "lualib.h"
@@ -171,71 +168,6 @@ static int file_repr(lua_State *L) {
     lua_pushliteral(L, "ioq.file (closed)");
   else
     lua_pushfstring(L, "ioq.file (fd %I)", (lua_Integer)f->fd);
-  return 1;
-}
-
-static const struct { const char *name; int signo; } signals[] = {
-  {"INT", SIGINT}, {"TERM", SIGTERM},
-#ifndef _WIN32
-  {"HUP", SIGHUP}, {"QUIT", SIGQUIT},
-  {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"CHLD", SIGCHLD},
-  {"PIPE", SIGPIPE}, {"WINCH", SIGWINCH}, {"ALRM", SIGALRM},
-#endif
-};
-#define NSIGNALS (sizeof signals / sizeof signals[0])
-
-/*
-** core.signalfd(name, ...): blocks the named signals ("INT", "TERM"...)
-** for the whole process and returns an ioq.file that becomes readable,
-** 128 bytes of struct signalfd_siginfo at a time, as they arrive. So a
-** signal is one more completion on the queue.
-*/
-int lioq_signalfd(lua_State *L) {
-  int i, n = lua_gettop(L);
-#ifndef _WIN32
-  sigset_t set;
-  lioq_file *f;
-  sigemptyset(&set);
-#endif
-  luaL_argcheck(L, n > 0, 1, "signal name expected");
-  for (i = 1; i <= n; i++) {
-    const char *name = luaL_checkstring(L, i);
-    size_t k;
-    for (k = 0; k < NSIGNALS; k++)
-      if (strcmp(signals[k].name, name) == 0)
-        break;
-    if (k == NSIGNALS)
-      return luaL_argerror(L, i, lua_pushfstring(L, "unknown signal '%s'", name));
-#ifndef _WIN32
-    sigaddset(&set, signals[k].signo);
-#endif
-  }
-#ifdef _WIN32
-  /* Console control events are not signals; nothing to read them as yet. */
-  luaL_pushfail(L);
-  lua_pushliteral(L, "signals: not supported on Windows");
-  lua_pushinteger(L, ENOSYS);
-  return 3;
-#else
-  f = lioq_file_prepare(L);
-  f->fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (f->fd < 0)
-    return lioq_fail(L, "signalfd", errno);
-  sigprocmask(SIG_BLOCK, &set, NULL);
-  return 1;
-#endif
-}
-
-/* core.signame(number): the name of a signal number ("INT"...), or nil. */
-int lioq_signame(lua_State *L) {
-  lua_Integer signo = luaL_checkinteger(L, 1);
-  size_t k;
-  for (k = 0; k < NSIGNALS; k++)
-    if (signals[k].signo == signo) {
-      lua_pushstring(L, signals[k].name);
-      return 1;
-    }
-  lua_pushnil(L);
   return 1;
 }
 
