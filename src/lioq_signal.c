@@ -451,8 +451,7 @@ int lioq_signalfd(lua_State *L) {
   int fds[2], keep, slot;
   /* The object first, closed, so that a memory error leaks nothing. */
   sf = lua_newuserdatauv(L, sizeof *sf, 0);
-  memset(&sf->f, 0, sizeof sf->f);
-  sf->f.fd = IOQ_NOFD;
+  lioq_file_init(&sf->f, 0, 0);
   sf->slot = -1;
   push_sigfile_meta(L);
   lua_setmetatable(L, -2);
