@@ -52,7 +52,7 @@ $(BUILD)/alloc_host: spec/support/alloc_host.c Makefile
 $(BUILD)/ioq_test.so: spec/support/testsupport.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC -I$(LUA_INCDIR) $(CFLAGS) $(LIBFLAG) \
-	  -o $@ spec/support/testsupport.c
+	  -o $@ spec/support/testsupport.c -pthread
 
 ASAN_FLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
                -fno-sanitize-recover=all

@@ -13,3 +13,33 @@ if preload then
   require("ioq_test").setenv("LD_PRELOAD")
   require("support.util").preload = preload
 end
+
+-- Every test runs under a watchdog: a spec that hangs ends the run with
+-- its own name rather than stalling it. IOQ_SPEC_TIMEOUT sets the limit
+-- in seconds; sanitizer and valgrind runs get more.
+do
+  local ok, t = pcall(require, "ioq_test")
+  local busted = require "busted"
+  if ok and t.watchdog then
+    local limit = tonumber(os.getenv("IOQ_SPEC_TIMEOUT"))
+      or (os.getenv("IOQ_VALGRIND") and 600) or (preload and 180) or 60
+    local function fullname(element)
+      local names = { element.name }
+      local parent = busted.parent(element)
+      while parent and parent.name and parent.descriptor ~= "file" do
+        table.insert(names, 1, parent.name)
+        parent = busted.parent(parent)
+      end
+      local where = element.trace and element.trace.short_src or "?"
+      return where .. ": " .. table.concat(names, " ")
+    end
+    busted.subscribe({ "test", "start" }, function(element)
+      t.watchdog(limit, fullname(element))
+      return nil, true
+    end)
+    busted.subscribe({ "test", "end" }, function()
+      t.watchdog(0)
+      return nil, true
+    end)
+  end
+end

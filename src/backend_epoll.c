@@ -10,10 +10,19 @@
 ** eventfd. Sleeps and timeouts come from a timer heap. Whatever way an op
 ** ends, it becomes an event in `done`, and reap hands those out in order,
 ** with the results and errno values io_uring would give.
+**
+** The loop's thread never makes a call that can block: socket calls carry
+** MSG_DONTWAIT, pipe reads and writes RWF_NOWAIT, and what has no such
+** per-call flag (a tty, or accept and connect on a socket another library
+** left in blocking mode) waits for readiness and then goes to a worker.
+** A worker blocked in a system call is ended by a cancel or a timeout with
+** SIGURG, sent to that thread only (see `kick`).
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,14 +36,20 @@
 
 #include "ioq_os.h"
 
-/* Where an op is, inside this backend. */
+/* Where an op is, inside this backend. Only the loop's thread uses it. */
 enum {
   EOP_STAGED,     /* started, not yet issued (issued at submit or reap) */
   EOP_WAITING,    /* on a watch, waiting for its descriptor */
   EOP_TIMER,      /* a sleep, waiting in the heap only */
-  EOP_QUEUED,     /* waiting for a worker */
-  EOP_RUNNING,    /* a worker has it: it can no longer be cancelled */
+  EOP_WORKER,     /* on the jobs list, or a worker runs it (`taken`) */
   EOP_DONE        /* its event is in `done` (or reported) */
+};
+
+/* How a READ or WRITE on a descriptor epoll can wait on is tried. */
+enum {
+  IO_PLAIN,       /* read/write: the descriptor is in non-blocking mode */
+  IO_SOCK,        /* recv/send with MSG_DONTWAIT */
+  IO_NOWAIT       /* preadv2/pwritev2 with RWF_NOWAIT (pipes, FIFOs...) */
 };
 
 typedef struct watch watch;
@@ -47,7 +62,12 @@ typedef struct eop {
   int heap_index;          /* -1 when not in the heap */
   int state;
   int want;                /* EPOLLIN or EPOLLOUT */
-  int blocking;            /* a blocking non-socket descriptor: wait first */
+  uint8_t io;              /* IO_*, for READ and WRITE */
+  uint8_t blocking;        /* no call does it without blocking: once the
+                              descriptor is ready, a worker does it */
+  uint8_t taken;           /* under `lock`: a worker has it */
+  int abort_res;           /* under `lock`: the -ECANCELED or -ETIMEDOUT
+                              asked for while a worker had it */
 } eop;
 
 _Static_assert(sizeof(eop) <= sizeof(((ioq_op *)0)->be.op),
@@ -61,12 +81,25 @@ typedef struct elist {
   ioq_op *head, *tail;
 } elist;
 
-/* The ops waiting on one descriptor, each direction in order. */
+/*
+** The ops waiting on one descriptor, each direction in order. Its epoll
+** registration is one-shot: once it reports, it stays in the set but
+** reports nothing more until armed again.
+*/
 struct watch {
   int fd;
-  unsigned registered;     /* the events epoll has for it now */
+  unsigned armed;          /* the events epoll reports now; ~0u: unknown */
+  int in_set;              /* the descriptor is in the epoll set */
   elist readers, writers;
 };
+
+struct epoll_backend;
+
+typedef struct worker {
+  pthread_t thread;
+  struct epoll_backend *b;
+  ioq_op *current;         /* under `lock`: the op it runs, or NULL */
+} worker;
 
 typedef struct epoll_backend {
   ioq_backend base;
@@ -81,12 +114,14 @@ typedef struct epoll_backend {
   int done_head, done_n, done_cap;
   int live;                /* ops taken whose final event is not posted */
   pid_t owner;             /* the process whose threads these are */
+  int interrupts;          /* ops whose worker is being interrupted */
+  int64_t kick_at, kick_gap;  /* when to interrupt them again, how often */
   /* The worker pool, started on first use. */
   pthread_mutex_t lock;
   pthread_cond_t wake;
-  elist jobs;              /* EOP_QUEUED, under lock */
+  elist jobs;              /* waiting for a worker, under lock */
   elist finished;          /* back from workers, under lock */
-  pthread_t *threads;
+  worker *workers;
   int nthreads;
   int stopping;
 } epoll_backend;
@@ -94,9 +129,18 @@ typedef struct epoll_backend {
 #define WORKERS 4
 #define MAX_EVENTS 256
 
+/* try_op's answer when the descriptor is not ready: wait for it. Not an
+** errno value, so that an EAGAIN which is an op's real result (a Unix
+** connect to a listener whose backlog is full) stays a result. */
+#define NOT_READY INT64_MIN
+
+/* Interrupting a worker: first after 1 ms, then twice as long each time,
+** up to 100 ms (a call the kernel does not interrupt ends by itself). */
+#define KICK_FIRST 1000000
+#define KICK_MAX 100000000
+
 /* Set once epoll_pwait2 (Linux 5.11) turned out to be missing. */
 static _Atomic int no_pwait2;
-
 
 /* ---------------------------------------------------------------- lists */
 
@@ -243,32 +287,104 @@ static watch *watch_of(epoll_backend *b, int fd) {
 }
 
 /*
-** Tells epoll what the watch's ops wait for. MOD first: the descriptor may
-** have been closed (and its number reused) since it was added, which
-** removes it from epoll; then ENOENT says to add it again.
+** Tells epoll what the watch's ops wait for. When nobody waits any more
+** and the registration may still report, the descriptor leaves the set:
+** it is about to be closed, maybe, and a registration left armed on it
+** (alive in a duplicate elsewhere) would report EPOLLHUP or EPOLLERR, which
+** cannot be turned off, under a number that a new descriptor now has.
+** Otherwise the registration is one-shot, so even one we could not take
+** out reports at most once. The descriptor may have been closed (epoll
+** then forgets it) and its number reused since we last told epoll: MOD
+** gives ENOENT, and ADD is the answer; ADD gives EEXIST the other way.
 */
 static int arm(epoll_backend *b, watch *w) {
   unsigned want = (w->readers.head ? EPOLLIN | EPOLLRDHUP : 0) |
                   (w->writers.head ? EPOLLOUT : 0);
   struct epoll_event ev;
-  if (want == w->registered)
+  int how;
+  if (want == w->armed)
     return 0;
   memset(&ev, 0, sizeof ev);
-  ev.events = want;
-  ev.data.ptr = w;
-  if (epoll_ctl(b->epfd, EPOLL_CTL_MOD, w->fd, &ev) != 0) {
-    if (errno != ENOENT) return -errno;
-    if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, w->fd, &ev) != 0) return -errno;
+  if (want == 0) {
+    if (w->in_set)
+      epoll_ctl(b->epfd, EPOLL_CTL_DEL, w->fd, &ev);  /* gone already: fine */
+    w->in_set = 0;
+    w->armed = 0;
+    return 0;
   }
-  w->registered = want;
+  ev.events = want | EPOLLONESHOT;
+  ev.data.ptr = w;
+  how = w->in_set ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  if (epoll_ctl(b->epfd, how, w->fd, &ev) != 0) {
+    if (errno != (how == EPOLL_CTL_MOD ? ENOENT : EEXIST)) return -errno;
+    how = how == EPOLL_CTL_MOD ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    if (epoll_ctl(b->epfd, how, w->fd, &ev) != 0) return -errno;
+  }
+  w->in_set = 1;
+  w->armed = want;
   return 0;
 }
 
 /* ---------------------------------------------------------------- doing */
 
+/* Errors of accept that end one connection, not the listener: accept(2)
+** says to take them as EAGAIN and accept again. */
+static int accept_goes_on(int err) {
+  switch (err) {
+    case ECONNABORTED: case EPROTO: case EINTR: case ENETDOWN:
+    case ENOPROTOOPT: case EHOSTDOWN: case ENONET: case EHOSTUNREACH:
+    case ENETUNREACH:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* A READ or WRITE, tried without blocking (see try_op). */
+static int64_t try_rw(ioq_op *op) {
+  eop *e = E(op);
+  int reading = op->code == IOQ_READ;
+  ssize_t r;
+  if (e->io == IO_NOWAIT) {
+    struct iovec iov;
+    int fl;
+    iov.iov_base = op->buf;
+    iov.iov_len = op->len;
+    r = reading ? preadv2(op->fd, &iov, 1, op->offset < 0 ? -1 : op->offset,
+                          RWF_NOWAIT)
+                : pwritev2(op->fd, &iov, 1, op->offset < 0 ? -1 : op->offset,
+                           RWF_NOWAIT);
+    if (r >= 0)
+      return r;
+    if (errno != EOPNOTSUPP && errno != ENOSYS)
+      return errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY : -errno;
+    /* No such flag for this kind of descriptor (a tty, an old kernel):
+    ** non-blocking mode does as well; in blocking mode a worker does the
+    ** call once epoll says the descriptor is ready. */
+    fl = fcntl(op->fd, F_GETFL);
+    if (fl < 0 || !(fl & O_NONBLOCK)) {
+      e->blocking = 1;
+      return NOT_READY;
+    }
+    e->io = IO_PLAIN;
+  }
+  if (e->io == IO_SOCK)  /* the offset means nothing here, as on io_uring */
+    r = reading ? recv(op->fd, op->buf, op->len, MSG_DONTWAIT)
+                : send(op->fd, op->buf, op->len, MSG_DONTWAIT);
+  else if (reading)
+    r = op->offset < 0 ? read(op->fd, op->buf, op->len)
+                       : pread(op->fd, op->buf, op->len, op->offset);
+  else
+    r = op->offset < 0 ? write(op->fd, op->buf, op->len)
+                       : pwrite(op->fd, op->buf, op->len, op->offset);
+  if (r < 0)
+    return errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY : -errno;
+  return r;
+}
+
 /*
 ** Tries an op that needs a ready descriptor, without blocking. Returns the
-** result (>= 0 or -errno), or -EAGAIN to wait for readiness.
+** result (>= 0 or -errno), or NOT_READY to wait for readiness.
 */
 static int64_t try_op(ioq_op *op) {
   ssize_t r;
@@ -281,9 +397,11 @@ static int64_t try_op(ioq_op *op) {
       int err = 0;
       socklen_t len = sizeof err;
       if (E(op)->want == 0) {
-        r = connect(op->fd, op->addr, op->addrlen);
-        if (r != 0 && errno == EINPROGRESS) return -EAGAIN;
-        break;
+        if (connect(op->fd, op->addr, op->addrlen) == 0)
+          return 0;
+        /* Only EINPROGRESS means "later": EAGAIN is a Unix listener's
+        ** full backlog, an error the caller must see (io_uring's too). */
+        return errno == EINPROGRESS ? NOT_READY : -errno;
       }
       if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
         return -errno;
@@ -316,51 +434,142 @@ static int64_t try_op(ioq_op *op) {
       break;
     }
     case IOQ_READ:
-      r = op->offset < 0 ? read(op->fd, op->buf, op->len)
-                         : pread(op->fd, op->buf, op->len, op->offset);
-      break;
-    case IOQ_WRITE: {
-      /* A blocking pipe that epoll calls writable has room for a page;
-      ** more could block the whole loop. */
-      size_t len = E(op)->blocking && op->len > 4096 ? 4096 : op->len;
-      r = op->offset < 0 ? write(op->fd, op->buf, len)
-                         : pwrite(op->fd, op->buf, len, op->offset);
-      break;
-    }
+    case IOQ_WRITE:
+      return try_rw(op);
     default:
       return -EINVAL;
   }
   if (r < 0)
-    return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY : -errno;
   return r;
 }
 
-/* The work of an op on a regular file: blocking, run by a worker. */
-static int64_t do_blocking(ioq_op *op) {
-  ssize_t r;
-  switch (op->code) {
-    case IOQ_READ:
-      r = op->offset < 0 ? read(op->fd, op->buf, op->len)
-                         : pread(op->fd, op->buf, op->len, op->offset);
-      break;
-    case IOQ_WRITE:
-      r = op->offset < 0 ? write(op->fd, op->buf, op->len)
-                         : pwrite(op->fd, op->buf, op->len, op->offset);
-      break;
-    case IOQ_FSYNC:
-      r = fsync(op->fd);
-      break;
-    case IOQ_OPEN:
-      r = openat(AT_FDCWD, op->buf, op->flags, (mode_t)op->mode);
-      break;
-    default:
-      return -EINVAL;
+/* ---------------------------------------------------------------- workers */
+
+/*
+** A worker's blocking call is ended by a signal sent to its thread alone,
+** caught by a handler installed without SA_RESTART, so that the call fails
+** with EINTR. SIGURG: ignored by default, so one that reaches another
+** thread (from a socket's out-of-band data, with F_SETOWN) does no harm,
+** and seldom used otherwise (Go's runtime chose it for the same reason).
+** A handler that was there before is still called for the signals that do
+** not reach one of our workers.
+*/
+#define KICK_SIGNAL SIGURG
+
+static _Thread_local int is_worker;
+static struct sigaction chained;
+static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
+
+static void on_kick(int sig, siginfo_t *info, void *ctx) {
+  if (is_worker)
+    return;  /* the interrupted call is all it was for */
+  if (chained.sa_flags & SA_SIGINFO) {
+    if (chained.sa_sigaction != NULL)
+      chained.sa_sigaction(sig, info, ctx);
+  } else if (chained.sa_handler != SIG_DFL && chained.sa_handler != SIG_IGN &&
+             chained.sa_handler != NULL) {
+    chained.sa_handler(sig);
   }
-  return r < 0 ? -errno : r;
+}
+
+static void install_kick(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_kick;
+  sa.sa_flags = SA_SIGINFO;  /* and no SA_RESTART */
+  sigemptyset(&sa.sa_mask);
+  sigaction(KICK_SIGNAL, &sa, &chained);
+}
+
+/* What a cancel or a timeout asked for while a worker ran `op`: 0 when
+** nothing (an EINTR then came from a stray signal, or from a signal meant
+** for the op the worker ran before, and the call is made again). */
+static int aborted(epoll_backend *b, ioq_op *op) {
+  int res;
+  pthread_mutex_lock(&b->lock);
+  res = E(op)->abort_res;
+  pthread_mutex_unlock(&b->lock);
+  return res;
+}
+
+/* A connect on a socket in blocking mode, in a worker. */
+static int64_t connect_blocking(epoll_backend *b, ioq_op *op) {
+  if (connect(op->fd, op->addr, op->addrlen) == 0)
+    return 0;
+  for (;;) {
+    struct pollfd p;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int err = 0, res;
+    if (errno != EINTR)
+      return -errno;
+    if ((res = aborted(b, op)) != 0)
+      return res;
+    /* A TCP connect goes on after the signal: wait for its outcome. */
+    p.fd = op->fd;
+    p.events = POLLOUT;
+    p.revents = 0;
+    if (poll(&p, 1, -1) < 0)
+      continue;
+    len = sizeof err;
+    if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+      return -errno;
+    if (err != 0)
+      return -err;
+    len = sizeof ss;
+    if (getpeername(op->fd, (struct sockaddr *)&ss, &len) == 0)
+      return 0;
+    /* Neither connected nor failed (a Unix connect stops at a signal):
+    ** ask again. */
+    if (connect(op->fd, op->addr, op->addrlen) == 0 || errno == EISCONN)
+      return 0;
+  }
+}
+
+/* The blocking work of an op, run by a worker. */
+static int64_t do_blocking(epoll_backend *b, ioq_op *op) {
+  for (;;) {
+    ssize_t r;
+    int res;
+    switch (op->code) {
+      case IOQ_READ:
+        r = op->offset < 0 ? read(op->fd, op->buf, op->len)
+                           : pread(op->fd, op->buf, op->len, op->offset);
+        break;
+      case IOQ_WRITE:
+        r = op->offset < 0 ? write(op->fd, op->buf, op->len)
+                           : pwrite(op->fd, op->buf, op->len, op->offset);
+        break;
+      case IOQ_FSYNC:
+        r = fsync(op->fd);
+        break;
+      case IOQ_OPEN:
+        r = openat(AT_FDCWD, op->buf, op->flags, (mode_t)op->mode);
+        break;
+      case IOQ_ACCEPT:
+        r = accept4(op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (r < 0 && op->multishot && accept_goes_on(errno))
+          errno = EINTR;  /* that connection died: wait for the next */
+        break;
+      case IOQ_CONNECT:
+        return connect_blocking(b, op);
+      default:
+        return -EINVAL;
+    }
+    if (r >= 0)
+      return r;
+    if (errno != EINTR)
+      return -errno;
+    if ((res = aborted(b, op)) != 0)
+      return res;
+  }
 }
 
 static void *worker_main(void *arg) {
-  epoll_backend *b = arg;
+  worker *me = arg;
+  epoll_backend *b = me->b;
+  is_worker = 1;
   pthread_mutex_lock(&b->lock);
   for (;;) {
     ioq_op *op;
@@ -370,10 +579,12 @@ static void *worker_main(void *arg) {
       break;
     op = b->jobs.head;
     unlink_op(&b->jobs, op);
-    E(op)->state = EOP_RUNNING;
+    E(op)->taken = 1;
+    me->current = op;
     pthread_mutex_unlock(&b->lock);
-    op->res = do_blocking(op);
+    op->res = do_blocking(b, op);
     pthread_mutex_lock(&b->lock);
+    me->current = NULL;
     /* Only the first finished op since the loop last looked needs to wake
     ** it: the loop reads the eventfd, then takes the whole list. */
     if (b->finished.head == NULL) {
@@ -387,43 +598,99 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
+/*
+** Starts the workers. They block every signal but the faults a thread
+** causes itself and KICK_SIGNAL, so that a signal sent to the process
+** (SIGINT, SIGCHLD, one that ioq.signals reads...) goes to a thread of the
+** program's own; they are made with that mask, so it holds from their
+** first instruction.
+*/
+static int start_workers(epoll_backend *b) {
+  sigset_t mask, old;
+  int i;
+  pthread_once(&kick_once, install_kick);
+  b->workers = calloc(WORKERS, sizeof *b->workers);
+  if (b->workers == NULL) return -ENOMEM;
+  sigfillset(&mask);
+  sigdelset(&mask, KICK_SIGNAL);
+  sigdelset(&mask, SIGSEGV);
+  sigdelset(&mask, SIGBUS);
+  sigdelset(&mask, SIGFPE);
+  sigdelset(&mask, SIGILL);
+  sigdelset(&mask, SIGTRAP);
+  sigdelset(&mask, SIGSYS);
+  pthread_sigmask(SIG_SETMASK, &mask, &old);
+  for (i = 0; i < WORKERS; i++) {
+    b->workers[i].b = b;
+    if (pthread_create(&b->workers[i].thread, NULL, worker_main,
+                       &b->workers[i]) != 0)
+      break;
+    b->nthreads++;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (b->nthreads == 0) {
+    free(b->workers);
+    b->workers = NULL;
+    return -EAGAIN;
+  }
+  return 0;
+}
+
 /* Hands an op to the worker pool, starting the workers on first use. */
 static int queue_job(epoll_backend *b, ioq_op *op) {
-  if (b->threads == NULL) {
-    int i;
-    b->threads = calloc(WORKERS, sizeof *b->threads);
-    if (b->threads == NULL) return -ENOMEM;
-    for (i = 0; i < WORKERS; i++) {
-      if (pthread_create(&b->threads[i], NULL, worker_main, b) != 0)
-        break;
-      b->nthreads++;
-    }
-    if (b->nthreads == 0) {
-      free(b->threads);
-      b->threads = NULL;
-      return -EAGAIN;
-    }
+  if (b->workers == NULL) {
+    int r = start_workers(b);
+    if (r < 0) return r;
   }
   pthread_mutex_lock(&b->lock);
-  E(op)->state = EOP_QUEUED;
+  E(op)->state = EOP_WORKER;
+  E(op)->taken = 0;
+  E(op)->abort_res = 0;
   push(&b->jobs, op);
   pthread_cond_signal(&b->wake);
   pthread_mutex_unlock(&b->lock);
   return 0;
 }
 
+static void to_worker(epoll_backend *b, ioq_op *op) {
+  int r = queue_job(b, op);
+  if (r < 0) finish(b, op, r);
+}
+
+/*
+** Interrupts the call of each worker whose op was cancelled or timed out.
+** The signal may come before the call starts, and then interrupts nothing:
+** reap sends it again, less and less often, until the worker hands the op
+** back. Sent under the lock, so never to a worker that has moved on to its
+** next op (one that comes late is an EINTR the next op's call retries).
+*/
+static void kick(epoll_backend *b) {
+  int i;
+  pthread_mutex_lock(&b->lock);
+  for (i = 0; i < b->nthreads; i++) {
+    ioq_op *op = b->workers[i].current;
+    if (op != NULL && E(op)->abort_res != 0)
+      pthread_kill(b->workers[i].thread, KICK_SIGNAL);
+  }
+  pthread_mutex_unlock(&b->lock);
+}
+
+/* ---------------------------------------------------------------- issuing */
+
 /*
 ** Puts an op on its descriptor's watch, in the direction it needs. The
 ** first op to wait in a direction always tells epoll again: since the last
 ** wait the descriptor may have been closed (epoll then forgets it) and its
-** number reused, so what `registered` remembers may be stale.
+** number reused, so what `armed` remembers may be stale.
 */
 static int wait_ready(epoll_backend *b, ioq_op *op, int want) {
-  watch *w = watch_of(b, op->fd);
+  watch *w;
   int r;
+  if (op->fd < 0) return -EBADF;
+  w = watch_of(b, op->fd);
   if (w == NULL) return -ENOMEM;
   if ((want == EPOLLIN ? w->readers.head : w->writers.head) == NULL)
-    w->registered = ~0u;  /* unknown: arm() must ask epoll */
+    w->armed = ~0u;  /* unknown: arm() must ask epoll */
   E(op)->state = EOP_WAITING;
   E(op)->w = w;
   E(op)->want = want;
@@ -432,22 +699,36 @@ static int wait_ready(epoll_backend *b, ioq_op *op, int want) {
   if (r < 0) {
     unlink_op(want == EPOLLIN ? &w->readers : &w->writers, op);
     E(op)->state = EOP_STAGED;
+    arm(b, w);
   }
   return r;
 }
 
-/* What a READ or WRITE on this descriptor needs: a worker (regular files,
-** and what epoll cannot wait on), or readiness (pipes, ttys, sockets). */
-static int needs_worker(ioq_op *op, int *blocking) {
-  struct stat st;
-  int fl;
-  if (fstat(op->fd, &st) != 0)
-    return 0;  /* the I/O itself will report EBADF */
-  if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) || S_ISDIR(st.st_mode))
-    return 1;
-  fl = fcntl(op->fd, F_GETFL);
-  *blocking = !S_ISSOCK(st.st_mode) && fl >= 0 && !(fl & O_NONBLOCK);
-  return 0;
+/* True for a descriptor in blocking mode (made so by another library). */
+static int in_blocking_mode(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  return fl >= 0 && !(fl & O_NONBLOCK);
+}
+
+/*
+** After one accept of a multishot op gave `res`: posts each connection and
+** takes the next, until none is waiting (NOT_READY) or an error ends the
+** op (returned). An error that only ends one connection is skipped, a
+** bounded number of times per turn so that a listener failing each time
+** still lets the loop run.
+*/
+static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
+  int skipped = 0;
+  for (;;) {
+    if (res >= 0) {
+      if (!post(b, op, res, 1)) close((int)res);  /* out of memory: drop it */
+    } else if (res == NOT_READY || !accept_goes_on((int)-res)) {
+      return res;
+    } else if (++skipped > 64) {
+      return NOT_READY;
+    }
+    res = try_op(op);
+  }
 }
 
 /* Issues a staged op: it finishes now, or waits somewhere. */
@@ -457,6 +738,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
   E(op)->heap_index = -1;
   E(op)->want = 0;
   E(op)->blocking = 0;
+  E(op)->io = IO_PLAIN;
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
       heap_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
     finish(b, op, -ENOMEM);
@@ -479,15 +761,31 @@ static void issue(epoll_backend *b, ioq_op *op) {
       return;
     case IOQ_FSYNC:
     case IOQ_OPEN:
-      r = queue_job(b, op);
-      if (r < 0) finish(b, op, r);
+      to_worker(b, op);
       return;
     case IOQ_READ:
-    case IOQ_WRITE:
-      if (needs_worker(op, &E(op)->blocking)) {
-        r = queue_job(b, op);
-        if (r < 0) finish(b, op, r);
+    case IOQ_WRITE: {
+      /* Regular files, and what epoll cannot wait on, go to a worker. */
+      struct stat st;
+      if (fstat(op->fd, &st) != 0)
+        break;  /* the I/O itself will report EBADF */
+      if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) || S_ISDIR(st.st_mode)) {
+        to_worker(b, op);
         return;
+      }
+      E(op)->io = S_ISSOCK(st.st_mode) ? IO_SOCK : IO_NOWAIT;
+      break;
+    }
+    case IOQ_ACCEPT:
+    case IOQ_CONNECT:
+      /* No flag makes one call non-blocking: a socket in blocking mode
+      ** is left to a worker (an accept once a connection is waiting). */
+      if (in_blocking_mode(op->fd)) {
+        if (op->code == IOQ_CONNECT) {
+          to_worker(b, op);
+          return;
+        }
+        E(op)->blocking = 1;
       }
       break;
     default:
@@ -496,29 +794,18 @@ static void issue(epoll_backend *b, ioq_op *op) {
   want = (op->code == IOQ_SEND || op->code == IOQ_SENDTO ||
           op->code == IOQ_CONNECT || op->code == IOQ_WRITE)
        ? EPOLLOUT : EPOLLIN;
-  /* A blocking pipe or tty is only touched once epoll says it is ready. */
-  res = E(op)->blocking ? -EAGAIN : try_op(op);
+  res = E(op)->blocking ? NOT_READY : try_op(op);
   if (op->code == IOQ_CONNECT)
     E(op)->want = want;  /* from now on, look at SO_ERROR */
-  if (res == -EAGAIN) {
+  if (op->multishot)
+    res = accept_all(b, op, res);
+  if (res == NOT_READY) {
     r = wait_ready(b, op, want);
-    if (r == -EPERM) {  /* epoll cannot wait on it: a worker reads it */
-      r = queue_job(b, op);
-      if (r < 0) finish(b, op, r);
-    } else if (r < 0) {
+    if (r == -EPERM)  /* epoll cannot wait on it: a worker does it */
+      to_worker(b, op);
+    else if (r < 0)
       finish(b, op, r);
-    }
     return;
-  }
-  /* A multishot accept takes every connection that is there, then waits. */
-  while (op->multishot && res >= 0) {
-    if (!post(b, op, res, 1)) close((int)res);  /* out of memory: drop it */
-    res = try_op(op);
-    if (res == -EAGAIN) {
-      r = wait_ready(b, op, want);
-      if (r < 0) finish(b, op, r);
-      return;
-    }
   }
   finish(b, op, res);
 }
@@ -528,15 +815,22 @@ static void issue(epoll_backend *b, ioq_op *op) {
 static void run_waiters(epoll_backend *b, elist *l) {
   ioq_op *op;
   while ((op = l->head) != NULL) {
-    int64_t res = try_op(op);
-    if (res == -EAGAIN)
-      return;
-    if (op->multishot && res >= 0) {
-      if (!post(b, op, res, 1)) close((int)res);
-      continue;  /* stays first in line */
+    int64_t res = NOT_READY;
+    if (!E(op)->blocking) {
+      res = try_op(op);
+      if (op->multishot)
+        res = accept_all(b, op, res);
+      if (res == NOT_READY && !E(op)->blocking)
+        return;
     }
     unlink_op(l, op);
     E(op)->w = NULL;
+    if (res == NOT_READY) {
+      /* Ready, and only a blocking call does it. The ops behind it wait
+      ** for epoll's next report. */
+      to_worker(b, op);
+      return;
+    }
     finish(b, op, res);
   }
 }
@@ -587,15 +881,15 @@ static void epoll_destroy(ioq_backend *base) {
   epoll_backend *b = (epoll_backend *)base;
   int i;
   /* After a fork the workers stayed in the parent: nothing to join. */
-  if (b->threads != NULL && getpid() == b->owner) {
+  if (b->workers != NULL && getpid() == b->owner) {
     pthread_mutex_lock(&b->lock);
     b->stopping = 1;
     pthread_cond_broadcast(&b->wake);
     pthread_mutex_unlock(&b->lock);
     for (i = 0; i < b->nthreads; i++)
-      pthread_join(b->threads[i], NULL);
+      pthread_join(b->workers[i].thread, NULL);
   }
-  free(b->threads);
+  free(b->workers);
   pthread_mutex_destroy(&b->lock);
   pthread_cond_destroy(&b->wake);
   for (i = 0; i < b->nwatches; i++)
@@ -637,9 +931,11 @@ static int epoll_submit(ioq_backend *base) {
 
 /*
 ** Ends an op early with `res` (-ECANCELED, or -ETIMEDOUT), wherever it
-** waits. One that a worker is running, or that is done, keeps its result.
+** waits. One that a worker runs is interrupted (see kick) and comes back
+** from the worker with `res`, or with its result if the call ended first;
+** one that is done keeps its result.
 */
-static void abort_op(epoll_backend *b, ioq_op *op, int64_t res) {
+static void abort_op(epoll_backend *b, ioq_op *op, int res) {
   eop *e = E(op);
   switch (e->state) {
     case EOP_STAGED:
@@ -655,16 +951,27 @@ static void abort_op(epoll_backend *b, ioq_op *op, int64_t res) {
     case EOP_TIMER:
       finish(b, op, res);
       break;
-    case EOP_QUEUED:
+    case EOP_WORKER: {
+      int queued, first = 0;
       pthread_mutex_lock(&b->lock);
-      if (e->state == EOP_QUEUED) {
+      queued = !e->taken;
+      if (queued) {
         unlink_op(&b->jobs, op);
-        pthread_mutex_unlock(&b->lock);
+      } else if (e->abort_res == 0) {
+        e->abort_res = res;
+        first = 1;
+      }
+      pthread_mutex_unlock(&b->lock);
+      if (queued) {
         finish(b, op, res);
-      } else {
-        pthread_mutex_unlock(&b->lock);  /* a worker took it: it ends alone */
+      } else if (first) {
+        b->interrupts++;
+        b->kick_gap = KICK_FIRST;
+        b->kick_at = ioq_now_ns() + KICK_FIRST;
+        kick(b);
       }
       break;
+    }
     default:
       break;
   }
@@ -699,9 +1006,23 @@ static void collect_workers(epoll_backend *b) {
   pthread_mutex_lock(&b->lock);
   while ((op = b->finished.head) != NULL) {
     unlink_op(&b->finished, op);
+    if (E(op)->abort_res != 0)
+      b->interrupts--;
     finish(b, op, op->res);
   }
   pthread_mutex_unlock(&b->lock);
+}
+
+/*
+** epoll_wait's timeout: milliseconds, in an int. Rounded up, so that a
+** wait of less than a millisecond sleeps rather than spinning at 0 until
+** a timer is due; and at most a day (the caller waits again), where the
+** int would overflow after 24 days.
+*/
+static int wait_ms(int64_t ns) {
+  if (ns > (int64_t)86400 * 1000000000)
+    return 86400 * 1000;
+  return (int)((ns + 999999) / 1000000);
 }
 
 static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
@@ -710,11 +1031,24 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
   struct epoll_event evs[MAX_EVENTS];
   int i, n, k;
   epoll_submit(base);
+  if (b->interrupts > 0) {  /* keep interrupting until the workers answer */
+    int64_t now = ioq_now_ns();
+    if (now >= b->kick_at) {
+      kick(b);
+      b->kick_gap = b->kick_gap * 2 < KICK_MAX ? b->kick_gap * 2 : KICK_MAX;
+      b->kick_at = now + b->kick_gap;
+    }
+  }
   if (b->done_n == 0) {
     int64_t wait = timeout_ns;
     struct timespec ts, *tsp = NULL;
     if (b->heap_n > 0) {
       int64_t until = E(b->heap[0])->deadline - ioq_now_ns();
+      if (until < 0) until = 0;
+      if (wait < 0 || until < wait) wait = until;
+    }
+    if (b->interrupts > 0) {
+      int64_t until = b->kick_at - ioq_now_ns();
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }
@@ -729,8 +1063,7 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       n = epoll_pwait2(b->epfd, evs, MAX_EVENTS, tsp, NULL);
     if (n < 0 && errno == ENOSYS) {  /* before Linux 5.11: milliseconds */
       no_pwait2 = 1;
-      n = epoll_wait(b->epfd, evs, MAX_EVENTS,
-                     tsp ? (int)((wait + 999999) / 1000000) : -1);
+      n = epoll_wait(b->epfd, evs, MAX_EVENTS, tsp ? wait_ms(wait) : -1);
     }
     if (n < 0)
       return -errno;  /* -EINTR included */
@@ -741,11 +1074,12 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
         collect_workers(b);
         continue;
       }
+      w->armed = 0;  /* one-shot: it reports nothing more until armed */
       if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
         run_waiters(b, &w->readers);
       if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP))
         run_waiters(b, &w->writers);
-      arm(b, w);  /* drop what nobody waits for any more */
+      arm(b, w);
     }
   }
   expire(b);  /* also when events were waiting: timers must not starve */

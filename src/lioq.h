@@ -53,23 +53,38 @@ int lioq_buffer_new(lua_State *L);
 lioq_block *lioq_checkblock(lua_State *L, int arg);
 lioq_block *lioq_testblock(lua_State *L, int arg);
 void lioq_block_unref(lioq_block *b);
-void lioq_buffer_view(lua_State *L, ioq_pool *pool, int buf, size_t len);
+void *lioq_buffer_push_view(lua_State *L);
+int lioq_buffer_set_view(void *view, ioq_pool *pool, int buf, size_t len);
+
+/* The link of a pending op in the list of its file object. */
+typedef struct lioq_oplink {
+  struct lioq_oplink *next, *prev;
+} lioq_oplink;
 
 /*
 ** An ioq.file or ioq.socket: a descriptor ioq opened. fd is IOQ_NOFD while
 ** closed; family and type are 0 for files. Where descriptors have no
 ** position of their own (IOQ_CAP_NO_POSITION), a file object keeps it.
+**
+** Every op pending on the object is on its `ops` list, so that closing the
+** object can end them first. The descriptor itself is closed only once
+** none is pending (`closing` holds it meanwhile): an op never acts on a
+** descriptor number that the system has given to something else.
 */
 typedef struct lioq_file {
   ioq_fd fd;
   int family, type;
   int append;            /* opened to append: writes go to the end */
   int64_t pos;           /* the position, where the object keeps it */
+  lioq_oplink *ops;      /* the ops pending on it */
+  ioq_fd closing;        /* closed by Lua, to be closed when ops is empty */
 } lioq_file;
 
 /* lioq_file.c */
 void lioq_open_file(lua_State *L);
 lioq_file *lioq_file_prepare(lua_State *L);
+void lioq_file_init(lioq_file *f, int family, int type);
+void lioq_file_release(lioq_file *f);
 ioq_fd lioq_checkfd(lua_State *L, int arg);
 ioq_fd lioq_tofd(lua_State *L, int idx);
 int lioq_closefd(lua_State *L, lioq_file *f);
@@ -94,6 +109,7 @@ int lioq_queue_new(lua_State *L);
 int lioq_backends(lua_State *L);
 int lioq_now(lua_State *L);
 int lioq_queue_of(lua_State *L);
+void lioq_end_ops(lioq_file *f);
 
 /* lioq_core.c */
 int lioq_fail(lua_State *L, const char *what, int err);

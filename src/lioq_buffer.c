@@ -48,18 +48,27 @@ static lioq_block *block_new(size_t size) {
 }
 
 /*
-** Pushes a buffer that views `len` bytes of pool buffer `buf`, taking over
-** the reference the pool lent with it: closing or collecting the buffer
-** gives the pool buffer back. On a memory error the caller still owns it.
+** A view of a pool buffer is made in two steps, so that the caller can
+** make the Lua object (which can run finalizers) before it takes the item
+** that the view will hold: lioq_buffer_push_view pushes a closed buffer,
+** lioq_buffer_set_view gives it a block of `len` bytes of pool buffer
+** `buf`, taking over the reference the pool lent with it (closing or
+** collecting the view gives the pool buffer back). set_view only
+** allocates with malloc; it returns 0 when that fails, and the caller
+** still owns the pool buffer.
 */
-void lioq_buffer_view(lua_State *L, ioq_pool *pool, int buf, size_t len) {
+void *lioq_buffer_push_view(lua_State *L) {
   lbuffer *ub = lua_newuserdatauv(L, sizeof *ub, 0);
-  lioq_block *b;
   ub->block = NULL;
   luaL_setmetatable(L, LIOQ_BUFFER);
-  b = malloc(sizeof *b);
+  return ub;
+}
+
+int lioq_buffer_set_view(void *view, ioq_pool *pool, int buf, size_t len) {
+  lbuffer *ub = view;
+  lioq_block *b = malloc(sizeof *b);
   if (b == NULL)
-    luaL_error(L, "not enough memory");
+    return 0;
   b->refs = 1;
   b->size = len;
   b->busy = 0;
@@ -67,6 +76,7 @@ void lioq_buffer_view(lua_State *L, ioq_pool *pool, int buf, size_t len) {
   b->pool = pool;
   b->buf = buf;
   ub->block = b;
+  return 1;
 }
 
 /*

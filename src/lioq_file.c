@@ -22,12 +22,31 @@
 */
 lioq_file *lioq_file_prepare(lua_State *L) {
   lioq_file *f = lua_newuserdatauv(L, sizeof *f, 0);
-  f->fd = IOQ_NOFD;
-  f->family = f->type = 0;
-  f->append = 0;
-  f->pos = 0;
+  lioq_file_init(f, 0, 0);
   luaL_setmetatable(L, LIOQ_FILE);
   return f;
+}
+
+/* A closed file (family 0) or socket object with nothing pending. */
+void lioq_file_init(lioq_file *f, int family, int type) {
+  f->fd = IOQ_NOFD;
+  f->family = family;
+  f->type = type;
+  f->append = 0;
+  f->pos = 0;
+  f->ops = NULL;
+  f->closing = IOQ_NOFD;
+}
+
+/*
+** Called when the last op pending on f has ended: a close that waited for
+** it happens now.
+*/
+void lioq_file_release(lioq_file *f) {
+  if (f->ops == NULL && f->closing != IOQ_NOFD) {
+    ioq_close(f->closing, f->family != 0);
+    f->closing = IOQ_NOFD;
+  }
 }
 
 static lioq_file *checkopen(lua_State *L, int arg) {
@@ -96,14 +115,30 @@ ioq_fd lioq_checkfd(lua_State *L, int arg) {
 }
 
 /*
+** Closes the object for Lua at once. Ops pending on it end first (see
+** lioq_end_ops); while any is still in the kernel the descriptor stays
+** open, and lioq_file_release closes it when the last one is handed back.
+** Returns 0 or the errno of a close made now.
+*/
+static int close_object(lioq_file *f) {
+  ioq_fd fd = f->fd;
+  f->fd = IOQ_NOFD;
+  if (f->ops != NULL)
+    lioq_end_ops(f);
+  if (f->ops != NULL) {
+    f->closing = fd;
+    return 0;
+  }
+  return ioq_close(fd, f->family != 0);
+}
+
+/*
 ** Closes an open file or socket object: true, or fail, msg, errno. The
 ** object is closed either way (EINTR included: Linux has closed it).
 */
 int lioq_closefd(lua_State *L, lioq_file *f) {
-  ioq_fd fd = f->fd;
-  int err;
-  f->fd = IOQ_NOFD;
-  if ((err = ioq_close(fd, f->family != 0)) != 0)
+  int err = close_object(f);
+  if (err != 0)
     return lioq_fail(L, "close", err);
   lua_pushboolean(L, 1);
   return 1;
@@ -111,10 +146,8 @@ int lioq_closefd(lua_State *L, lioq_file *f) {
 
 /* For __gc and __close: closes quietly, and only once. */
 void lioq_dropfd(lioq_file *f) {
-  if (f->fd != IOQ_NOFD) {
-    ioq_close(f->fd, f->family != 0);
-    f->fd = IOQ_NOFD;
-  }
+  if (f->fd != IOQ_NOFD)
+    close_object(f);
 }
 
 /* f:close(): true, or fail, msg, errno. */

@@ -38,12 +38,24 @@ typedef struct oplist {
   size_t n;
 } oplist;
 
+#ifdef _WIN32
+typedef DWORD thread_id;
+#define this_thread() GetCurrentThreadId()
+#define same_thread(a, b) ((a) == (b))
+#else
+typedef pthread_t thread_id;
+#define this_thread() pthread_self()
+#define same_thread(a, b) pthread_equal(a, b)
+#endif
+
 typedef struct lqueue {
   ioq_backend *be;         /* NULL once closed */
 #ifndef _WIN32
   pid_t owner;             /* the process that created the ring */
   unsigned long forks;     /* the fork count then */
 #endif
+  thread_id thread;        /* the thread that created it: the only one that
+                              may drive it (io_uring's single issuer) */
   oplist unsent, inflight, ready, starved;
   int *free_slots;         /* anchor slots free for reuse */
   int nfree;               /* how many of them */
@@ -52,8 +64,10 @@ typedef struct lqueue {
   int closing;             /* destroy is draining: re-arm nothing */
   lua_Integer starvations; /* times a receive found the pool empty */
   struct lhandle *cancels; /* cancels the backend had no room for yet */
-  ioq_pool *pool;          /* provided buffers, made on first use */
+  ioq_pool *pool;          /* provided buffers, made on first use; the
+                              queue holds a reference until it is collected */
   unsigned pool_count, pool_size;
+  int64_t linger_ns;       /* how long close waits for output ops */
   ioq_event events[REAP_BATCH];
   unsigned char act[REAP_BATCH];
 } lqueue;
@@ -86,11 +100,20 @@ typedef struct lhandle {
   struct { int64_t res; int32_t buf; } *items;
   unsigned items_head, items_n, items_cap;
   int family, type;        /* multishot accept: the sockets it makes */
+  ioq_pool *pool;          /* multishot receive: where its items' buffers
+                              go back to (each item holds a reference) */
   struct lhandle *cancel_next;  /* on q->cancels */
   int cancel_queued;
+  int paused;              /* multishot accept: stopped on an error item
+                              until Lua takes it */
   lioq_file *pos_file;     /* the file whose kept position the op moved */
   int at_position;         /* asked for the current position (offset -1) */
+  lioq_file *file;         /* the file object the op is pending on */
+  lioq_oplink link;        /* in file->ops */
 } lhandle;
+
+#define handle_of_link(l) \
+  ((lhandle *)(void *)((char *)(l) - offsetof(lhandle, link)))
 
 static const char *const op_names[IOQ_NOPCODES] = {
   "nop", "read", "write", "fsync", "open", "sleep", "accept", "connect",
@@ -136,7 +159,7 @@ static size_t queue_pending(const lqueue *q) {
 }
 
 #ifdef _WIN32
-#define checkowner(L, q) ((void)0)  /* Windows has no fork */
+#define checkprocess(L, q) ((void)0)  /* Windows has no fork */
 #define forked_child(q) 0
 #else
 /*
@@ -159,7 +182,7 @@ static void watch_forks(void) {
 ** epoll set and its worker threads) works for the parent. Checked where
 ** ops reach the kernel, not on every call.
 */
-static void checkowner(lua_State *L, lqueue *q) {
+static void checkprocess(lua_State *L, lqueue *q) {
   if (q->forks != forks && getpid() != q->owner)
     luaL_error(L, "this queue belongs to the process that created it "
                   "(make a new queue after fork)");
@@ -167,6 +190,18 @@ static void checkowner(lua_State *L, lqueue *q) {
 
 #define forked_child(q) (getpid() != (q)->owner)
 #endif
+
+/*
+** A queue is driven by the thread that created it: io_uring refuses any
+** other (single issuer), and a rule that holds on every backend is one a
+** script can rely on. Checked wherever the backend is called.
+*/
+static void checkowner(lua_State *L, lqueue *q) {
+  checkprocess(L, q);
+  if (!same_thread(q->thread, this_thread()))
+    luaL_error(L, "this queue belongs to the thread that created it "
+                  "(make a queue in each thread)");
+}
 
 /* ---------------------------------------------------------------- time */
 
@@ -187,8 +222,6 @@ int lioq_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)ioq_now_ns() / 1e9);
   return 1;
 }
-
-/* ---------------------------------------------------------------- settling */
 
 /* ---------------------------------------------------------------- items */
 
@@ -219,7 +252,7 @@ static int item_push(lhandle *h, int64_t res, int32_t buf) {
 /* Gives back what an item holds: its descriptor, or its pool buffer. */
 static void item_drop(lhandle *h, int64_t res, int32_t buf) {
   if (buf >= 0)
-    ioq_pool_release(h->q->pool, buf);
+    ioq_pool_release(h->pool, buf);
   else if (h->op.code == IOQ_ACCEPT && res >= 0)
     ioq_close((ioq_fd)res, 1);
 }
@@ -237,12 +270,59 @@ static void items_free(lhandle *h) {
   h->items_cap = 0;
 }
 
+static int cancel(lhandle *h);
+static void use_position(lua_State *L, lqueue *q, lhandle *h, int fidx);
+
+/* Puts a pending op on the list of the file object at `idx`, if any. */
+static void link_file(lua_State *L, lhandle *h, int idx) {
+  lioq_file *f = lioq_toudata(L, idx, TAG_FILE);
+  if (f == NULL)
+    f = lioq_toudata(L, idx, TAG_SOCKET);
+  if (f == NULL)
+    return;
+  h->file = f;
+  h->link.prev = NULL;
+  h->link.next = f->ops;
+  if (f->ops != NULL)
+    f->ops->prev = &h->link;
+  f->ops = &h->link;
+}
+
+/* Takes a finished op off its file object's list; a close that waited for
+** the last op pending there happens now. */
+static void unlink_file(lhandle *h) {
+  lioq_file *f = h->file;
+  if (f == NULL)
+    return;
+  if (h->link.prev != NULL) h->link.prev->next = h->link.next;
+  else f->ops = h->link.next;
+  if (h->link.next != NULL) h->link.next->prev = h->link.prev;
+  h->link.next = h->link.prev = NULL;
+  h->file = NULL;
+  lioq_file_release(f);
+}
+
+/* Takes h off the list of cancels waiting for room (it is done, and may
+** be collected once its anchor goes). */
+static void drop_cancel(lhandle *h) {
+  lhandle **p = &h->q->cancels;
+  while (*p != NULL && *p != h)
+    p = &(*p)->cancel_next;
+  if (*p == h)
+    *p = h->cancel_next;
+  h->cancel_next = NULL;
+  h->cancel_queued = 0;
+}
+
 /*
 ** Finishes an op in C: frees what it held and records its result. Touches
 ** no Lua state, so queue destruction in __gc can use it.
 */
 static void settle(lhandle *h, int from_gc) {
   h->state = ST_DONE;
+  if (h->cancel_queued)
+    drop_cancel(h);
+  unlink_file(h);
   if (from_gc && h->items != NULL)  /* nobody can take them any more */
     items_free(h);
   if (h->block != NULL) {
@@ -316,8 +396,11 @@ static void retry_cancels(lqueue *q) {
 */
 static void flush(lqueue *q) {
   if (q->starved.n > 0 && q->pool != NULL && q->pool->nfree > 0) {
-    ioq_op *op;
-    while ((op = q->starved.head) != NULL) {
+    ioq_op *op = q->starved.head, *next;
+    for (; op != NULL; op = next) {
+      next = op->next;
+      if (((lhandle *)op)->paused)
+        continue;
       list_remove(&q->starved, op);
       ((lhandle *)op)->state = ST_UNSENT;
       list_push(&q->unsent, op);
@@ -373,10 +456,34 @@ static int reap(lqueue *q, int64_t timeout_ns) {
 enum { ACT_NONE, ACT_NEWS, ACT_DONE };
 
 /*
+** Errors after which a multishot accept goes on: the connection that
+** failed is gone, the listening socket is fine.
+*/
+static int accept_goes_on(int64_t res) {
+  return res == -ECONNABORTED || res == -EINTR || res == -EAGAIN ||
+#ifdef EPROTO
+         res == -EPROTO ||
+#endif
+         res == -ECONNRESET;
+}
+
+/*
+** Errors that say the process is short of something (descriptors,
+** memory): the accept pauses, Lua gets the error as an item, and taking
+** that item arms the accept again. Re-arming at once would only spin.
+*/
+static int accept_pauses(int64_t res) {
+  return res == -EMFILE || res == -ENFILE || res == -ENOBUFS ||
+         res == -ENOMEM;
+}
+
+/*
 ** Applies one event in C (no Lua calls): records a result and settles the
 ** op, or queues a multishot item. A multishot op that the kernel disarmed
 ** on its own (the pool ran dry, or the completion queue overflowed) is
-** armed again rather than ended.
+** armed again rather than ended; so is an accept that failed for the one
+** connection (ECONNABORTED...). One that failed for want of descriptors
+** waits until Lua has seen the error.
 */
 static int apply(lqueue *q, const ioq_event *ev, int from_gc) {
   lhandle *h = (lhandle *)ev->op;
@@ -400,6 +507,18 @@ static int apply(lqueue *q, const ioq_event *ev, int from_gc) {
   if (ev->more)
     return news ? ACT_NEWS : ACT_NONE;
   if (!op->cancel_requested && !q->closing) {
+    if (op->code == IOQ_ACCEPT && accept_goes_on(ev->res)) {
+      h->state = ST_UNSENT;
+      list_push(&q->unsent, op);
+      return news ? ACT_NEWS : ACT_NONE;
+    }
+    if (op->code == IOQ_ACCEPT && accept_pauses(ev->res) &&
+        item_push(h, ev->res, -1)) {
+      h->paused = 1;
+      h->state = ST_STARVED;
+      list_push(&q->starved, op);
+      return ACT_NEWS;
+    }
     if (ev->res == -ENOBUFS) {
       q->starvations++;
       h->state = ST_STARVED;
@@ -454,17 +573,28 @@ static void deliver(lua_State *L, lqueue *q, int anchors, int n, int into,
   lua_pop(L, pushed);
 }
 
+/* Pump's answer when only starved receives are pending and nothing in the
+** kernel can ever complete: waiting would be forever. */
+#define STUCK (-ENOBUFS)
+
 /*
 ** Drives the queue until at least one op finishes or `timeout_ns` passes
 ** (< 0: no limit). Finished ops are settled and unanchored, and appended to
-** the table at `into` when that is not 0. Returns how many finished, or
-** -errno when the backend fails.
+** the table at `into` when that is not 0. Returns how many finished;
+** STUCK when nothing is in the kernel but receives waiting for pool
+** buffers that only Lua can give back; or -errno when the backend fails.
+**
+** Buffer views a script dropped go back to the pool only when the garbage
+** collector finalizes them, which cannot happen while C sleeps here: so
+** before it would sleep on starved receives alone, pump runs a full
+** collection once. Finalizers may run any Lua code then (even close this
+** queue), so everything is looked at again afterwards.
 */
 static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
                 int into) {
   int64_t deadline = timeout_ns > 0 ? ioq_now_ns() + timeout_ns : 0;
   lua_Integer count = 0;
-  int anchors;
+  int anchors, collected = 0;
   if (queue_pending(q) == 0)
     return 0;
   checkowner(L, q);
@@ -473,10 +603,26 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
   anchors = lua_gettop(L);
   for (;;) {
     int n;
+    if (q->be == NULL) {  /* closed by a finalizer */
+      lua_pop(L, 1);
+      return (int)count;
+    }
     flush(q);
     if (q->cancels != NULL)
       retry_cancels(q);
     n = take_ready(q);
+    if (n == 0 && q->inflight.n == 0 && q->unsent.n == 0 &&
+        q->starved.n > 0) {
+      if (!collected) {
+        collected = 1;
+        lua_gc(L, LUA_GCCOLLECT, 0);
+        continue;
+      }
+      if (timeout_ns < 0) {
+        lua_pop(L, 1);
+        return count > 0 ? (int)count : STUCK;
+      }
+    }
     if (n == 0) {
       int64_t wait = timeout_ns;
       if (timeout_ns > 0) {
@@ -504,60 +650,158 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
 }
 
 /*
-** Cancels every op, waits for the kernel to hand each one back, then frees
-** the backend. Shared by q:close(), <close> and __gc; calls no Lua code.
+** Ops that send data out, which a close hands to the kernel and waits for
+** rather than cancels: what a script wrote is never dropped silently.
 */
-static void destroy(lqueue *q, int from_gc) {
-  ioq_backend *be = q->be;
+static int is_output(const ioq_op *op) {
+  switch (op->code) {
+    case IOQ_WRITE: case IOQ_SEND: case IOQ_SENDTO: case IOQ_FSYNC:
+    case IOQ_SHUTDOWN:
+      return !op->multishot;
+    default:
+      return 0;
+  }
+}
+
+/* Ends an op that never reached the kernel with `res`. */
+static void settle_unsent(oplist *l, ioq_op *op, int64_t res, int from_gc) {
+  list_remove(l, op);
+  op->res = res;
+  settle((lhandle *)op, from_gc);
+}
+
+/*
+** Asks for every op in flight that `pick` selects (NULL: all) to be
+** cancelled.
+*/
+static void cancel_inflight(lqueue *q, int (*pick)(const ioq_op *)) {
   ioq_op *op;
-  int forked;
+  for (op = q->inflight.head; op != NULL; op = op->next)
+    if ((pick == NULL || pick(op)) && !op->cancel_requested) {
+      op->cancel_requested = 1;
+      ask_cancel(q, (lhandle *)op);
+    }
+}
+
+static int is_input(const ioq_op *op) {
+  return !is_output(op);
+}
+
+/*
+** The end of a queue, shared by q:close(), <close> and __gc; calls no Lua
+** code. Input ops (reads, receives, accepts, sleeps...) are cancelled.
+** Output ops (writes, sends, fsyncs, shutdowns) still unsent are handed to
+** the kernel, and each is waited for up to the queue's linger time, then
+** cancelled too. Every op is reaped before the backend is freed: the
+** kernel owns an op's memory until then. Returns 0, or -1 when the
+** backend broke and the ops still in it (with every byte they point to)
+** must be left alive, never freed.
+*/
+static int destroy(lqueue *q, int from_gc) {
+  ioq_backend *be = q->be;
+  ioq_op *op, *next;
+  int64_t deadline;
+  int lingered = 0;
   if (be == NULL)
-    return;
-  forked = forked_child(q);
+    return 0;
   q->closing = 1;
-  while ((op = q->unsent.head) != NULL) {
-    list_remove(&q->unsent, op);
-    op->res = -ECANCELED;
-    settle((lhandle *)op, from_gc);
-  }
-  while ((op = q->starved.head) != NULL) {
-    list_remove(&q->starved, op);
-    op->res = -ECANCELED;
-    settle((lhandle *)op, from_gc);
-  }
+  while ((op = q->starved.head) != NULL)
+    settle_unsent(&q->starved, op, -ECANCELED, from_gc);
   while ((op = q->ready.head) != NULL) {
     list_remove(&q->ready, op);
     settle((lhandle *)op, from_gc);
   }
-  if (!forked) {
-    for (op = q->inflight.head; op != NULL; op = op->next) {
-      op->cancel_requested = 1;
-      ask_cancel(q, (lhandle *)op);
-    }
-    while (q->inflight.n > 0) {
-      int i, n;
-      if (q->cancels != NULL)
-        retry_cancels(q);
-      n = reap(q, q->cancels != NULL ? 1000000 : -1);
-      if (n < 0 && n != -EINTR) {
-        /* The ring is broken: the kernel may still write into these
-        ** buffers, so leak them (and the ring) rather than free them. */
-        q->be = NULL;
-        return;
-      }
-      for (i = 0; i < n; i++)
-        apply(q, &q->events[i], from_gc);
-    }
-  } else {
-    /* In a forked child the kernel works for the parent, not for us. */
-    while ((op = q->inflight.head) != NULL) {
-      list_remove(&q->inflight, op);
-      op->res = -ECANCELED;
+  for (op = q->unsent.head; op != NULL; op = next) {
+    next = op->next;
+    if (!is_output(op) || forked_child(q))
+      settle_unsent(&q->unsent, op, -ECANCELED, from_gc);
+  }
+  if (forked_child(q)) {
+    /* The kernel works for the parent, not for us: leave its ops be. */
+    while ((op = q->inflight.head) != NULL)
+      settle_unsent(&q->inflight, op, -ECANCELED, from_gc);
+    q->be = NULL;
+    be->cls->destroy(be);
+    return 0;
+  }
+  cancel_inflight(q, is_input);
+  deadline = ioq_now_ns() + q->linger_ns;
+  while (q->inflight.n > 0 || q->unsent.n > 0 || q->ready.n > 0) {
+    int64_t wait = -1;
+    int i, n;
+    flush(q);
+    while ((op = q->ready.head) != NULL) {  /* refused by the backend */
+      list_remove(&q->ready, op);
       settle((lhandle *)op, from_gc);
     }
+    if (!lingered && ioq_now_ns() >= deadline) {
+      lingered = 1;
+      while ((op = q->unsent.head) != NULL)
+        settle_unsent(&q->unsent, op, -ECANCELED, from_gc);
+      cancel_inflight(q, NULL);
+    }
+    if (q->inflight.n == 0)
+      continue;
+    if (q->cancels != NULL)
+      retry_cancels(q);
+    if (!lingered) {
+      wait = deadline - ioq_now_ns();
+      if (wait < 0) wait = 0;
+    }
+    if (q->cancels != NULL && (wait < 0 || wait > 1000000))
+      wait = 1000000;  /* come back soon to ask again */
+    n = reap(q, wait);
+    if (n < 0 && n != -EINTR) {
+      /* The ring is broken (or refuses this thread): the kernel may
+      ** still write into these ops and buffers, so keep them alive. */
+      q->be = NULL;
+      return -1;
+    }
+    for (i = 0; i < n; i++)
+      apply(q, &q->events[i], from_gc);
   }
   q->be = NULL;
   be->cls->destroy(be);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- closing files */
+
+/* May this thread call the queue's backend? */
+static int may_drive(lqueue *q) {
+  return q->be != NULL && !forked_child(q) &&
+         same_thread(q->thread, this_thread());
+}
+
+/*
+** Ends the ops pending on a file object that Lua is closing; lioq_file.c
+** closes the descriptor once none is left. Output already asked for goes
+** out first: unsent ops are handed to the kernel, which tries each at
+** once. Then every op still pending is cancelled, except writes and
+** fsyncs to a file (not a socket), which finish soon by themselves and
+** whose data a close must not drop. The cancels are submitted at once,
+** so that the kernel lets go of the descriptor (and a peer sees the
+** close) as soon as it has handed the ops back.
+*/
+void lioq_end_ops(lioq_file *f) {
+  lioq_oplink *l;
+  for (l = f->ops; l != NULL; l = l->next) {
+    lhandle *h = handle_of_link(l);
+    if (h->state == ST_UNSENT && may_drive(h->q)) {
+      flush(h->q);
+      h->q->be->cls->submit(h->q->be);
+    }
+  }
+  for (l = f->ops; l != NULL; l = l->next) {
+    lhandle *h = handle_of_link(l);
+    if ((f->family == 0 && is_output(&h->op)) || h->op.cancel_requested)
+      continue;
+    if (h->state == ST_INFLIGHT && !may_drive(h->q))
+      continue;  /* another process's or thread's kernel work */
+    cancel(h);
+    if (h->state == ST_INFLIGHT)
+      h->q->be->cls->submit(h->q->be);
+  }
 }
 
 /* ---------------------------------------------------------------- queue */
@@ -571,7 +815,6 @@ static lqueue *checkopenqueue(lua_State *L) {
   luaL_argcheck(L, q->be != NULL, 1, "queue is closed");
   return q;
 }
-
 
 /* Makes sure a new anchor slot can be released later without allocating. */
 static void reserve_slot(lua_State *L, lqueue *q) {
@@ -589,15 +832,33 @@ static void reserve_slot(lua_State *L, lqueue *q) {
 }
 
 /*
-** Pushes a new handle for op `code` on queue q (at index 1). The caller
-** fills h->op and the user values, then calls commit().
+** How an op is made, in this order, by every op constructor below:
+**
+**   1. newop() makes every Lua object the op needs: its handle and, for
+**      open and accept, the object it resolves to. An allocation can run
+**      a garbage-collection step, and with it any finalizer, which may
+**      close the queue, a buffer or a file. So:
+**   2. only then is the state the op depends on checked (the queue open,
+**      the buffer open and idle, the descriptor open) and pointers into
+**      it taken; nothing from here on runs Lua code;
+**   3. commit() anchors the handle and queues the op.
+**
+** An argument error raised in step 2 leaves an unanchored, never-pending
+** handle behind for the collector, and nothing else.
 */
-static lhandle *newhandle(lua_State *L, lqueue *q, int code, size_t extra) {
-  lhandle *h;
+static lhandle *newop(lua_State *L, int code, size_t extra, int family,
+                      int type) {
+  /* How many arguments each op takes, the queue included: the handle is
+  ** pushed above them, where an absent optional argument reads as nil. */
+  static const int nargs[IOQ_NOPCODES] = {
+    1, 5, 5, 2, 4, 2, 2, 4, 4, 4, 4, 5, 3
+  };
+  lqueue *q = checkqueue(L);
   /* Only the user values the op needs (reading a missing one gives nil). */
   int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? UV_QUEUE
           : (code == IOQ_OPEN || code == IOQ_ACCEPT) ? UV_RESULT : UV_FD;
-  reserve_slot(L, q);
+  lhandle *h;
+  lua_settop(L, nargs[code]);
   h = lua_newuserdatauv(L, sizeof *h + extra, nuv);
   memset(h, 0, sizeof *h + extra);
   if (extra > 0)
@@ -611,32 +872,58 @@ static lhandle *newhandle(lua_State *L, lqueue *q, int code, size_t extra) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_QUEUE);
+  if (code == IOQ_OPEN || (code == IOQ_ACCEPT && family != 0)) {
+    h->file_out = code == IOQ_OPEN ? lioq_file_prepare(L)
+                                   : lioq_socket_prepare(L, family, type);
+    lua_setiuservalue(L, -2, UV_RESULT);
+  }
+  luaL_argcheck(L, q->be != NULL, 1, "queue is closed");
+  reserve_slot(L, q);
   return h;
 }
 
 /*
-** Anchors the handle on top of the stack in queue q (at stack index qidx)
-** and queues its op. The anchor is stored before any C state changes: if
-** that store runs out of memory, nothing is left half done.
+** Anchors the handle on top of the stack in its queue (at stack index 1):
+** the one step of queueing an op that can fail (out of memory), so it
+** comes before any state changes. An emergency collection runs no
+** finalizers, so no Lua code runs here either.
 */
-static int commit(lua_State *L, int qidx, lqueue *q, lhandle *h,
-                  lioq_block *block) {
+static void anchor(lua_State *L, lhandle *h) {
+  lqueue *q = h->q;
   int slot = q->nfree > 0 ? q->free_slots[q->nfree - 1] : q->top + 1;
-  lua_getiuservalue(L, qidx, QUV_ANCHORS);
+  lua_getiuservalue(L, 1, QUV_ANCHORS);
   lua_pushvalue(L, -2);
   lua_rawseti(L, -2, slot);
   lua_pop(L, 1);
   if (q->nfree > 0) q->nfree--;
   else q->top++;
   h->slot = slot;
+}
+
+/*
+** Queues the anchored op, which uses `block` (or NULL) and is pending on
+** the file object at `fidx` (or 0). Cannot fail.
+*/
+static int enqueue(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
+  lqueue *q = h->q;
   if (block != NULL) {
     block->busy = 1;
     block->refs++;
     h->block = block;
   }
+  if (fidx != 0) {
+    link_file(L, h, fidx);
+    if (h->op.code == IOQ_READ || h->op.code == IOQ_WRITE)
+      use_position(L, q, h, fidx);
+  }
   h->state = ST_UNSENT;
   list_push(&q->unsent, &h->op);
   return 1;
+}
+
+static int commit(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
+  anchor(L, h);
+  return enqueue(L, h, block, fidx);
 }
 
 static int64_t checkoffset(lua_State *L, int arg) {
@@ -663,13 +950,46 @@ static uint32_t checklength(lua_State *L, int arg, size_t max) {
   return len > (lua_Integer)IOQ_MAX_RW ? IOQ_MAX_RW : (uint32_t)len;
 }
 
-/* Sets the op's descriptor; the handle keeps a file object alive. */
-static void setfd(lua_State *L, lhandle *h, ioq_fd fd) {
-  h->op.fd = fd;
+/* The buffer at `arg`, open and not owned by another op. */
+static lioq_block *checkidle(lua_State *L, int arg) {
+  lioq_block *b = lioq_checkblock(L, arg);
+  luaL_argcheck(L, !b->busy, arg, "buffer in use by a pending operation");
+  return b;
+}
+
+/*
+** The bytes of the buffer or string at `arg` (a buffer is then returned
+** in *bp, a string gives NULL), and their size.
+*/
+static const void *checkdata(lua_State *L, int arg, size_t *size,
+                             lioq_block **bp) {
+  lioq_block *b;
+  if (lua_type(L, arg) == LUA_TSTRING) {
+    *bp = NULL;
+    return lua_tolstring(L, arg, size);
+  }
+  if (lioq_toudata(L, arg, TAG_BUFFER) == NULL)
+    luaL_typeerror(L, arg, "ioq.buffer or string");
+  b = checkidle(L, arg);
+  *bp = b;
+  *size = b->size;
+  return b->data;
+}
+
+/* Sets the op's descriptor, from the argument at 2; the handle keeps a
+** file object there alive. */
+static void setfd(lua_State *L, lhandle *h) {
+  h->op.fd = lioq_checkfd(L, 2);
   if (lua_type(L, 2) == LUA_TUSERDATA) {
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, UV_FD);
   }
+}
+
+/* Keeps the buffer, string or path at `arg` alive while the kernel uses it. */
+static void keepdata(lua_State *L, int arg) {
+  lua_pushvalue(L, arg);
+  lua_setiuservalue(L, -2, UV_DATA);
 }
 
 /*
@@ -678,7 +998,7 @@ static void setfd(lua_State *L, lhandle *h, ioq_fd fd) {
 ** position the object keeps and moves it past the bytes asked for, so the
 ** next op starts there; settle() moves it back if fewer bytes moved. A
 ** write to a file opened to append keeps offset -1: the end of the file.
-** Called last before commit, once nothing can fail.
+** Called by commit, once nothing can fail.
 */
 static void use_position(lua_State *L, lqueue *q, lhandle *h, int fidx) {
   lioq_file *f;
@@ -696,85 +1016,48 @@ static void use_position(lua_State *L, lqueue *q, lhandle *h, int fidx) {
 
 /* q:read(f, buf [, offset [, length]]) */
 static int queue_read(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  ioq_fd fd = lioq_checkfd(L, 2);
-  lioq_block *b = lioq_checkblock(L, 3);
-  lhandle *h;
-  int64_t off;
-  uint32_t len;
-  luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
-  off = checkoffset(L, 4);
-  len = checklength(L, 5, b->size);
-  h = newhandle(L, q, IOQ_READ, 0);
-  setfd(L, h, fd);
+  lhandle *h = newop(L, IOQ_READ, 0, 0, 0);
+  lioq_block *b;
+  setfd(L, h);
+  b = checkidle(L, 3);
+  h->op.offset = checkoffset(L, 4);
+  h->op.len = checklength(L, 5, b->size);
   h->op.buf = b->data;
-  h->op.len = len;
-  h->op.offset = off;
-  lua_pushvalue(L, 3);
-  lua_setiuservalue(L, -2, UV_DATA);
-  use_position(L, q, h, 2);
-  return commit(L, 1, q, h, b);
+  keepdata(L, 3);
+  return commit(L, h, b, 2);
 }
 
 /* q:write(f, data [, offset [, length]]): data is a buffer or a string. */
 static int queue_write(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  lioq_block *b = NULL;
-  const void *bytes;
+  lhandle *h = newop(L, IOQ_WRITE, 0, 0, 0);
+  lioq_block *b;
   size_t size;
-  lhandle *h;
-  int64_t off;
-  uint32_t len;
-  ioq_fd fd = lioq_checkfd(L, 2);
-  if (lua_type(L, 3) == LUA_TSTRING) {
-    bytes = lua_tolstring(L, 3, &size);
-  } else {
-    b = lioq_testblock(L, 3);
-    if (b == NULL)
-      return luaL_typeerror(L, 3, "ioq.buffer or string");
-    luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
-    bytes = b->data;
-    size = b->size;
-  }
-  off = checkoffset(L, 4);
-  len = checklength(L, 5, size);
-  h = newhandle(L, q, IOQ_WRITE, 0);
-  setfd(L, h, fd);
-  h->op.buf = (void *)bytes;  /* the kernel only reads it */
-  h->op.len = len;
-  h->op.offset = off;
-  lua_pushvalue(L, 3);  /* keeps a string alive while the kernel reads it */
-  lua_setiuservalue(L, -2, UV_DATA);
-  use_position(L, q, h, 2);
-  return commit(L, 1, q, h, b);
+  setfd(L, h);
+  h->op.buf = (void *)checkdata(L, 3, &size, &b);  /* the kernel only reads */
+  h->op.offset = checkoffset(L, 4);
+  h->op.len = checklength(L, 5, size);
+  keepdata(L, 3);  /* a string stays alive while the kernel reads it */
+  return commit(L, h, b, 2);
 }
 
 /* q:fsync(f) */
 static int queue_fsync(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  ioq_fd fd = lioq_checkfd(L, 2);
-  lhandle *h = newhandle(L, q, IOQ_FSYNC, 0);
-  setfd(L, h, fd);
-  return commit(L, 1, q, h, NULL);
+  lhandle *h = newop(L, IOQ_FSYNC, 0, 0, 0);
+  setfd(L, h);
+  return commit(L, h, NULL, 2);
 }
 
 /* q:nop() */
 static int queue_nop(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  lhandle *h = newhandle(L, q, IOQ_NOP, 0);
-  return commit(L, 1, q, h, NULL);
+  return commit(L, newop(L, IOQ_NOP, 0, 0, 0), NULL, 0);
 }
 
 /* q:sleep(seconds) */
 static int queue_sleep(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  int64_t ns;
-  lhandle *h;
+  lhandle *h = newop(L, IOQ_SLEEP, 0, 0, 0);
   luaL_checkany(L, 2);
-  ns = checkseconds(L, 2, 0);
-  h = newhandle(L, q, IOQ_SLEEP, 0);
-  h->op.ns = ns;
-  return commit(L, 1, q, h, NULL);
+  h->op.ns = checkseconds(L, 2, 0);
+  return commit(L, h, NULL, 0);
 }
 
 /* io.open's mode letters as open(2) flags; -1 when the mode is invalid. */
@@ -803,45 +1086,46 @@ static int mode_flags(const char *mode) {
 
 /* q:open(path [, mode [, perm]]): resolves to an ioq.file. */
 static int queue_open(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
+  lhandle *h = newop(L, IOQ_OPEN, 0, 0, 0);
   size_t plen;
   const char *path = luaL_checklstring(L, 2, &plen);
-  const char *mode = luaL_optstring(L, 3, "r");
+  int flags = mode_flags(luaL_optstring(L, 3, "r"));
   lua_Integer perm = luaL_optinteger(L, 4, 0666);
-  int flags = mode_flags(mode);
-  lhandle *h;
   luaL_argcheck(L, strlen(path) == plen, 2, "path contains a zero byte");
   luaL_argcheck(L, flags != -1, 3, "invalid mode");
   luaL_argcheck(L, perm >= 0 && perm <= 07777, 4, "invalid permissions");
-  h = newhandle(L, q, IOQ_OPEN, 0);
   h->op.buf = (void *)path;
   h->op.flags = flags;
   h->op.mode = (int)perm;
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, UV_DATA);
-  h->file_out = lioq_file_prepare(L);
+  keepdata(L, 2);
   h->file_out->append = (flags & O_APPEND) != 0;
-  lua_setiuservalue(L, -2, UV_RESULT);
-  return commit(L, 1, q, h, NULL);
+  return commit(L, h, NULL, 0);
 }
 
-/* The socket at arg 2, open. */
+/* The socket object at arg 2 (not checked to be open: see opensocket). */
 static lioq_file *checksocketarg(lua_State *L) {
-  lioq_file *s = lioq_checkudata(L, 2, TAG_SOCKET);
+  return lioq_checkudata(L, 2, TAG_SOCKET);
+}
+
+/* The socket at arg 2, open; the handle keeps it alive. */
+static lioq_file *opensocket(lua_State *L, lhandle *h) {
+  lioq_file *s = checksocketarg(L);
   luaL_argcheck(L, s->fd != IOQ_NOFD, 2, "attempt to use a closed socket");
+  setfd(L, h);
   return s;
 }
 
 /*
 ** Commits an op that failed before it could start (its address did not
 ** resolve): it resolves, through the queue like any other, to
-** fail, msg, err, where msg is on top of the stack under the handle.
+** fail, msg, err, where msg is the string at `msgidx`.
 */
-static int commit_failed(lua_State *L, lqueue *q, lhandle *h, int err) {
-  lua_insert(L, -2);                       /* handle, msg */
+static int commit_failed(lua_State *L, lhandle *h, int msgidx, int err) {
+  lqueue *q = h->q;
+  lua_pushvalue(L, msgidx);
   lua_setiuservalue(L, -2, UV_DATA);
   h->has_msg = 1;
-  commit(L, 1, q, h, NULL);
+  commit(L, h, NULL, 0);
   list_remove(&q->unsent, &h->op);
   h->op.res = -err;
   h->state = ST_READY;
@@ -851,158 +1135,123 @@ static int commit_failed(lua_State *L, lqueue *q, lhandle *h, int err) {
 
 /* q:accept(s): resolves to the new ioq.socket. */
 static int queue_accept(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
   lioq_file *s = checksocketarg(L);
-  lhandle *h = newhandle(L, q, IOQ_ACCEPT, 0);
-  setfd(L, h, s->fd);
-  h->file_out = lioq_socket_prepare(L, s->family, s->type);
-  lua_setiuservalue(L, -2, UV_RESULT);
-  return commit(L, 1, q, h, NULL);
+  lhandle *h = newop(L, IOQ_ACCEPT, 0, s->family, s->type);
+  opensocket(L, h);
+  return commit(L, h, NULL, 2);
 }
 
 /*
-** Resolves the address at args hostarg, hostarg + 1 for socket s into *ss.
-** When it does not resolve, pushes a handle for op `code` that resolves to
-** fail, "<op>: cannot resolve ...", errno, and returns 0: the caller then
-** returns that handle.
+** Resolves the address at args hostarg, hostarg + 1 for the socket at
+** arg 2 into the op's address. Returns 0 when it resolved, or the errno
+** of a failed lookup with its message (one value) pushed. A lookup cannot run Lua
+** code, but pushing its message can: check state after this.
 */
-static int resolve(lua_State *L, lqueue *q, lioq_file *s, int code,
-                   int hostarg, struct sockaddr_storage *ss, uint32_t *len) {
+static int resolve(lua_State *L, lhandle *h, int hostarg) {
+  lioq_file *s = checksocketarg(L);
   int err = 0;
-  const char *msg = lioq_toaddr(L, s->family, hostarg, hostarg + 1, ss, len,
-                                &err);
-  lhandle *h;
+  const char *msg = lioq_toaddr(L, s->family, hostarg, hostarg + 1,
+                                h->op.addr, &h->op.addrlen, &err);
   if (msg == NULL)
-    return 1;
-  lua_pushfstring(L, "%s: %s", op_names[code], msg);
-  h = newhandle(L, q, code, 0);
-  setfd(L, h, s->fd);
-  commit_failed(L, q, h, err);
-  return 0;
+    return 0;
+  lua_pushfstring(L, "%s: %s", op_names[h->op.code], msg);
+  lua_remove(L, -2);  /* lioq_toaddr's own message */
+  return err;
 }
 
 /* q:connect(s, host, port) or q:connect(s, path): resolves to true. */
 static int queue_connect(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  lioq_file *s = checksocketarg(L);
-  struct sockaddr_storage ss;
-  uint32_t len = 0;
   lhandle *h;
-  if (!resolve(L, q, s, IOQ_CONNECT, 3, &ss, &len))
-    return 1;
-  h = newhandle(L, q, IOQ_CONNECT, sizeof ss);
-  setfd(L, h, s->fd);
-  memcpy(h->op.addr, &ss, sizeof ss);
-  h->op.addrlen = len;
-  return commit(L, 1, q, h, NULL);
+  int err;
+  h = newop(L, IOQ_CONNECT, sizeof(struct sockaddr_storage), 0, 0);  /* 5 */
+  if ((err = resolve(L, h, 3)) != 0)
+    lua_insert(L, 5);  /* the message under the handle */
+  luaL_argcheck(L, h->q->be != NULL, 1, "queue is closed");
+  opensocket(L, h);
+  if (err != 0)
+    return commit_failed(L, h, 5, err);
+  return commit(L, h, NULL, 2);
 }
 
-/* The buffer at arg 3 for a receive of at most the length at arg `larg`. */
-static lhandle *recv_handle(lua_State *L, lqueue *q, int code, int larg,
-                            size_t extra, lioq_block **bp) {
-  lioq_file *s = checksocketarg(L);
-  lioq_block *b = lioq_checkblock(L, 3);
-  uint32_t len;
-  lhandle *h;
-  luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
-  len = checklength(L, larg, b->size);
-  h = newhandle(L, q, code, extra);
-  setfd(L, h, s->fd);
+/* q:recv(s, buf [, length]): the byte count; 0 when the peer has closed.
+** Also q:recvfrom, which has room for the sender's address. */
+static int recv_op(lua_State *L, int code, size_t extra) {
+  lhandle *h = newop(L, code, extra, 0, 0);
+  lioq_block *b;
+  opensocket(L, h);
+  b = checkidle(L, 3);
+  h->op.len = checklength(L, 4, b->size);
   h->op.buf = b->data;
-  h->op.len = len;
-  lua_pushvalue(L, 3);
-  lua_setiuservalue(L, -2, UV_DATA);
-  *bp = b;
-  return h;
+  keepdata(L, 3);
+  return commit(L, h, b, 2);
 }
 
-/* The buffer or string at arg 3 for a send of the length at arg `larg`. */
-static lhandle *send_handle(lua_State *L, lqueue *q, int code, int larg,
-                            size_t extra, lioq_block **bp) {
-  lioq_file *s = checksocketarg(L);
-  lioq_block *b = NULL;
-  const void *bytes;
-  size_t size;
-  uint32_t len;
-  lhandle *h;
-  if (lua_type(L, 3) == LUA_TSTRING) {
-    bytes = lua_tolstring(L, 3, &size);
-  } else {
-    b = lioq_testblock(L, 3);
-    if (b == NULL)
-      luaL_typeerror(L, 3, "ioq.buffer or string");
-    luaL_argcheck(L, !b->busy, 3, "buffer in use by a pending operation");
-    bytes = b->data;
-    size = b->size;
-  }
-  len = checklength(L, larg, size);
-  h = newhandle(L, q, code, extra);
-  setfd(L, h, s->fd);
-  h->op.buf = (void *)bytes;
-  h->op.len = len;
-  lua_pushvalue(L, 3);
-  lua_setiuservalue(L, -2, UV_DATA);
-  *bp = b;
-  return h;
-}
-
-/* q:recv(s, buf [, length]): the byte count; 0 when the peer has closed. */
 static int queue_recv(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  lioq_block *b;
-  lhandle *h = recv_handle(L, q, IOQ_RECV, 4, 0, &b);
-  return commit(L, 1, q, h, b);
-}
-
-/* q:send(s, data [, length]): the byte count (may be short). */
-static int queue_send(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  lioq_block *b;
-  lhandle *h = send_handle(L, q, IOQ_SEND, 4, 0, &b);
-  return commit(L, 1, q, h, b);
+  return recv_op(L, IOQ_RECV, 0);
 }
 
 /* q:recvfrom(s, buf [, length]): the byte count, then the sender's host
 ** and port (or path). */
 static int queue_recvfrom(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  lioq_block *b;
-  lhandle *h = recv_handle(L, q, IOQ_RECVFROM, 4,
-                           sizeof(struct sockaddr_storage), &b);
-  return commit(L, 1, q, h, b);
+  return recv_op(L, IOQ_RECVFROM, sizeof(struct sockaddr_storage));
 }
 
-/* q:sendto(s, data, host, port) or q:sendto(s, data, path): the byte count. */
-static int queue_sendto(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  lioq_file *s = checksocketarg(L);
-  struct sockaddr_storage ss;
-  uint32_t len = 0;
+/* Fills a send or sendto of the buffer or string at arg 3. */
+static void send_data(lua_State *L, lhandle *h, lioq_block **bp) {
+  size_t size;
+  h->op.buf = (void *)checkdata(L, 3, &size, bp);
+  h->op.len = checklength(L, 4, size);
+  keepdata(L, 3);
+}
+
+/* q:send(s, data [, length]): the byte count (may be short). */
+static int queue_send(lua_State *L) {
+  lhandle *h = newop(L, IOQ_SEND, 0, 0, 0);
   lioq_block *b;
+  opensocket(L, h);
+  send_data(L, h, &b);
+  return commit(L, h, b, 2);
+}
+
+/* q:sendto(s, data, host, port) or q:sendto(s, data, path): the byte
+** count. The data is checked before any lookup. */
+static int queue_sendto(lua_State *L) {
   lhandle *h;
+  lioq_block *b;
+  int err;
   if (lua_type(L, 3) != LUA_TSTRING && lioq_testblock(L, 3) == NULL)
-    return luaL_typeerror(L, 3, "ioq.buffer or string");  /* before lookups */
-  if (!resolve(L, q, s, IOQ_SENDTO, 4, &ss, &len))
-    return 1;
-  lua_settop(L, 3);
-  h = send_handle(L, q, IOQ_SENDTO, 4, sizeof ss, &b);
-  memcpy(h->op.addr, &ss, sizeof ss);
-  h->op.addrlen = len;
-  return commit(L, 1, q, h, b);
+    return luaL_typeerror(L, 3, "ioq.buffer or string");
+  h = newop(L, IOQ_SENDTO, sizeof(struct sockaddr_storage), 0, 0);  /* 6 */
+  if ((err = resolve(L, h, 4)) != 0)
+    lua_insert(L, 6);
+  luaL_argcheck(L, h->q->be != NULL, 1, "queue is closed");
+  opensocket(L, h);
+  if (err != 0)
+    return commit_failed(L, h, 6, err);
+  lua_pushnil(L);  /* no length argument: the whole data */
+  lua_replace(L, 4);
+  send_data(L, h, &b);
+  return commit(L, h, b, 2);
 }
 
 /* q:shutdown(s [, how]): resolves to true. */
 static int queue_shutdown(lua_State *L) {
-  lqueue *q = checkopenqueue(L);
-  lioq_file *s = checksocketarg(L);
-  int how = lioq_checkhow(L, 3);
-  lhandle *h = newhandle(L, q, IOQ_SHUTDOWN, 0);
-  setfd(L, h, s->fd);
-  h->op.flags = how;
-  return commit(L, 1, q, h, NULL);
+  lhandle *h = newop(L, IOQ_SHUTDOWN, 0, 0, 0);
+  opensocket(L, h);
+  h->op.flags = lioq_checkhow(L, 3);
+  return commit(L, h, NULL, 2);
 }
 
 #define MULTISHOT_MT "ioq.handle multishot"
+
+/* Makes a handle multishot, for the sockets it accepts or the buffers it
+** receives into. */
+static void multishot(lua_State *L, lhandle *h, lioq_file *s) {
+  luaL_setmetatable(L, MULTISHOT_MT);
+  h->op.multishot = 1;
+  h->family = s->family;
+  h->type = s->type;
+}
 
 /*
 ** q:accept_multi(s): one multishot accept that stays armed and yields a
@@ -1011,17 +1260,14 @@ static int queue_shutdown(lua_State *L) {
 */
 static int queue_accept_multi(lua_State *L) {
   lqueue *q = checkopenqueue(L);
-  lioq_file *s = checksocketarg(L);
   lhandle *h;
+  lioq_file *s;
   if (!(q->be->caps & IOQ_CAP_MULTISHOT_ACCEPT))
     return lioq_fail(L, "accept_multi", EOPNOTSUPP);
-  h = newhandle(L, q, IOQ_ACCEPT, 0);
-  luaL_setmetatable(L, MULTISHOT_MT);
-  h->op.multishot = 1;
-  h->family = s->family;
-  h->type = s->type;
-  setfd(L, h, s->fd);
-  return commit(L, 1, q, h, NULL);
+  h = newop(L, IOQ_ACCEPT, 0, 0, 0);  /* each item makes its own socket */
+  s = opensocket(L, h);
+  multishot(L, h, s);
+  return commit(L, h, NULL, 2);
 }
 
 /*
@@ -1033,21 +1279,24 @@ static int queue_accept_multi(lua_State *L) {
 */
 static int queue_recv_multi(lua_State *L) {
   lqueue *q = checkopenqueue(L);
-  lioq_file *s = checksocketarg(L);
   lhandle *h;
+  lioq_file *s;
   if (!(q->be->caps & IOQ_CAP_POOL))
     return lioq_fail(L, "recv_multi", EOPNOTSUPP);
+  h = newop(L, IOQ_RECV, 0, 0, 0);
+  s = opensocket(L, h);
   if (q->pool == NULL) {
-    int r = q->be->cls->pool(q->be, q->pool_count, q->pool_size, &q->pool);
-    if (r < 0)
+    int r;
+    checkowner(L, q);
+    if ((r = q->be->cls->pool(q->be, q->pool_count, q->pool_size,
+                              &q->pool)) < 0)
       return lioq_fail(L, "recv_multi", -r);
+    q->pool->refs++;  /* the queue's own, so q->pool outlives the backend */
   }
-  h = newhandle(L, q, IOQ_RECV, 0);
-  luaL_setmetatable(L, MULTISHOT_MT);
-  h->op.multishot = 1;
+  multishot(L, h, s);
   h->op.use_pool = 1;
-  setfd(L, h, s->fd);
-  return commit(L, 1, q, h, NULL);
+  h->pool = q->pool;
+  return commit(L, h, NULL, 2);
 }
 
 /* q:submit(): hands every unsent op to the kernel; returns how many. */
@@ -1073,8 +1322,40 @@ static int queue_wait(lua_State *L) {
     into = 3;
   }
   n = pump(L, q, 1, timeout, into);
-  if (n < 0)
+  if (n == STUCK)
+    n = 0;  /* nothing can arrive: see pump */
+  else if (n < 0)
     return lioq_fail(L, "wait", -n);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/*
+** q:cancel_all([kind]): asks for every pending op to be cancelled, or with
+** kind "input" every op that only takes data in (reads, receives, accepts,
+** opens, connects, sleeps, nops), leaving writes, sends, fsyncs and
+** shutdowns to finish. Each still resolves through the queue. Returns how
+** many cancels were asked for.
+*/
+static int queue_cancel_all(lua_State *L) {
+  static const char *const kinds[] = {"all", "input", NULL};
+  lqueue *q = checkopenqueue(L);
+  int inputs = luaL_checkoption(L, 2, "all", kinds) == 1;
+  oplist *lists[3];
+  lua_Integer n = 0;
+  int i;
+  checkowner(L, q);
+  lists[0] = &q->unsent; lists[1] = &q->inflight; lists[2] = &q->starved;
+  for (i = 0; i < 3; i++) {
+    ioq_op *op = lists[i]->head, *next;
+    for (; op != NULL; op = next) {
+      next = op->next;  /* cancel() may move op to another list */
+      if (inputs && is_output(op))
+        continue;
+      if (!op->cancel_requested && cancel((lhandle *)op) == 0)
+        n++;
+    }
+  }
   lua_pushinteger(L, n);
   return 1;
 }
@@ -1111,7 +1392,8 @@ static int queue_stats(lua_State *L) {
   lua_setfield(L, -2, "unsent");
   lua_pushinteger(L, q->pool ? (lua_Integer)q->pool->count : 0);
   lua_setfield(L, -2, "pool_buffers");
-  lua_pushinteger(L, q->pool && q->be ? (lua_Integer)q->pool->nfree : 0);
+  lua_pushinteger(L, q->pool != NULL && q->be != NULL
+                     ? (lua_Integer)q->pool->nfree : 0);
   lua_setfield(L, -2, "pool_free");
   lua_pushinteger(L, q->starvations);
   lua_setfield(L, -2, "starvations");
@@ -1125,21 +1407,51 @@ static int queue_pending_m(lua_State *L) {
   return 1;
 }
 
-/* q:close(): cancels and drains every op; closing twice does nothing. */
+/*
+** Ends the queue's anchors: dropped once every op is done, or, when the
+** backend broke with ops still in the kernel, kept in the registry for
+** the rest of the Lua state, so that no byte the kernel may still write
+** (handles, buffers, strings) is ever freed under it.
+*/
+static void drop_anchors(lua_State *L, int broken) {
+  lua_getiuservalue(L, 1, QUV_ANCHORS);
+  if (broken && lua_istable(L, -1))
+    luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, QUV_ANCHORS);
+}
+
+/*
+** q:close(): input ops are cancelled, output ops finish (up to the queue's
+** linger time); returns once the kernel has handed back every op. Closing
+** twice does nothing.
+*/
 static int queue_close(lua_State *L) {
   lqueue *q = checkqueue(L);
-  destroy(q, 0);
-  lua_pushnil(L);
-  lua_setiuservalue(L, 1, QUV_ANCHORS);  /* every op is done */
+  if (q->be != NULL && !same_thread(q->thread, this_thread()))
+    return luaL_error(L, "this queue belongs to the thread that created it "
+                         "(close it there)");
+  drop_anchors(L, destroy(q, 0) < 0);
   return 0;
 }
 
 static int queue_gc(lua_State *L) {
   lqueue *q = checkqueue(L);
-  destroy(q, 1);
+  if (q->be != NULL && !same_thread(q->thread, this_thread())) {
+    q->be = NULL;  /* it cannot be drained from here: leave it be */
+    drop_anchors(L, 1);
+  } else {
+    drop_anchors(L, destroy(q, 1) < 0);
+  }
   free(q->free_slots);
   q->free_slots = NULL;
   q->nfree = q->top = q->slots_cap = 0;
+  if (q->pool != NULL) {
+    ioq_pool_unref(q->pool);
+    q->pool = NULL;
+  }
   return 0;
 }
 
@@ -1179,10 +1491,17 @@ static lua_Integer intoption(lua_State *L, const char *name, lua_Integer dflt,
 /* The fields of the options table at arg 1 (see lioq_queue_new). */
 static void queue_options(lua_State *L, lua_Integer *entries,
                           const char **backend, lua_Integer *pool_count,
-                          lua_Integer *pool_size) {
+                          lua_Integer *pool_size, int64_t *linger) {
   if (lua_isnoneornil(L, 1))
     return;
   luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_getfield(L, 1, "linger") != LUA_TNIL) {
+    lua_Number s = lua_tonumber(L, -1);
+    luaL_argcheck(L, lua_type(L, -1) == LUA_TNUMBER && s >= 0, 1,
+                  "linger must be a non-negative number of seconds");
+    *linger = (int64_t)((s > 1e9 ? 1e9 : s) * 1e9);
+  }
+  lua_pop(L, 1);
   *entries = intoption(L, "entries", *entries, 1, 32768);
   *pool_count = intoption(L, "recv_buffers", *pool_count, 1, 32768);
   luaL_argcheck(L, (*pool_count & (*pool_count - 1)) == 0, 1,
@@ -1196,14 +1515,18 @@ static void queue_options(lua_State *L, lua_Integer *entries,
   /* the backend name stays on the stack, so the string stays alive */
 }
 
-/* ioq.queue([{entries = n, backend = name}]) */
+/* How long close waits for output ops by default. */
+#define LINGER_NS (5 * (int64_t)1000000000)
+
+/* ioq.queue([{entries = n, backend = name, linger = seconds, ...}]) */
 int lioq_queue_new(lua_State *L) {
   lua_Integer entries = 256, pool_count = 256, pool_size = 4096;
+  int64_t linger = LINGER_NS;
   const char *want = "auto";
   const char *env = getenv("IOQ_BACKEND");
   lqueue *q;
   int r = -ENOSYS, i;
-  queue_options(L, &entries, &want, &pool_count, &pool_size);
+  queue_options(L, &entries, &want, &pool_count, &pool_size, &linger);
   if (strcmp(want, "auto") == 0 && env != NULL && *env != '\0')
     want = env;
   if (strcmp(want, "auto") != 0 && find_backend(want) == NULL)
@@ -1215,6 +1538,8 @@ int lioq_queue_new(lua_State *L) {
   q->owner = getpid();
   q->forks = forks;
 #endif
+  q->thread = this_thread();
+  q->linger_ns = linger;
   q->pool_count = (unsigned)pool_count;
   q->pool_size = (unsigned)pool_size;
   luaL_setmetatable(L, LIOQ_QUEUE);  /* for __gc, before the ring exists */
@@ -1354,7 +1679,10 @@ static int cancel(lhandle *h) {
 /* h:cancel(): true if asked, false if already done, or fail, msg, errno. */
 static int handle_cancel(lua_State *L) {
   lhandle *h = checkhandle(L);
-  int r = cancel(h);
+  int r;
+  if (h->state == ST_INFLIGHT)
+    checkowner(L, h->q);
+  r = cancel(h);
   if (r == -EALREADY) {
     lua_pushboolean(L, 0);
     return 1;
@@ -1396,6 +1724,13 @@ static int handle_wait(lua_State *L) {
       }
     }
     n = pump(L, h->q, 2, left, 0);
+    if (n == STUCK) {
+      luaL_pushfail(L);
+      lua_pushfstring(L, "%s: every buffer of the queue's pool is held by "
+                      "a buffer view (close the views)", op_names[h->op.code]);
+      lua_pushinteger(L, ENOBUFS);
+      return 3;
+    }
     if (n < 0)
       return lioq_fail(L, "wait", -n);
     pumped = 1;
@@ -1437,6 +1772,7 @@ static int handle_resubmit(lua_State *L) {
   lioq_block *b = NULL;
   int code = h->op.code;
   int64_t off = h->at_position ? -1 : h->op.offset;
+  ioq_fd fd = h->op.fd;
   luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
   luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
                    code != IOQ_CONNECT && code != IOQ_SHUTDOWN, 1,
@@ -1452,10 +1788,9 @@ static int handle_resubmit(lua_State *L) {
   lua_getiuservalue(L, 1, UV_FD);                 /* 4 */
   luaL_argcheck(L, q->be != NULL, 1, "queue is closed");
   if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
-    ioq_fd fd = lioq_tofd(L, 4);
+    fd = lioq_tofd(L, 4);
     if (fd == IOQ_NOFD)
       return luaL_error(L, "the handle's file is closed");
-    h->op.fd = fd;
   }
   if (lua_type(L, 3) == LUA_TUSERDATA) {
     b = lioq_toudata(L, 3, TAG_BUFFER) ? lioq_checkblock(L, 3) : NULL;
@@ -1463,15 +1798,35 @@ static int handle_resubmit(lua_State *L) {
       return luaL_error(L, "buffer in use by a pending operation");
   }
   reserve_slot(L, q);
+  lua_pushvalue(L, 1);                            /* the handle on top */
+  lua_pushvalue(L, 2);
+  lua_replace(L, 1);                              /* the queue at 1 */
+  anchor(L, h);  /* first: the handle keeps its old result if this fails */
+  h->op.fd = fd;
   h->op.offset = off;
   h->op.res = 0;
   h->op.timeout_ns = 0;
   h->op.cancel_requested = 0;
-  if (code == IOQ_READ || code == IOQ_WRITE)
-    use_position(L, q, h, 4);
-  lua_settop(L, 2);
-  lua_insert(L, 1);                               /* queue, handle */
-  return commit(L, 1, q, h, b);
+  return enqueue(L, h, b, 4);
+}
+
+/*
+** Takes an error item of a multishot accept (EMFILE...): the accept paused
+** on it goes on once Lua has seen it. Returns fail, msg, errno.
+*/
+static int take_error(lua_State *L, lhandle *h) {
+  int err = (int)-h->items[h->items_head].res;
+  h->items_head = (h->items_head + 1) % h->items_cap;
+  h->items_n--;
+  if (h->paused) {
+    h->paused = 0;
+    if (h->state == ST_STARVED) {
+      list_remove(&h->q->starved, &h->op);
+      h->state = ST_UNSENT;
+      list_push(&h->q->unsent, &h->op);
+    }
+  }
+  return lioq_fail(L, op_names[h->op.code], err);
 }
 
 /*
@@ -1483,20 +1838,27 @@ static int handle_resubmit(lua_State *L) {
 static int handle_take(lua_State *L) {
   lhandle *h = checkhandle(L);
   luaL_argcheck(L, h->op.multishot, 1, "not a multishot handle");
+  if (h->items_n > 0 && h->items[h->items_head].res < 0)
+    return take_error(L, h);
   if (h->items_n > 0) {
-    unsigned i = h->items_head;
-    int64_t res = h->items[i].res;
-    int32_t buf = h->items[i].buf;
-    /* Make the object first: if that fails, the item is still queued. */
-    if (h->op.code == IOQ_ACCEPT)
-      lioq_socket_prepare(L, h->family, h->type);
-    else
-      lioq_buffer_view(L, h->q->pool, buf, (size_t)res);
-    h->items_head = (h->items_head + 1) % h->items_cap;
-    h->items_n--;
-    if (h->op.code == IOQ_ACCEPT)
-      ((lioq_file *)lua_touserdata(L, -1))->fd = (ioq_fd)res;
-    return 1;
+    /* Make the object first (a finalizer may run, even take items), then
+    ** take the item: nothing between the two can fail or run Lua code. */
+    void *obj = h->op.code == IOQ_ACCEPT
+              ? (void *)lioq_socket_prepare(L, h->family, h->type)
+              : lioq_buffer_push_view(L);
+    if (h->items_n > 0 && h->items[h->items_head].res >= 0) {
+      unsigned i = h->items_head;
+      if (h->op.code == IOQ_ACCEPT)
+        ((lioq_file *)obj)->fd = (ioq_fd)h->items[i].res;
+      else if (!lioq_buffer_set_view(obj, h->pool, h->items[i].buf,
+                                     (size_t)h->items[i].res))
+        return luaL_error(L, "not enough memory");
+      h->items_head = (h->items_head + 1) % h->items_cap;
+      h->items_n--;
+      return 1;
+    }
+    lua_pop(L, 1);
+    return handle_take(L);  /* a finalizer took it: look again */
   }
   if (h->state != ST_DONE) {
     lua_pushboolean(L, 0);
@@ -1581,6 +1943,7 @@ void lioq_open_queue(lua_State *L) {
     {"pending", queue_pending_m},
     {"features", queue_features},
     {"stats", queue_stats},
+    {"cancel_all", queue_cancel_all},
     {"close", queue_close},
     {NULL, NULL}
   };

@@ -49,11 +49,7 @@ static int checkkind(lua_State *L, int arg, const char *dflt) {
 /* Pushes a socket object in the closed state (see lioq_file_prepare). */
 lioq_file *lioq_socket_prepare(lua_State *L, int family, int type) {
   lioq_file *s = lua_newuserdatauv(L, sizeof *s, 0);
-  s->fd = IOQ_NOFD;
-  s->family = family;
-  s->type = type;
-  s->append = 0;
-  s->pos = 0;
+  lioq_file_init(s, family, type);
   luaL_setmetatable(L, LIOQ_SOCKET);
   return s;
 }
@@ -209,12 +205,15 @@ const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
   const char *host = luaL_checklstring(L, hostarg, &hlen);
   lua_Integer port;
   memset(ss, 0, sizeof *ss);
+  /* A name is a C string below: "127.0.0.1\0junk" must not pass for
+  ** 127.0.0.1. */
+  luaL_argcheck(L, strlen(host) == hlen, hostarg,
+                family == AF_UNIX ? "path contains a zero byte"
+                                  : "host contains a zero byte");
   if (family == AF_UNIX) {
     struct sockaddr_un *un = (struct sockaddr_un *)ss;
     luaL_argcheck(L, hlen > 0 && hlen < sizeof un->sun_path, hostarg,
                   "socket path empty or too long");
-    luaL_argcheck(L, strlen(host) == hlen, hostarg,
-                  "path contains a zero byte");
     un->sun_family = AF_UNIX;
     memcpy(un->sun_path, host, hlen);
     if (host[0] == '@')
