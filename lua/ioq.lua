@@ -375,15 +375,21 @@ local OUTPUT = { write = true, send = true, sendto = true, fsync = true, shutdow
 --- Notes an output op that resolved with nobody waiting for it, if it
 -- failed: the script is told at the end of the run unless it looks at the
 -- handle by then. A cancel during the run is the script's own doing (its
--- h:cancel()); at the end (`closing`) it is the linger time running out.
+-- h:cancel()). `closing` is true while the run's end lets outputs finish,
+-- and "cut" once the linger time ran out and they were cancelled: an
+-- output that ends then is reported even with a byte count, since a
+-- cancelled send may have sent only part of its data.
 local function unwaited(h, closing)
   if not h_done(h) then return end  -- a multishot handle's item
   local v, msg, err = h_result(h)
-  if v ~= nil or (err == E.ECANCELED and not closing) then return end
+  if closing ~= "cut" and (v ~= nil or (err == E.ECANCELED and not closing)) then
+    return
+  end
   local op = h.op
   if not OUTPUT[op] then return end
-  if closing and err == E.ECANCELED then
-    msg = op .. ": not finished when the run ended (cancelled after the linger time)"
+  if closing == "cut" then
+    msg = op .. ": not done when the linger time of the run's end ran out; cancelled" ..
+      (v ~= nil and " after " .. tostring(v) .. " bytes" or "")
   end
   local record = { msg = msg, err = err }
   if #lost < LOST_KEPT then
@@ -828,9 +834,14 @@ local function poll()
   end
   local n, msg = q_wait(q, timeout, into)
   if not n then error("ioq.run: " .. msg, 0) end
-  if n == 0 and q_pending(q) == 0 then  -- nothing in the kernel: only timers
-    if timeout == nil then return false end
-    if timeout > 0 then h_wait(q:sleep(timeout)) end
+  if n == 0 and timeout == nil then
+    -- An endless wait came back empty: nothing is pending, or nothing
+    -- pending can ever arrive (receives starved of pool buffers that
+    -- waiting tasks hold), and no timer runs.
+    return false
+  end
+  if n == 0 and q_pending(q) == 0 and timeout > 0 then  -- only timers
+    h_wait(q:sleep(timeout))
   end
   for i = 1, n do
     local h = into[i]
@@ -880,7 +891,7 @@ local function settle(q, linger)
       wait = deadline - now()
       if wait <= 0 then
         q:cancel_all()
-        cancelled, wait = true, nil
+        cancelled, wait = "cut", nil
       end
     end
     local n, msg = q_wait(q, wait, got)
@@ -888,7 +899,7 @@ local function settle(q, linger)
     for i = 1, n do
       local h = got[i]
       got[i] = nil
-      dispatch(h, true)
+      dispatch(h, cancelled or true)
     end
   end
 end
@@ -1296,6 +1307,5 @@ end
 
 ioq._blocking_queue = blocking_queue
 ioq._argerror = argerror
-ioq._check_timeout = check_timeout
 ioq.Task = Task
 return ioq
