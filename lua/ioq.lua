@@ -615,17 +615,6 @@ function handle_methods.result(h)
   return c_call("result", 1, pcall(h_result, h))
 end
 
---- q:wait on the running loop's queue: refused, since the loop drives it
--- and would lose the wake-ups such a wait takes (put in front of the C
--- q:wait of each backend's queue class when a loop starts on it).
-local function guarded_q_wait(q, timeout, into_)
-  if running and q == loop_q then
-    error("wait: the running loop drives this queue; await its handles " ..
-          "instead (h:await(), ioq.sleep(), task:join())", 2)
-  end
-  return c_call("wait", 1, pcall(q_wait, q, timeout, into_))
-end
-
 --- h:next([timeout]) on a multishot handle (q:accept_multi, q:recv_multi):
 -- the next socket or buffer view; in a task it suspends until one comes,
 -- elsewhere it drives the queue. nil, "end of stream" when the peer has
@@ -932,12 +921,29 @@ local function report_lost(records, more)
   return first
 end
 
---- Puts the guard of q:wait (guarded_q_wait) in front of the C q:wait of
--- q's class. Queue methods live in one table per backend's class (the
--- __index of its metatable), shared by every queue of that backend.
-local function guard_wait(q)
-  local methods = getmetatable(q).__index
-  if rawget(methods, "wait") == q_wait then methods.wait = guarded_q_wait end
+--- q:wait on a queue that a loop drives is refused: the loop would lose
+-- the wake-ups such a wait takes. Queue methods live in one table per
+-- backend's class (the __index of its metatable), shared by every queue of
+-- that backend, so the guard goes in front of the C q:wait there, once,
+-- with the set of queues loops drive beside it in the metatable (not in
+-- this module's upvalues: a second copy of this module, loaded again by a
+-- test runner, shares them). Returns that set.
+local function loop_queues(q)
+  local mt = getmetatable(q)
+  local loops = rawget(mt, "__ioq_loops")
+  if loops then return loops end
+  loops = setmetatable({}, { __mode = "k" })
+  local methods = mt.__index
+  local c_wait = methods.wait
+  methods.wait = function(self, timeout, into_)
+    if loops[self] then
+      error("wait: a running loop drives this queue; await its handles " ..
+            "instead (h:await(), ioq.sleep(), task:join())", 2)
+    end
+    return c_call("wait", 1, pcall(c_wait, self, timeout, into_))
+  end
+  mt.__ioq_loops = loops
+  return loops
 end
 
 local function is_queue(q)
@@ -961,13 +967,19 @@ local function run(opts, fn_arg, fn, ...)
     argerror(1, "run", "linger must be a non-negative number of seconds")
   end
   local q = opts.queue
-  if q ~= nil and not (is_queue(q) and pcall(queue_methods.features, q)) then
-    argerror(1, "run", "queue must be an open ioq.queue, got " .. type(q))
+  if q ~= nil then
+    if not is_queue(q) then
+      argerror(1, "run", "queue must be an ioq.queue, got " .. type(q))
+    end
+    -- Submitting allocates nothing on an open queue of this process.
+    local ok, e = pcall(q_submit, q)
+    if not ok then argerror(1, "run", "queue: " .. tostring(e):gsub("^.-%((.*)%)$", "%1")) end
   end
   q = q or core.queue()
-  guard_wait(q)
+  local loops = loop_queues(q)
   reset_loop()
   running, loop_q = true, q
+  loops[q] = true
   main_task = new_task(fn, ...)
   local main, failures = main_task, failed
   local ok, err = pcall(drive)
@@ -975,6 +987,7 @@ local function run(opts, fn_arg, fn, ...)
   -- far are still wanted.
   local settled, serr = pcall(settle, q, linger)
   local records, more = lost, lost_more
+  loops[q] = nil
   reset_loop()
   if not opts.queue then q:close() end
   if not ok then error(err, 0) end
