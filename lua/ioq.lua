@@ -179,9 +179,13 @@ end
 -- after `seconds`. A record can be armed again once it fired or was
 -- cancelled, so a hot path needs no new table per timer.
 local function arm_timer(t, seconds, fn)
-  t.at, t.fn, t.pos = now() + seconds, fn, #timers + 1
-  timers[t.pos] = t
-  heap_up(t.pos)
+  -- In this order a memory error (a new key, the heap growing) leaves
+  -- the heap as it was: a timer is in it only once it is all there.
+  local pos = #timers + 1
+  t.at, t.fn, t.pos = now() + seconds, fn, false
+  timers[pos] = t
+  t.pos = pos
+  heap_up(pos)
   return t
 end
 
@@ -490,14 +494,22 @@ local function task_await(task, h, timeout)
         or not h_timeout(h, timeout) then
       timer = task.timer
       if not timer then
-        timer = { task = task }
+        timer = { task = task, h = false, timed_out = false }
         task.timer = timer
       end
-      timer.h, timer.timed_out = h, false
-      arm_timer(timer, timeout, await_timed_out)
     end
   end
   add_waiter(h, task)
+  if timer then
+    -- Armed after the waiter is in place; if that fails (out of memory)
+    -- the waiter goes again, so nothing is left to wake the task later.
+    timer.h, timer.timed_out = h, false
+    local ok, e = pcall(arm_timer, timer, timeout, await_timed_out)
+    if not ok then
+      remove_waiter(h, task)
+      error(e, 0)
+    end
+  end
   task.waiting_on = h
   suspend(task)
   task.waiting_on = nil
@@ -651,16 +663,21 @@ function handle_methods.next(h, timeout)
     task.cancel_pending = nil
     return fail("canceled", E.ECANCELED)
   end
+  local function timed_out_fn(t)
+    t.timed_out = true
+    remove_waiter(h, task)
+    wake(task)
+  end
   while true do
-    local timer, timed_out
-    if timeout then
-      timer = add_timer(math.max(deadline - now(), 0), function()
-        timed_out = true
-        remove_waiter(h, task)
-        wake(task)
-      end)
-    end
+    local timer = timeout and { timed_out = false }
     add_waiter(h, task)
+    if timer then
+      local ok, e = pcall(arm_timer, timer, math.max(deadline - now(), 0), timed_out_fn)
+      if not ok then
+        remove_waiter(h, task)
+        error(e, 0)
+      end
+    end
     task.waiting_on = h
     suspend(task)
     task.waiting_on = nil
@@ -676,7 +693,7 @@ function handle_methods.next(h, timeout)
       return fail("canceled", E.ECANCELED)
     end
     if v ~= false then return v, msg, err end
-    if timed_out then return fail("timed out", E.ETIMEDOUT) end
+    if timer and timer.timed_out then return fail("timed out", E.ETIMEDOUT) end
   end
 end
 
@@ -710,7 +727,12 @@ local function wait_task(me, task, timeout)
   task.joiners = task.joiners or {}
   task.joiners[#task.joiners + 1] = on_end
   if timeout then
-    timer = add_timer(timeout, function() wake(me, false) end)
+    local ok
+    ok, timer = pcall(add_timer, timeout, function() wake(me, false) end)
+    if not ok then  -- out of memory: leave nothing behind
+      remove_joiner(task, on_end)
+      error(timer, 0)
+    end
   end
   local done = suspend(me)
   if not done then
@@ -1076,6 +1098,31 @@ function ioq.gather(...)
   return unpack(out, 1, out.n)
 end
 
+--- Hangs hooks[i] on items[i]: a joiner of a task, a waiter of a handle.
+local function hook_items(items, hooks)
+  for i = 1, items.n do
+    local it = items[i]
+    if getmetatable(it) == Task then
+      it.joiners = it.joiners or {}
+      it.joiners[#it.joiners + 1] = hooks[i]
+    else
+      add_waiter(it, hooks[i])
+    end
+  end
+end
+
+--- Takes every hook of hook_items off again (allocates nothing).
+local function unhook_items(items, hooks)
+  for i = 1, items.n do
+    local it = items[i]
+    if getmetatable(it) == Task then
+      remove_joiner(it, hooks[i])
+    else
+      remove_waiter(it, hooks[i])
+    end
+  end
+end
+
 --- ioq.first(...): waits, inside a task, until one of the tasks or handles
 -- ends; returns its position and its results. The others go on. Several
 -- tasks may wait for the same items, and an item may be given twice.
@@ -1100,31 +1147,21 @@ function ioq.first(...)
     me.cancel_pending = nil
     return fail("canceled", E.ECANCELED)
   end
-  -- Nothing below can raise until every hook is gone again.
   local winner
   local hooks = {}
   for i = 1, items.n do
-    local it = items[i]
-    local function hook()
+    hooks[i] = function()
       if not winner then winner = i; wake(me) end
     end
-    hooks[i] = hook
-    if getmetatable(it) == Task then
-      it.joiners = it.joiners or {}
-      it.joiners[#it.joiners + 1] = hook
-    else
-      add_waiter(it, hook)
-    end
+  end
+  -- Hooking can only fail out of memory; then every hook goes again.
+  local ok, e = pcall(hook_items, items, hooks)
+  if not ok then
+    unhook_items(items, hooks)
+    error(e, 0)
   end
   suspend(me)
-  for i = 1, items.n do
-    local it = items[i]
-    if getmetatable(it) == Task then
-      remove_joiner(it, hooks[i])
-    else
-      remove_waiter(it, hooks[i])
-    end
-  end
+  unhook_items(items, hooks)
   if me.canceled then
     me.canceled = nil
     if not winner then return fail("canceled", E.ECANCELED) end
