@@ -72,7 +72,6 @@ describe("#10 waits inside a running loop", function()
   end)
 
   it("#10 h:next() on a multishot handle in a generator loses no wake-up", function()
-    util.posix_only("socketpair")
     ioq.run(function()
       local q = ioq.current()
       local a, b = ioq.socketpair()
@@ -229,12 +228,14 @@ describe("#12 ops left pending when a run ends", function()
   end)
 
   it("#12 an output that cannot finish is cancelled after the linger time, and reported", function()
-    util.posix_only("socketpair")
     local a, b = ioq.socketpair()
     local big = string.rep("x", 8 << 20)  -- more than any socket buffer
     local t0 = ioq.now()
     local msg = raises(ioq.run, { linger = 0.1 }, function()
-      assert(a:send(big):await(1) < #big)  -- the socket's buffers are full now
+      -- The socket's buffers are full after this (it sends part of it, or
+      -- none before the timeout cancels it).
+      local n, _, err = a:send(big):await(0.3)
+      assert(n and n < #big or err == E.ETIMEDOUT)
       a:send("tail")
     end)
     assert.is_true(ioq.now() - t0 < 2)
@@ -268,7 +269,6 @@ describe("#14 argument checks", function()
   end)
 
   it("#14 next with a bad timeout leaves the multishot handle usable", function()
-    util.posix_only("socketpair")
     ioq.run(function()
       local a, b = ioq.socketpair()
       local ms = a:recv_multi()
@@ -322,7 +322,6 @@ describe("#14 argument checks", function()
   end)
 
   it("#14 streams check their arguments and never rewind", function()
-    util.posix_only("socketpair")
     local a, b = ioq.socketpair()
     argerror(raises(function() local _ = ioq.stream(a, 5) end), 2, "stream")
     argerror(raises(function() local _ = ioq.stream(true) end), 1, "stream")
@@ -344,7 +343,6 @@ describe("#19 a cancel that loses the race", function()
   after_each(util.cleanup)
 
   it("#19 task:cancel after the recv received hands over the bytes", function()
-    util.posix_only("socketpair")
     ioq.run(function()
       local q = ioq.current()
       local a, b = ioq.socketpair()
