@@ -8,6 +8,7 @@ local core = require "ioq.core"
 
 local coroutine, error, select, setmetatable, tostring, type =
   coroutine, error, select, setmetatable, tostring, type
+local getmetatable, pcall = getmetatable, pcall
 local pack, unpack = table.pack, table.unpack
 local resume, yield, running_co = coroutine.resume, coroutine.yield, coroutine.running
 local now = core.now
@@ -128,6 +129,7 @@ local main_task = nil
 -- go), and the first records in order, reported when the run ends unless
 -- the script looked at the handle's result meanwhile ("claimed" it).
 local unclaimed = setmetatable({}, { __mode = "k" })
+local unclaimed_n = 0      -- records not claimed yet (0: claim has nothing to do)
 local lost, lost_more = {}, 0
 local LOST_KEPT = 20
 
@@ -403,13 +405,16 @@ local function unwaited(h, closing)
     lost_more = lost_more + 1
   end
   unclaimed[h] = record
+  unclaimed_n = unclaimed_n + 1
 end
 
 --- The script looks at h's result: it is no longer unclaimed.
 local function claim(h)
+  if unclaimed_n == 0 then return end
   local record = unclaimed[h]
   if record then
     unclaimed[h] = nil
+    unclaimed_n = unclaimed_n - 1
     record.claimed = true
     if record.extra then lost_more = lost_more - 1 end
   end
@@ -424,10 +429,12 @@ local function dispatch(h, closing)
   local w = waiters[h]
   if w == nil then return unwaited(h, closing) end
   waiters[h] = nil
-  if is_list(w) then
-    for i = 1, #w do call_waiter(w[i]) end
+  if type(w) == "function" then
+    w()
+  elseif w.co then  -- a task
+    wake(w)
   else
-    call_waiter(w)
+    for i = 1, #w do call_waiter(w[i]) end
   end
 end
 
@@ -499,7 +506,7 @@ local function task_await(task, h, timeout)
       end
     end
   end
-  add_waiter(h, task)
+  if waiters[h] == nil then waiters[h] = task else add_waiter(h, task) end
   if timer then
     -- Armed after the waiter is in place; if that fails (out of memory)
     -- the waiter goes again, so nothing is left to wake the task later.
@@ -513,7 +520,7 @@ local function task_await(task, h, timeout)
   task.waiting_on = h
   suspend(task)
   task.waiting_on = nil
-  remove_waiter(h, task)  -- if woken by something else than h
+  if waiters[h] ~= nil then remove_waiter(h, task) end  -- woken by something else than h
   local timed_out = false
   if timer then
     cancel_timer(timer)
@@ -597,8 +604,10 @@ end
 -- others wait for. Elsewhere (no loop, or another queue): the C wait,
 -- which drives h's queue.
 local function wait_for(name, h, timeout)
-  check_handle(h, name)
-  check_timeout(timeout, 1, name)
+  -- The checks inline: this is the path of every await.
+  local mt = type(h) == "userdata" and getmetatable(h)
+  if not (mt and mt.__name == "ioq.handle") then check_handle(h, name) end
+  if timeout ~= nil then check_timeout(timeout, 1, name) end
   if running and queue_of(h) == loop_q then
     local task = tasks[running_co()]
     if task then return task_await(task, h, timeout) end
@@ -623,7 +632,7 @@ end
 
 --- h:result(): as the C method; also marks the result as seen.
 function handle_methods.result(h)
-  if unclaimed[h] then claim(h) end
+  claim(h)
   return c_call("result", 1, pcall(h_result, h))
 end
 
@@ -920,6 +929,7 @@ local function reset_loop()
   tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
   ready, rhead, rtail = {}, 1, 0
   unclaimed, lost, lost_more = setmetatable({}, { __mode = "k" }), {}, 0
+  unclaimed_n = 0
 end
 
 local function report(task)
@@ -1176,13 +1186,16 @@ end
 -- outside a loop, on a private queue, where it is handed to the kernel at
 -- once: an op nobody waits for (a last write before exit) still happens.
 -- Argument errors name the caller's method and arguments.
-local function start(name, fn, obj, ...)
+local function start(name, fn, obj, a, b, c)
   local q = loop_q
-  if q then return c_call(name, 2, pcall(fn, q, obj, ...)) end
-  q = blocking_queue()
-  local ok, h, msg, err = pcall(fn, q, obj, ...)
-  if ok and h then q_submit(q) end
-  return c_call(name, 2, ok, h, msg, err)
+  local outside = not q
+  if outside then q = blocking_queue() end
+  local ok, h, msg, err = pcall(fn, q, obj, a, b, c)
+  if ok then
+    if outside and h then q_submit(q) end
+    return h, msg, err
+  end
+  return c_call(name, 2, ok, h)
 end
 
 local q_read, q_write, q_fsync = queue_methods.read, queue_methods.write,
@@ -1213,8 +1226,8 @@ local socket_methods = core.classes.socket
 
 for _, name in ipairs { "accept", "connect", "recv", "send", "recvfrom", "sendto" } do
   local fn = queue_methods[name]
-  socket_methods[name] = function(s, ...)
-    return start(name, fn, s, ...)
+  socket_methods[name] = function(s, a, b, c)
+    return start(name, fn, s, a, b, c)
   end
 end
 
