@@ -7,6 +7,7 @@
 --   local body = s:read_exact(n)
 --   assert(s:write_all("HTTP/1.1 200 OK\r\n..."))
 local ioq = require "ioq"
+local pack = table.pack
 
 local Stream = {}
 Stream.__index = Stream
@@ -14,6 +15,7 @@ Stream.__name = "ioq.stream"
 
 local EOS = "end of stream"
 local E = ioq.errno
+local argerror = ioq._argerror
 
 local function is_socket(obj)
   local mt = getmetatable(obj)
@@ -25,11 +27,25 @@ end
 -- timeout (seconds per read or write, default none), max_line (longest
 -- line or delimited record, default 1 MiB).
 local function new(obj, opts)
+  local t = type(obj)
+  if t ~= "userdata" and math.type(obj) ~= "integer" then
+    argerror(1, "stream", "socket, file or descriptor expected, got " .. t)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror(2, "stream", "options table expected, got " .. type(opts))
+  end
   opts = opts or {}
-  if obj == nil then error("bad argument #1 to 'stream' (socket or file expected)", 2) end
   local size = opts.size or 65536
   if math.type(size) ~= "integer" or size < 1 then
-    error("bad argument #2 to 'stream' (size must be a positive integer)", 2)
+    argerror(2, "stream", "size must be a positive integer")
+  end
+  local timeout = opts.timeout
+  if timeout ~= nil and not (type(timeout) == "number" and timeout >= 0) then
+    argerror(2, "stream", "timeout must be a non-negative number")
+  end
+  local max_line = opts.max_line or 1024 * 1024
+  if math.type(max_line) ~= "integer" or max_line < 1 then
+    argerror(2, "stream", "max_line must be a positive integer")
   end
   return setmetatable({
     obj = obj,
@@ -38,9 +54,17 @@ local function new(obj, opts)
     data = "",       -- bytes read but not consumed are data:sub(pos)
     pos = 1,
     eof = false,
-    timeout = opts.timeout,
-    max_line = opts.max_line or 1024 * 1024,
+    timeout = timeout,
+    max_line = max_line,
   }, Stream)
+end
+
+--- Checks the self of method `name`: an open stream.
+local function check(self, name)
+  if getmetatable(self) ~= Stream then
+    argerror(0, name, "ioq.stream expected, got " .. type(self), 3)
+  end
+  if self.obj == nil then argerror(0, name, "stream is closed", 3) end
 end
 
 local function queue()
@@ -82,8 +106,9 @@ end
 -- consumed); nil, "end of stream" if the stream ends first (what came
 -- stays readable); nil, "record too long", EMSGSIZE past max_line.
 function Stream:read_until(delim)
+  check(self, "read_until")
   if type(delim) ~= "string" or delim == "" then
-    error("bad argument #1 to 'read_until' (non-empty string expected)", 2)
+    argerror(1, "read_until", "non-empty string expected")
   end
   local from = self.pos
   while true do
@@ -110,6 +135,7 @@ end
 -- At the end of the stream a last line without "\n" is returned; then
 -- nil, "end of stream".
 function Stream:read_line()
+  check(self, "read_line")
   local line, msg, err = self:read_until("\n")
   if line then
     if line:byte(-1) == 13 then line = line:sub(1, -2) end
@@ -124,8 +150,9 @@ end
 --- s:read_exact(n): exactly n bytes; nil, "end of stream" if it ends first
 -- (the bytes that came stay readable).
 function Stream:read_exact(n)
+  check(self, "read_exact")
   if math.type(n) ~= "integer" or n < 0 then
-    error("bad argument #1 to 'read_exact' (non-negative integer expected)", 2)
+    argerror(1, "read_exact", "non-negative integer expected")
   end
   if available(self) >= n then return take(self, n) end
   local parts, have = { self.data:sub(self.pos) }, available(self)
@@ -153,7 +180,15 @@ end
 --- s:read([n]): what is buffered, or what one read brings, at most n bytes
 -- (default: the buffer size); nil, "end of stream" at the end.
 function Stream:read(n)
-  n = n or #self.buf
+  check(self, "read")
+  if n == nil then
+    n = #self.buf
+  else
+    n = math.tointeger(n)
+    if not n or n < 0 then
+      argerror(1, "read", "non-negative integer expected")
+    end
+  end
   if available(self) == 0 then
     local ok, msg, err = fill(self)
     if not ok then return nil, msg, err end
@@ -164,8 +199,9 @@ end
 --- s:write_all(data): writes every byte (looping over short writes);
 -- true, or nil, msg, errno.
 function Stream:write_all(data)
+  check(self, "write_all")
   if type(data) ~= "string" then
-    error("bad argument #1 to 'write_all' (string expected, got " .. type(data) .. ")", 2)
+    argerror(1, "write_all", "string expected, got " .. type(data))
   end
   local q = queue()
   local rest = data
@@ -181,11 +217,22 @@ end
 
 --- s:write(...): write_all of its arguments joined.
 function Stream:write(...)
-  return self:write_all(table.concat({ ... }))
+  check(self, "write")
+  local parts = pack(...)
+  for i = 1, parts.n do
+    local t = type(parts[i])
+    if t ~= "string" and t ~= "number" then
+      argerror(i, "write", "string expected, got " .. t)
+    end
+  end
+  return self:write_all(table.concat(parts, "", 1, parts.n))
 end
 
 --- s:close(): closes the socket or file under the stream.
 function Stream:close()
+  if getmetatable(self) ~= Stream then
+    argerror(0, "close", "ioq.stream expected, got " .. type(self))
+  end
   local obj = self.obj
   if obj == nil then return true end
   self.obj = nil
