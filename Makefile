@@ -51,10 +51,12 @@ $(BUILD)/alloc_host: spec/support/alloc_host.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) -I$(LUA_INCDIR) $(CFLAGS) $(ALLOC_HOST_FLAGS) -o $@ spec/support/alloc_host.c $(LUA_LIBS)
 
+# -z nodelete: the watchdog's thread outlives lua_close, which unloads
+# C modules; the library must stay mapped under it.
 $(BUILD)/ioq_test.so: spec/support/testsupport.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC -I$(LUA_INCDIR) $(CFLAGS) $(LIBFLAG) \
-	  -o $@ spec/support/testsupport.c -pthread
+	  -o $@ spec/support/testsupport.c -pthread -Wl,-z,nodelete
 
 # ---------------------------------------------------------------- test shims
 # LD_PRELOAD libraries that make this kernel look like an older one to ioq

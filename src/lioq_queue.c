@@ -598,7 +598,8 @@ static int pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
   if (queue_pending(q) == 0)
     return 0;
   checkowner(L, q);
-  luaL_checkstack(L, REAP_BATCH + 4, "too many completions");
+  if (!lua_checkstack(L, REAP_BATCH + 4))  /* no room: memory, not depth */
+    luaL_error(L, "not enough memory");
   lua_getiuservalue(L, qidx, QUV_ANCHORS);
   anchors = lua_gettop(L);
   for (;;) {

@@ -111,6 +111,11 @@ static int watchdog(lua_State *L) {
   const char *name = luaL_optstring(L, 2, "?");
   if (!wd_started) {
     HANDLE t;
+    HMODULE self;
+    /* The thread outlives lua_close, which unloads this library: pin it. */
+    GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
+                       GET_MODULE_HANDLE_EX_FLAG_PIN,
+                       (LPCWSTR)(void *)watchdog_main, &self);
     InitializeCriticalSection(&wd_lock);
     wd_event = CreateEventW(NULL, FALSE, FALSE, NULL);
     t = CreateThread(NULL, 0, watchdog_main, NULL, 0, NULL);
