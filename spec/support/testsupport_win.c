@@ -115,7 +115,7 @@ static int watchdog(lua_State *L) {
     /* The thread outlives lua_close, which unloads this library: pin it. */
     GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
                        GET_MODULE_HANDLE_EX_FLAG_PIN,
-                       (LPCWSTR)(void *)watchdog_main, &self);
+                       (LPCWSTR)(void *)&wd_started, &self);
     InitializeCriticalSection(&wd_lock);
     wd_event = CreateEventW(NULL, FALSE, FALSE, NULL);
     t = CreateThread(NULL, 0, watchdog_main, NULL, 0, NULL);
