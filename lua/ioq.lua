@@ -388,11 +388,17 @@ local OUTPUT = { write = true, send = true, sendto = true, fsync = true, shutdow
 local function unwaited(h, closing)
   if not h_done(h) then return end  -- a multishot handle's item
   local v, msg, err = h_result(h)
-  if closing ~= "cut" and (v ~= nil or (err == E.ECANCELED and not closing)) then
-    return
-  end
   local op = h.op
   if not OUTPUT[op] then return end
+  -- A byte count short of what was asked for lost the rest.
+  local short = type(v) == "number" and op ~= "fsync" and v < h.length
+  if closing ~= "cut" and not short and
+     (v ~= nil or (err == E.ECANCELED and not closing)) then
+    return
+  end
+  if short and closing ~= "cut" then
+    msg = string.format("%s: only %d of %d bytes went out", op, v, h.length)
+  end
   if closing == "cut" then
     msg = op .. ": not done when the linger time of the run's end ran out; cancelled" ..
       (v ~= nil and " after " .. tostring(v) .. " bytes" or "")

@@ -1901,6 +1901,19 @@ static int handle_index(lua_State *L) {
       lua_getiuservalue(L, 1, UV_QUEUE);
       return 1;
     }
+    if (strcmp(key, "length") == 0) {  /* bytes a transfer asked for */
+      switch (h->op.code) {
+        case IOQ_READ: case IOQ_WRITE: case IOQ_RECV: case IOQ_SEND:
+        case IOQ_RECVFROM: case IOQ_SENDTO:
+          if (!h->op.multishot) {
+            lua_pushinteger(L, (lua_Integer)h->op.len);
+            return 1;
+          }
+          break;
+        default:
+          break;
+      }
+    }
     if (strcmp(key, "buffer") == 0) {
       lua_getiuservalue(L, 1, UV_DATA);
       if (lioq_toudata(L, -1, TAG_BUFFER) == NULL)

@@ -243,6 +243,21 @@ describe("#12 ops left pending when a run ends", function()
     a:close(); b:close()
   end)
 
+  it("#12 a send nobody awaited that went out short is reported", function()
+    if util.windows then
+      -- An overlapped WSASend takes all of it, or waits: never short.
+      return pending("a send on Windows is never short: it waits for room")
+    end
+    local a, b = ioq.socketpair()
+    local big = string.rep("x", 8 << 20)  -- more than any socket buffer
+    local msg = raises(ioq.run, { linger = 1 }, function()
+      local h = a:send(big)
+      while not h:done() do ioq.sleep(0.01) end  -- resolved, not looked at
+    end)
+    assert.matches("^ioq.run: an op nobody awaited failed: send: only %d+ of 8388608 bytes went out", msg)
+    a:close(); b:close()
+  end)
+
   it("#12 outside a loop, a write nobody waits for still happens", function()
     local name = util.tmpfile("")
     local f = assert(ioq.open(name, "w"))
