@@ -446,13 +446,15 @@ end
 
 ---------------------------------------------------------------- awaiting
 
--- Timeouts up to this long become a linked timeout in the kernel (on
--- io_uring), which then cancels the op itself, precisely. Longer ones are
--- mostly deadlines that never fire ("give up if the peer is silent for 30
--- s"), and for those arming and disarming a kernel timer on every op costs
--- more than the op (measured with bench/net/run.sh: 106k against 141k
--- requests/s for the HTTP example with a 30 s timeout); the loop's own
--- timer heap does it for a few hundred nanoseconds instead.
+-- Timeouts up to this long on an op not yet handed to the backend go to
+-- the backend (h:timeout: on io_uring a deadline heap in C plus an async
+-- cancel, since a kernel linked timeout never fires for an op blocked in
+-- an io-wq worker). Longer ones are mostly deadlines that never fire
+-- ("give up if the peer is silent for 30 s"); they use the loop's own
+-- timer heap. The split was measured when short ones were kernel linked
+-- timeouts (bench/net/run.sh: 106k against 141k requests/s for the HTTP
+-- example with a 30 s timeout); it is kept, as both ways now cost a heap
+-- entry and a cancel.
 local LINKED_TIMEOUT_MAX = 1.0
 
 --- Ends `task`'s wait for `h` early (its cancel or timeout): if others
@@ -1338,10 +1340,11 @@ local function check_signals(sigs, name)
   end
 end
 
---- ioq.signals(name, ...): blocks the named signals ("INT", "TERM", ...)
--- for the process and delivers them through the queue instead:
--- sigs:wait([timeout]) (an await) returns the name of the next one.
--- Returns fail, msg, ENOSYS on Windows.
+--- ioq.signals(name, ...): delivers the named signals ("INT", "TERM",
+-- ...) through the queue instead of their usual action, until sigs:close()
+-- (or collection) gives each back as it was: sigs:wait([timeout]) (an
+-- await) returns the name of the next one. Returns fail, msg, ENOSYS on
+-- Windows.
 function ioq.signals(...)
   local ok, f, msg, err = pcall(core.signalfd, ...)
   if not ok then return c_call("signals", 0, ok, f) end
