@@ -19,18 +19,20 @@ what=${1:-demo}
 # command:package for every command the scripts run
 demo_cmds="make:make cc:gcc pkg-config:pkg-config lua5.4:lua5.4"
 test_cmds="busted:lua-busted luacheck:lua-check valgrind:valgrind
-  x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64 wine:wine wine64:wine64
+  x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64 wine:wine
   patch:patch xz:xz-utils tar:tar timeout:coreutils curl:curl"
 # headers and libraries, found with pkg-config: module:package
 demo_libs="lua5.4:liblua5.4-dev liburing:liburing-dev"
+# packages with no command of their own: the 64-bit Wine that `wine` runs
+test_pkgs="wine64"
 
 case $what in
-  demo) cmds=$demo_cmds ;;
-  test) cmds="$demo_cmds $test_cmds" ;;
+  demo) cmds=$demo_cmds extra= ;;
+  test) cmds="$demo_cmds $test_cmds" extra=$test_pkgs ;;
   *) echo "usage: sh bootstrap.sh demo|test" >&2; exit 2 ;;
 esac
 
-pkgs=
+pkgs=$extra
 for pair in $cmds $demo_libs; do pkgs="$pkgs ${pair#*:}"; done
 missing=
 for p in $pkgs; do
