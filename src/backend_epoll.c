@@ -345,6 +345,10 @@ static int64_t try_rw(ioq_op *op) {
   eop *e = E(op);
   int reading = op->code == IOQ_READ;
   ssize_t r;
+  /* read(2) and write(2) of 0 bytes never wait (io_uring and IOCP give 0
+  ** at once too); only a socket's recv of 0 bytes waits for data. */
+  if (op->len == 0 && e->io != IO_SOCK)
+    return 0;
   if (e->io == IO_NOWAIT) {
     struct iovec iov;
     int fl;
