@@ -46,12 +46,14 @@ ioq.run(function()
   local acceptor = ioq.spawn(function()
     local incoming = server:accept_multi()
     while true do
-      local client, msg = incoming:next()
+      local client, msg, err = incoming:next()
       if not client then
-        if msg == "canceled" then return end
-        io.stderr:write("accept: ", msg, "\n")  -- EMFILE and the like: go on
+        if err == ioq.errno.ECANCELED then return end
+        -- EMFILE and the like: the accept goes on once this is taken; one
+        -- that ended for good is made again.
+        io.stderr:write("accept: ", tostring(msg), "\n")
         ioq.sleep(0.01)
-        incoming = server:accept_multi()
+        if incoming:done() then incoming = server:accept_multi() end
       else
         client:setoption("nodelay", true)
         local task

@@ -63,9 +63,9 @@ ioq.run(function()
 
   local acceptor = ioq.spawn(function()
     while true do
-      local client, msg = server:accept():await()
+      local client, msg, err = server:accept():await()
       if not client then
-        if msg == "canceled" then return end
+        if err == ioq.errno.ECANCELED then return end
         io.stderr:write("accept: ", msg, "\n")
         ioq.sleep(0.01)
       else
