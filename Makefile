@@ -20,10 +20,10 @@ INST_LIBDIR ?= $(PREFIX)/lib/lua/5.4
 INST_LUADIR ?= $(PREFIX)/share/lua/5.4
 
 BUILD       ?= build
-SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
+SRCS        := src/lioq_core.c src/lioq_util.c src/lioq_queue.c src/lioq_engine.c src/lioq_ops.c src/lioq_handle.c src/lioq_buffer.c \
                src/lioq_file.c src/lioq_socket.c src/lioq_signal.c \
                src/backend_uring.c src/backend_epoll.c
-HDRS        := src/ioq.h src/ioq_os.h src/lioq.h
+HDRS        := $(wildcard src/*.h)
 CORE        := $(BUILD)/ioq/core.so
 SHIMS       := $(BUILD)/no_ext_arg.so  # LD_PRELOAD shims, see "test shims"
 TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring $(BUILD)/alloc_host \
@@ -153,7 +153,7 @@ clean:
 WIN_CC      ?= x86_64-w64-mingw32-gcc
 WIN_BUILD   ?= build-win
 WIN_LUA     := $(WIN_BUILD)/lua
-WIN_SRCS    := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
+WIN_SRCS    := src/lioq_core.c src/lioq_util.c src/lioq_queue.c src/lioq_engine.c src/lioq_ops.c src/lioq_handle.c src/lioq_buffer.c \
                src/lioq_file.c src/lioq_socket.c src/lioq_signal.c \
                src/backend_iocp.c src/ioq_win.c
 WIN_CORE    := $(WIN_BUILD)/ioq/core.dll

@@ -19,8 +19,8 @@
 #define LIOQ_FILE   "ioq.file"
 #define LIOQ_SOCKET "ioq.socket"
 
-/* Registry key of the queue methods shared by every backend. */
-#define LIOQ_QUEUE_METHODS "ioq.queue methods"
+/* Registry key of the classes' tables that core.classes lists. */
+#define LIOQ_CLASSES "ioq.classes"
 
 /*
 ** The classes. Each class's metatable holds, at index 1, the address of
@@ -31,6 +31,16 @@
 enum { TAG_QUEUE, TAG_HANDLE, TAG_BUFFER, TAG_FILE, TAG_SOCKET, LIOQ_NTAGS };
 extern const char lioq_tags[LIOQ_NTAGS];
 extern const char *const lioq_class_names[LIOQ_NTAGS];
+
+/* lioq_util.c: the helpers at the bottom, which every other file may use. */
+int lioq_fail(lua_State *L, const char *what, int err);
+void *lioq_toudata(lua_State *L, int idx, int tag);
+void *lioq_checkudata(lua_State *L, int idx, int tag);
+void lioq_newmetatable(lua_State *L, int tag, const luaL_Reg *metamethods);
+void lioq_newclass(lua_State *L, int tag, const luaL_Reg *methods,
+                   const luaL_Reg *metamethods);
+void lioq_setclass(lua_State *L, int tag);
+int64_t lioq_checkseconds(lua_State *L, int arg, int64_t dflt);
 
 /*
 ** A buffer's bytes live outside the Lua heap in a block with a reference
@@ -105,20 +115,12 @@ int lioq_pushaddr(lua_State *L, const struct sockaddr_storage *ss,
                   uint32_t len);
 int lioq_checkhow(lua_State *L, int arg);
 
-/* lioq_queue.c */
+/* lioq_queue.c, lioq_handle.c, lioq_engine.c (see lioq_queue.h) */
 void lioq_open_queue(lua_State *L);
+void lioq_open_handle(lua_State *L);
 int lioq_queue_new(lua_State *L);
 int lioq_backends(lua_State *L);
-int lioq_now(lua_State *L);
 int lioq_queue_of(lua_State *L);
 void lioq_end_ops(lioq_file *f);
-
-/* lioq_core.c */
-int lioq_fail(lua_State *L, const char *what, int err);
-void *lioq_toudata(lua_State *L, int idx, int tag);
-void *lioq_checkudata(lua_State *L, int idx, int tag);
-void lioq_newmetatable(lua_State *L, int tag, const luaL_Reg *metamethods);
-void lioq_newclass(lua_State *L, int tag, const luaL_Reg *methods,
-                   const luaL_Reg *metamethods);
 
 #endif
