@@ -35,6 +35,8 @@
 #include <unistd.h>
 
 #include "ioq_os.h"
+#include "ioq_list.h"
+#include "ioq_ring.h"
 
 /* Where an op is, inside this backend. Only the loop's thread uses it. */
 enum {
@@ -56,7 +58,7 @@ typedef struct watch watch;
 
 /* The per-op state, kept in the op's private space. */
 typedef struct eop {
-  ioq_op *next, *prev;     /* the list the op is on */
+  ioq_link link;           /* first: in the list the op is on */
   watch *w;                /* EOP_WAITING: its watch */
   int64_t deadline;        /* the heap's key: a sleep's end or a timeout */
   int heap_index;          /* -1 when not in the heap */
@@ -77,9 +79,10 @@ static eop *E(ioq_op *op) {
   return (eop *)(void *)&op->be.op;
 }
 
-typedef struct elist {
-  ioq_op *head, *tail;
-} elist;
+typedef ioq_list elist;
+
+/* Where an op's eop, and so its link, lies in it. */
+#define ELINK offsetof(ioq_op, be.op)
 
 /*
 ** The ops waiting on one descriptor, each direction in order. Its epoll
@@ -110,8 +113,7 @@ typedef struct epoll_backend {
   int nwatches;
   ioq_op **heap;           /* min-heap on E(op)->deadline */
   int heap_n, heap_cap;
-  ioq_event *done;         /* finished, in order; a ring */
-  int done_head, done_n, done_cap;
+  ioq_ring done;           /* ioq_events finished, in order */
   int live;                /* ops taken whose final event is not posted */
   pid_t owner;             /* the process whose threads these are */
   int interrupts;          /* ops whose worker is being interrupted */
@@ -145,20 +147,11 @@ static _Atomic int no_pwait2;
 /* ---------------------------------------------------------------- lists */
 
 static void push(elist *l, ioq_op *op) {
-  E(op)->next = NULL;
-  E(op)->prev = l->tail;
-  if (l->tail) E(l->tail)->next = op;
-  else l->head = op;
-  l->tail = op;
+  ioq_list_push(l, op, ELINK);
 }
 
 static void unlink_op(elist *l, ioq_op *op) {
-  eop *e = E(op);
-  if (e->prev) E(e->prev)->next = e->next;
-  else l->head = e->next;
-  if (e->next) E(e->next)->prev = e->prev;
-  else l->tail = e->prev;
-  e->next = e->prev = NULL;
+  ioq_list_remove(l, op, ELINK);
 }
 
 /* ---------------------------------------------------------------- heap */
@@ -223,20 +216,7 @@ static void heap_remove(epoll_backend *b, ioq_op *op) {
 
 /* Makes room in the done ring for `room` more events; 0 if out of memory. */
 static int reserve(epoll_backend *b, int room) {
-  if (b->done_cap - b->done_n < room) {
-    int cap = b->done_cap ? b->done_cap : 256, k;
-    ioq_event *d;
-    while (cap - b->done_n < room) cap *= 2;
-    d = malloc((size_t)cap * sizeof *d);
-    if (d == NULL) return 0;
-    for (k = 0; k < b->done_n; k++)
-      d[k] = b->done[(b->done_head + k) % b->done_cap];
-    free(b->done);
-    b->done = d;
-    b->done_cap = cap;
-    b->done_head = 0;
-  }
-  return 1;
+  return ioq_ring_reserve(&b->done, sizeof(ioq_event), (unsigned)room, 256);
 }
 
 /*
@@ -248,7 +228,7 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
   ioq_event *ev;
   if (more && !reserve(b, b->live + 1))
     return 0;
-  ev = &b->done[(b->done_head + b->done_n++) % b->done_cap];
+  ev = ioq_ring_push(&b->done, sizeof *ev);
   ev->op = op;
   ev->res = res;
   ev->buf = -1;
@@ -896,7 +876,7 @@ static void epoll_destroy(ioq_backend *base) {
     free(b->watches[i]);
   free(b->watches);
   free(b->heap);
-  free(b->done);
+  ioq_ring_free(&b->done);
   close(b->evfd);
   close(b->epfd);
   free(b);
@@ -1039,7 +1019,7 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       b->kick_at = now + b->kick_gap;
     }
   }
-  if (b->done_n == 0) {
+  if (b->done.n == 0) {
     int64_t wait = timeout_ns;
     struct timespec ts, *tsp = NULL;
     if (b->heap_n > 0) {
@@ -1083,10 +1063,8 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
     }
   }
   expire(b);  /* also when events were waiting: timers must not starve */
-  for (k = 0; k < max && b->done_n > 0; k++) {
-    out[k] = b->done[b->done_head];
-    b->done_head = (b->done_head + 1) % b->done_cap;
-    b->done_n--;
+  for (k = 0; k < max && b->done.n > 0; k++) {
+    out[k] = *(ioq_event *)ioq_ring_shift(&b->done, sizeof *out);
   }
   return k;
 }

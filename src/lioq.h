@@ -64,6 +64,16 @@ lioq_block *lioq_checkblock(lua_State *L, int arg);
 lioq_block *lioq_testblock(lua_State *L, int arg);
 void lioq_block_unref(lioq_block *b);
 void *lioq_buffer_push_view(lua_State *L);
+lioq_block *lioq_checkidle(lua_State *L, int arg);
+
+/* The one check that a buffer's bytes are Lua's: no op owns them. */
+#define LIOQ_BUSY "buffer in use by a pending operation"
+
+static inline lioq_block *lioq_idleblock(lua_State *L, int arg,
+                                         lioq_block *b) {
+  luaL_argcheck(L, !b->busy, arg, LIOQ_BUSY);
+  return b;
+}
 int lioq_buffer_set_view(void *view, ioq_pool *pool, int buf, size_t len);
 
 /* The link of a pending op in the list of its file object. */
@@ -90,12 +100,18 @@ typedef struct lioq_file {
   ioq_fd closing;        /* closed by Lua, to be closed when ops is empty */
 } lioq_file;
 
+/* Sockets are the lioq_files with an address family. */
+static inline int lioq_is_socket(const lioq_file *f) {
+  return f->family != 0;
+}
+
 /* lioq_file.c */
 void lioq_open_file(lua_State *L);
 lioq_file *lioq_file_prepare(lua_State *L);
 void lioq_file_init(lioq_file *f, int family, int type);
 void lioq_file_release(lioq_file *f);
 ioq_fd lioq_checkfd(lua_State *L, int arg);
+lioq_file *lioq_checkopen(lua_State *L, int arg, int tag);
 ioq_fd lioq_tofd(lua_State *L, int idx);
 int lioq_closefd(lua_State *L, lioq_file *f);
 void lioq_dropfd(lioq_file *f);

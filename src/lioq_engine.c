@@ -118,25 +118,12 @@ void lioq_owner_init(lqueue *q) {
 
 /* Queues an item of a multishot op for Lua to take. 0 if out of memory. */
 static int item_push(lhandle *h, int64_t res, int32_t buf) {
-  unsigned i;
-  if (h->items_n == h->items_cap) {
-    unsigned cap = h->items_cap ? h->items_cap * 2 : 16, k;
-    void *p = malloc(cap * sizeof *h->items);
-    if (p == NULL || cap < h->items_cap) {
-      free(p);
-      return 0;
-    }
-    for (k = 0; k < h->items_n; k++)  /* unroll the ring into the new array */
-      memcpy((char *)p + k * sizeof *h->items,
-             &h->items[(h->items_head + k) % h->items_cap], sizeof *h->items);
-    free(h->items);
-    h->items = p;
-    h->items_cap = cap;
-    h->items_head = 0;
-  }
-  i = (h->items_head + h->items_n++) % h->items_cap;
-  h->items[i].res = res;
-  h->items[i].buf = buf;
+  lioq_item *it;
+  if (!ioq_ring_reserve(&h->items, sizeof *it, 1, 16))
+    return 0;
+  it = ioq_ring_push(&h->items, sizeof *it);
+  it->res = res;
+  it->buf = buf;
   return 1;
 }
 
@@ -150,15 +137,11 @@ static void item_drop(lhandle *h, int64_t res, int32_t buf) {
 
 /* Drops every item nobody will take, and the item array. */
 void lioq_items_free(lhandle *h) {
-  while (h->items_n > 0) {
-    unsigned i = h->items_head;
-    h->items_head = (h->items_head + 1) % h->items_cap;
-    h->items_n--;
-    item_drop(h, h->items[i].res, h->items[i].buf);
+  while (h->items.n > 0) {
+    lioq_item *it = ioq_ring_shift(&h->items, sizeof *it);
+    item_drop(h, it->res, it->buf);
   }
-  free(h->items);
-  h->items = NULL;
-  h->items_cap = 0;
+  ioq_ring_free(&h->items);
 }
 
 /* Takes a finished op off its file object's list; a close that waited for
@@ -196,7 +179,7 @@ static void settle(lhandle *h, int from_gc) {
   if (h->cancel_queued)
     drop_cancel(h);
   unlink_file(h);
-  if (from_gc && h->items != NULL)  /* nobody can take them any more */
+  if (from_gc && h->items.v != NULL)  /* nobody can take them any more */
     lioq_items_free(h);
   if (h->block != NULL) {
     h->block->busy = 0;
@@ -664,7 +647,7 @@ void lioq_end_ops(lioq_file *f) {
   }
   for (l = f->ops; l != NULL; l = l->next) {
     lhandle *h = handle_of_link(l);
-    if ((f->family == 0 && lioq_is_output(&h->op)) || h->op.cancel_requested)
+    if ((!lioq_is_socket(f) && lioq_is_output(&h->op)) || h->op.cancel_requested)
       continue;
     if (h->state == ST_INFLIGHT && !may_drive(h->q))
       continue;  /* another process's or thread's kernel work */

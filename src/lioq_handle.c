@@ -191,7 +191,7 @@ static int handle_resubmit(lua_State *L) {
   if (lua_type(L, 3) == LUA_TUSERDATA) {
     b = lioq_toudata(L, 3, TAG_BUFFER) ? lioq_checkblock(L, 3) : NULL;
     if (b != NULL && b->busy)
-      return luaL_error(L, "buffer in use by a pending operation");
+      return luaL_error(L, LIOQ_BUSY);
   }
   lioq_reserve_slot(L, q);
   lua_pushvalue(L, 1);                            /* the handle on top */
@@ -212,9 +212,8 @@ static int handle_resubmit(lua_State *L) {
 ** on it goes on once Lua has seen it. Returns fail, msg, errno.
 */
 static int take_error(lua_State *L, lhandle *h) {
-  int err = (int)-h->items[h->items_head].res;
-  h->items_head = (h->items_head + 1) % h->items_cap;
-  h->items_n--;
+  int err = (int)-lioq_item_first(h)->res;
+  lioq_item_shift(h);
   if (h->paused) {
     h->paused = 0;
     if (h->state == ST_STARVED) {
@@ -235,23 +234,21 @@ static int take_error(lua_State *L, lhandle *h) {
 static int handle_take(lua_State *L) {
   lhandle *h = checkhandle(L);
   luaL_argcheck(L, h->op.multishot, 1, "not a multishot handle");
-  if (h->items_n > 0 && h->items[h->items_head].res < 0)
+  if (h->items.n > 0 && lioq_item_first(h)->res < 0)
     return take_error(L, h);
-  if (h->items_n > 0) {
+  if (h->items.n > 0) {
     /* Make the object first (a finalizer may run, even take items), then
     ** take the item: nothing between the two can fail or run Lua code. */
     void *obj = h->op.code == IOQ_ACCEPT
               ? (void *)lioq_socket_prepare(L, h->family, h->type)
               : lioq_buffer_push_view(L);
-    if (h->items_n > 0 && h->items[h->items_head].res >= 0) {
-      unsigned i = h->items_head;
+    if (h->items.n > 0 && lioq_item_first(h)->res >= 0) {
+      lioq_item *it = lioq_item_first(h);
       if (h->op.code == IOQ_ACCEPT)
-        ((lioq_file *)obj)->fd = (ioq_fd)h->items[i].res;
-      else if (!lioq_buffer_set_view(obj, h->pool, h->items[i].buf,
-                                     (size_t)h->items[i].res))
+        ((lioq_file *)obj)->fd = (ioq_fd)it->res;
+      else if (!lioq_buffer_set_view(obj, h->pool, it->buf, (size_t)it->res))
         return luaL_error(L, "not enough memory");
-      h->items_head = (h->items_head + 1) % h->items_cap;
-      h->items_n--;
+      lioq_item_shift(h);
       return 1;
     }
     lua_pop(L, 1);

@@ -160,10 +160,13 @@ static uint32_t checklength(lua_State *L, int arg, size_t max) {
   return len > (lua_Integer)IOQ_MAX_RW ? IOQ_MAX_RW : (uint32_t)len;
 }
 
-/* The buffer at `arg`, open and not owned by another op. */
-static lioq_block *checkidle(lua_State *L, int arg) {
-  lioq_block *b = lioq_checkblock(L, arg);
-  luaL_argcheck(L, !b->busy, arg, "buffer in use by a pending operation");
+/* The buffer (open) at `arg`, or NULL for a string; raises for others. */
+static lioq_block *checkdataarg(lua_State *L, int arg) {
+  lioq_block *b;
+  if (lua_type(L, arg) == LUA_TSTRING)
+    return NULL;
+  if ((b = lioq_testblock(L, arg)) == NULL)
+    luaL_typeerror(L, arg, "ioq.buffer or string");
   return b;
 }
 
@@ -173,15 +176,12 @@ static lioq_block *checkidle(lua_State *L, int arg) {
 */
 static const void *checkdata(lua_State *L, int arg, size_t *size,
                              lioq_block **bp) {
-  lioq_block *b;
-  if (lua_type(L, arg) == LUA_TSTRING) {
+  lioq_block *b = checkdataarg(L, arg);
+  if (b == NULL) {
     *bp = NULL;
     return lua_tolstring(L, arg, size);
   }
-  if (lioq_toudata(L, arg, TAG_BUFFER) == NULL)
-    luaL_typeerror(L, arg, "ioq.buffer or string");
-  b = checkidle(L, arg);
-  *bp = b;
+  *bp = lioq_idleblock(L, arg, b);
   *size = b->size;
   return b->data;
 }
@@ -229,7 +229,7 @@ static int queue_read(lua_State *L) {
   lhandle *h = newop(L, IOQ_READ, 0, 0, 0);
   lioq_block *b;
   setfd(L, h);
-  b = checkidle(L, 3);
+  b = lioq_checkidle(L, 3);
   h->op.offset = lioq_checkoffset(L, 4);
   h->op.len = checklength(L, 5, b->size);
   h->op.buf = b->data;
@@ -325,8 +325,7 @@ static lioq_file *checksocketarg(lua_State *L) {
 
 /* The socket at arg 2, open; the handle keeps it alive. */
 static lioq_file *opensocket(lua_State *L, lhandle *h) {
-  lioq_file *s = checksocketarg(L);
-  luaL_argcheck(L, s->fd != IOQ_NOFD, 2, "attempt to use a closed socket");
+  lioq_file *s = lioq_checkopen(L, 2, TAG_SOCKET);
   setfd(L, h);
   return s;
 }
@@ -397,7 +396,7 @@ static int recv_op(lua_State *L, int code, size_t extra) {
   lhandle *h = newop(L, code, extra, 0, 0);
   lioq_block *b;
   opensocket(L, h);
-  b = checkidle(L, 3);
+  b = lioq_checkidle(L, 3);
   h->op.len = checklength(L, 4, b->size);
   h->op.buf = b->data;
   keepdata(L, 3);
@@ -439,8 +438,7 @@ static int queue_sendto(lua_State *L) {
   lhandle *h;
   lioq_block *b;
   int err;
-  if (lua_type(L, 3) != LUA_TSTRING && lioq_testblock(L, 3) == NULL)
-    return luaL_typeerror(L, 3, "ioq.buffer or string");
+  checkdataarg(L, 3);
   h = newop(L, IOQ_SENDTO, sizeof(struct sockaddr_storage), 0, 0);  /* 6 */
   if ((err = resolve(L, h, 4)) != 0)
     lua_insert(L, 6);

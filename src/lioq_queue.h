@@ -23,6 +23,7 @@
 
 #include "lioq.h"
 #include "ioq_list.h"
+#include "ioq_ring.h"
 
 /* Completions handled per backend call. */
 #define REAP_BATCH 128
@@ -88,6 +89,13 @@ enum {
   UV_RESULT       /* the object an open or accept resolves to */
 };
 
+/* An item of a multishot op: a descriptor, or a byte count and the pool
+** buffer that holds the bytes (buf -1: none), or -errno. */
+typedef struct lioq_item {
+  int64_t res;
+  int32_t buf;
+} lioq_item;
+
 typedef struct lhandle {
   ioq_op op;               /* first: an ioq_op* is an lhandle* */
   lqueue *q;
@@ -98,8 +106,7 @@ typedef struct lhandle {
   int has_msg;             /* UV_DATA holds the error message */
   /* Multishot ops: what arrived and Lua has not taken yet, oldest first
   ** (a descriptor, or a byte count with its pool buffer). */
-  struct { int64_t res; int32_t buf; } *items;
-  unsigned items_head, items_n, items_cap;
+  ioq_ring items;           /* of lioq_item */
   int family, type;        /* multishot accept: the sockets it makes */
   ioq_pool *pool;          /* multishot receive: where its items' buffers
                               go back to (each item holds a reference) */
@@ -132,6 +139,15 @@ void lioq_owner_init(lqueue *q);
 void lioq_checkowner(lua_State *L, lqueue *q);
 int lioq_on_owner_thread(const lqueue *q);
 void lioq_items_free(lhandle *h);
+
+/* The oldest item (items.n > 0), and taking it. */
+static inline lioq_item *lioq_item_first(lhandle *h) {
+  return ioq_ring_at(&h->items, sizeof(lioq_item), 0);
+}
+
+static inline void lioq_item_shift(lhandle *h) {
+  ioq_ring_shift(&h->items, sizeof(lioq_item));
+}
 void lioq_flush(lqueue *q);
 int lioq_pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
               int into);
