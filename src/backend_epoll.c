@@ -75,7 +75,7 @@ typedef struct eop {
 _Static_assert(sizeof(eop) <= sizeof(((ioq_op *)0)->be.op),
                "the epoll backend keeps its op state in the op");
 
-static eop *E(ioq_op *op) {
+static eop *eop_of(ioq_op *op) {
   return (eop *)(void *)&op->be.op;
 }
 
@@ -111,7 +111,7 @@ typedef struct epoll_backend {
   elist staged;
   watch **watches;         /* by descriptor */
   int nwatches;
-  ioq_op **heap;           /* min-heap on E(op)->deadline */
+  ioq_op **heap;           /* min-heap on eop_of(op)->deadline */
   int heap_n, heap_cap;
   ioq_ring done;           /* ioq_events finished, in order */
   int live;                /* ops taken whose final event is not posted */
@@ -158,14 +158,14 @@ static void unlink_op(elist *l, ioq_op *op) {
 
 static void heap_set(epoll_backend *b, int i, ioq_op *op) {
   b->heap[i] = op;
-  E(op)->heap_index = i;
+  eop_of(op)->heap_index = i;
 }
 
 static void heap_up(epoll_backend *b, int i) {
   ioq_op *op = b->heap[i];
   while (i > 0) {
     int parent = (i - 1) / 2;
-    if (E(b->heap[parent])->deadline <= E(op)->deadline) break;
+    if (eop_of(b->heap[parent])->deadline <= eop_of(op)->deadline) break;
     heap_set(b, i, b->heap[parent]);
     i = parent;
   }
@@ -178,9 +178,9 @@ static void heap_down(epoll_backend *b, int i) {
     int l = 2 * i + 1, small = l;
     if (l >= b->heap_n) break;
     if (l + 1 < b->heap_n &&
-        E(b->heap[l + 1])->deadline < E(b->heap[l])->deadline)
+        eop_of(b->heap[l + 1])->deadline < eop_of(b->heap[l])->deadline)
       small = l + 1;
-    if (E(b->heap[small])->deadline >= E(op)->deadline) break;
+    if (eop_of(b->heap[small])->deadline >= eop_of(op)->deadline) break;
     heap_set(b, i, b->heap[small]);
     i = small;
   }
@@ -195,20 +195,20 @@ static int heap_add(epoll_backend *b, ioq_op *op, int64_t deadline) {
     b->heap = h;
     b->heap_cap = cap;
   }
-  E(op)->deadline = deadline;
+  eop_of(op)->deadline = deadline;
   b->heap[b->heap_n] = op;
   heap_up(b, b->heap_n++);
   return 0;
 }
 
 static void heap_remove(epoll_backend *b, ioq_op *op) {
-  int i = E(op)->heap_index;
+  int i = eop_of(op)->heap_index;
   if (i < 0) return;
-  E(op)->heap_index = -1;
+  eop_of(op)->heap_index = -1;
   if (--b->heap_n > i) {
     heap_set(b, i, b->heap[b->heap_n]);
     heap_down(b, i);
-    heap_up(b, E(b->heap[i])->heap_index);
+    heap_up(b, eop_of(b->heap[i])->heap_index);
   }
 }
 
@@ -239,7 +239,7 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
 /* Ends an op with `res` (its room in the ring was reserved at start). */
 static void finish(epoll_backend *b, ioq_op *op, int64_t res) {
   heap_remove(b, op);
-  E(op)->state = EOP_DONE;
+  eop_of(op)->state = EOP_DONE;
   post(b, op, res, 0);
   b->live--;
 }
@@ -322,7 +322,7 @@ static int accept_goes_on(int err) {
 
 /* A READ or WRITE, tried without blocking (see try_op). */
 static int64_t try_rw(ioq_op *op) {
-  eop *e = E(op);
+  eop *e = eop_of(op);
   int reading = op->code == IOQ_READ;
   ssize_t r;
   if (e->io == IO_NOWAIT) {
@@ -376,7 +376,7 @@ static int64_t try_op(ioq_op *op) {
       /* Called again once writable: the outcome is in SO_ERROR. */
       int err = 0;
       socklen_t len = sizeof err;
-      if (E(op)->want == 0) {
+      if (eop_of(op)->want == 0) {
         if (connect(op->fd, op->addr, op->addrlen) == 0)
           return 0;
         /* Only EINPROGRESS means "later": EAGAIN is a Unix listener's
@@ -468,7 +468,7 @@ static void install_kick(void) {
 static int aborted(epoll_backend *b, ioq_op *op) {
   int res;
   pthread_mutex_lock(&b->lock);
-  res = E(op)->abort_res;
+  res = eop_of(op)->abort_res;
   pthread_mutex_unlock(&b->lock);
   return res;
 }
@@ -559,7 +559,7 @@ static void *worker_main(void *arg) {
       break;
     op = b->jobs.head;
     unlink_op(&b->jobs, op);
-    E(op)->taken = 1;
+    eop_of(op)->taken = 1;
     me->current = op;
     pthread_mutex_unlock(&b->lock);
     op->res = do_blocking(b, op);
@@ -623,9 +623,9 @@ static int queue_job(epoll_backend *b, ioq_op *op) {
     if (r < 0) return r;
   }
   pthread_mutex_lock(&b->lock);
-  E(op)->state = EOP_WORKER;
-  E(op)->taken = 0;
-  E(op)->abort_res = 0;
+  eop_of(op)->state = EOP_WORKER;
+  eop_of(op)->taken = 0;
+  eop_of(op)->abort_res = 0;
   push(&b->jobs, op);
   pthread_cond_signal(&b->wake);
   pthread_mutex_unlock(&b->lock);
@@ -638,7 +638,7 @@ static void to_worker(epoll_backend *b, ioq_op *op) {
 }
 
 /*
-** Interrupts the call of each worker whose op was cancelled or timed out.
+** Interrupts the call of each worker whose op was canceled or timed out.
 ** The signal may come before the call starts, and then interrupts nothing:
 ** reap sends it again, less and less often, until the worker hands the op
 ** back. Sent under the lock, so never to a worker that has moved on to its
@@ -649,7 +649,7 @@ static void kick(epoll_backend *b) {
   pthread_mutex_lock(&b->lock);
   for (i = 0; i < b->nthreads; i++) {
     ioq_op *op = b->workers[i].current;
-    if (op != NULL && E(op)->abort_res != 0)
+    if (op != NULL && eop_of(op)->abort_res != 0)
       pthread_kill(b->workers[i].thread, KICK_SIGNAL);
   }
   pthread_mutex_unlock(&b->lock);
@@ -671,14 +671,14 @@ static int wait_ready(epoll_backend *b, ioq_op *op, int want) {
   if (w == NULL) return -ENOMEM;
   if ((want == EPOLLIN ? w->readers.head : w->writers.head) == NULL)
     w->armed = ~0u;  /* unknown: arm() must ask epoll */
-  E(op)->state = EOP_WAITING;
-  E(op)->w = w;
-  E(op)->want = want;
+  eop_of(op)->state = EOP_WAITING;
+  eop_of(op)->w = w;
+  eop_of(op)->want = want;
   push(want == EPOLLIN ? &w->readers : &w->writers, op);
   r = arm(b, w);
   if (r < 0) {
     unlink_op(want == EPOLLIN ? &w->readers : &w->writers, op);
-    E(op)->state = EOP_STAGED;
+    eop_of(op)->state = EOP_STAGED;
     arm(b, w);
   }
   return r;
@@ -715,10 +715,10 @@ static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
 static void issue(epoll_backend *b, ioq_op *op) {
   int64_t res;
   int want, r;
-  E(op)->heap_index = -1;
-  E(op)->want = 0;
-  E(op)->blocking = 0;
-  E(op)->io = IO_PLAIN;
+  eop_of(op)->heap_index = -1;
+  eop_of(op)->want = 0;
+  eop_of(op)->blocking = 0;
+  eop_of(op)->io = IO_PLAIN;
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
       heap_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
     finish(b, op, -ENOMEM);
@@ -731,7 +731,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
     case IOQ_SLEEP: {
       int64_t ns = op->timeout_ns > 0 && op->timeout_ns < op->ns
                  ? op->timeout_ns : op->ns;
-      E(op)->state = EOP_TIMER;
+      eop_of(op)->state = EOP_TIMER;
       if (heap_add(b, op, ioq_now_ns() + ns) < 0)
         finish(b, op, -ENOMEM);
       return;
@@ -753,7 +753,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
         to_worker(b, op);
         return;
       }
-      E(op)->io = S_ISSOCK(st.st_mode) ? IO_SOCK : IO_NOWAIT;
+      eop_of(op)->io = S_ISSOCK(st.st_mode) ? IO_SOCK : IO_NOWAIT;
       break;
     }
     case IOQ_ACCEPT:
@@ -765,7 +765,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
           to_worker(b, op);
           return;
         }
-        E(op)->blocking = 1;
+        eop_of(op)->blocking = 1;
       }
       break;
     default:
@@ -774,9 +774,9 @@ static void issue(epoll_backend *b, ioq_op *op) {
   want = (op->code == IOQ_SEND || op->code == IOQ_SENDTO ||
           op->code == IOQ_CONNECT || op->code == IOQ_WRITE)
        ? EPOLLOUT : EPOLLIN;
-  res = E(op)->blocking ? NOT_READY : try_op(op);
+  res = eop_of(op)->blocking ? NOT_READY : try_op(op);
   if (op->code == IOQ_CONNECT)
-    E(op)->want = want;  /* from now on, look at SO_ERROR */
+    eop_of(op)->want = want;  /* from now on, look at SO_ERROR */
   if (op->multishot)
     res = accept_all(b, op, res);
   if (res == NOT_READY) {
@@ -796,15 +796,15 @@ static void run_waiters(epoll_backend *b, elist *l) {
   ioq_op *op;
   while ((op = l->head) != NULL) {
     int64_t res = NOT_READY;
-    if (!E(op)->blocking) {
+    if (!eop_of(op)->blocking) {
       res = try_op(op);
       if (op->multishot)
         res = accept_all(b, op, res);
-      if (res == NOT_READY && !E(op)->blocking)
+      if (res == NOT_READY && !eop_of(op)->blocking)
         return;
     }
     unlink_op(l, op);
-    E(op)->w = NULL;
+    eop_of(op)->w = NULL;
     if (res == NOT_READY) {
       /* Ready, and only a blocking call does it. The ops behind it wait
       ** for epoll's next report. */
@@ -891,8 +891,8 @@ static int epoll_start(ioq_backend *base, ioq_op *op) {
   if (!reserve(b, b->live + 1))
     return -ENOMEM;
   b->live++;
-  E(op)->state = EOP_STAGED;
-  E(op)->heap_index = -1;
+  eop_of(op)->state = EOP_STAGED;
+  eop_of(op)->heap_index = -1;
   push(&b->staged, op);
   return 0;
 }
@@ -916,7 +916,7 @@ static int epoll_submit(ioq_backend *base) {
 ** one that is done keeps its result.
 */
 static void abort_op(epoll_backend *b, ioq_op *op, int res) {
-  eop *e = E(op);
+  eop *e = eop_of(op);
   switch (e->state) {
     case EOP_STAGED:
       unlink_op(&b->staged, op);
@@ -965,9 +965,9 @@ static int epoll_cancel(ioq_backend *base, ioq_op *op) {
 /* Fires the timers that are due: sleeps end, timeouts cancel their op. */
 static void expire(epoll_backend *b) {
   int64_t t = ioq_now_ns();
-  while (b->heap_n > 0 && E(b->heap[0])->deadline <= t) {
+  while (b->heap_n > 0 && eop_of(b->heap[0])->deadline <= t) {
     ioq_op *op = b->heap[0];
-    eop *e = E(op);
+    eop *e = eop_of(op);
     heap_remove(b, op);
     if (e->state == EOP_TIMER)  /* a sleep ends, or its timeout fires */
       finish(b, op, op->timeout_ns > 0 && op->timeout_ns < op->ns
@@ -986,7 +986,7 @@ static void collect_workers(epoll_backend *b) {
   pthread_mutex_lock(&b->lock);
   while ((op = b->finished.head) != NULL) {
     unlink_op(&b->finished, op);
-    if (E(op)->abort_res != 0)
+    if (eop_of(op)->abort_res != 0)
       b->interrupts--;
     finish(b, op, op->res);
   }
@@ -1023,7 +1023,7 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
     int64_t wait = timeout_ns;
     struct timespec ts, *tsp = NULL;
     if (b->heap_n > 0) {
-      int64_t until = E(b->heap[0])->deadline - ioq_now_ns();
+      int64_t until = eop_of(b->heap[0])->deadline - ioq_now_ns();
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }

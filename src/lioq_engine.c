@@ -452,7 +452,7 @@ int lioq_pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
   lioq_checkowner(L, q);
   if (!lua_checkstack(L, REAP_BATCH + 4))  /* no room: memory, not depth */
     luaL_error(L, "not enough memory");
-  lua_getiuservalue(L, qidx, QUV_ANCHORS);
+  lua_getiuservalue(L, qidx, QVAL_ANCHORS);
   anchors = lua_gettop(L);
   for (;;) {
     int n;
@@ -525,7 +525,7 @@ static void settle_unsent(oplist *l, ioq_op *op, int64_t res, int from_gc) {
 
 /*
 ** Asks for every op in flight that `pick` selects (NULL: all) to be
-** cancelled.
+** canceled.
 */
 static void cancel_inflight(lqueue *q, int (*pick)(const ioq_op *)) {
   ioq_op *op;
@@ -542,10 +542,10 @@ static int is_input(const ioq_op *op) {
 
 /*
 ** The end of a queue, shared by q:close(), <close> and __gc; calls no Lua
-** code. Input ops (reads, receives, accepts, sleeps...) are cancelled.
+** code. Input ops (reads, receives, accepts, sleeps...) are canceled.
 ** Output ops (writes, sends, fsyncs, shutdowns) still unsent are handed to
 ** the kernel, and each is waited for up to the queue's linger time, then
-** cancelled too. Every op is reaped before the backend is freed: the
+** canceled too. Every op is reaped before the backend is freed: the
 ** kernel owns an op's memory until then. Returns 0, or -1 when the
 ** backend broke and the ops still in it (with every byte they point to)
 ** must be left alive, never freed.
@@ -630,7 +630,7 @@ static int may_drive(lqueue *q) {
 ** Ends the ops pending on a file object that Lua is closing; lioq_file.c
 ** closes the descriptor once none is left. Output already asked for goes
 ** out first: unsent ops are handed to the kernel, which tries each at
-** once. Then every op still pending is cancelled, except writes and
+** once. Then every op still pending is canceled, except writes and
 ** fsyncs to a file (not a socket), which finish soon by themselves and
 ** whose data a close must not drop. The cancels are submitted at once,
 ** so that the kernel lets go of the descriptor (and a peer sees the
@@ -658,7 +658,7 @@ void lioq_end_ops(lioq_file *f) {
 }
 
 /*
-** Asks for the op to be cancelled. An unsent op is cancelled on the spot;
+** Asks for the op to be canceled. An unsent op is canceled on the spot;
 ** a started one when the kernel agrees. Either way the handle still
 ** resolves through the queue. Returns true if a cancel was asked for.
 */

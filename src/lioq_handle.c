@@ -20,7 +20,7 @@ static int push_result(lua_State *L, lhandle *h) {
     int err = (int)-res;
     luaL_pushfail(L);
     if (h->has_msg)
-      lua_getiuservalue(L, 1, UV_DATA);
+      lua_getiuservalue(L, 1, HVAL_DATA);
     else if (err == ETIMEDOUT)
       lua_pushliteral(L, "timed out");
     else if (err == ECANCELED)
@@ -43,7 +43,7 @@ static int push_result(lua_State *L, lhandle *h) {
       return 1 + lioq_pushaddr(L, h->op.addr, h->op.addrlen);
     case IOQ_OPEN:
     case IOQ_ACCEPT:
-      lua_getiuservalue(L, 1, UV_RESULT);
+      lua_getiuservalue(L, 1, HVAL_RESULT);
       return 1;
     default:
       lua_pushboolean(L, 1);
@@ -54,7 +54,7 @@ static int push_result(lua_State *L, lhandle *h) {
 /* core.queue_of(h): h.queue without the __index detour (for lua/ioq.lua). */
 int lioq_queue_of(lua_State *L) {
   checkhandle(L);
-  lua_getiuservalue(L, 1, UV_QUEUE);
+  lua_getiuservalue(L, 1, HVAL_QUEUE);
   return 1;
 }
 
@@ -93,7 +93,7 @@ static int handle_cancel(lua_State *L) {
 
 /*
 ** h:wait([timeout]): drives the queue until the handle resolves, then
-** returns its result. When the timeout passes first the op is cancelled,
+** returns its result. When the timeout passes first the op is canceled,
 ** and once the kernel hands it back, it resolves to "timed out" (or to its
 ** real result if it finished anyway).
 */
@@ -103,7 +103,7 @@ static int handle_wait(lua_State *L) {
   int64_t deadline = timeout >= 0 ? ioq_now_ns() + timeout : 0;
   int pumped = 0, timed_out = 0;
   lua_settop(L, 1);
-  lua_getiuservalue(L, 1, UV_QUEUE);  /* index 2 */
+  lua_getiuservalue(L, 1, HVAL_QUEUE);  /* index 2 */
   while (h->state != ST_DONE) {
     int64_t left = -1;
     int n;
@@ -179,9 +179,9 @@ static int handle_resubmit(lua_State *L) {
     off = lioq_checkoffset(L, 2);
   }
   lua_settop(L, 1);
-  lua_getiuservalue(L, 1, UV_QUEUE);              /* 2 */
-  lua_getiuservalue(L, 1, UV_DATA);               /* 3 */
-  lua_getiuservalue(L, 1, UV_FD);                 /* 4 */
+  lua_getiuservalue(L, 1, HVAL_QUEUE);              /* 2 */
+  lua_getiuservalue(L, 1, HVAL_DATA);               /* 3 */
+  lua_getiuservalue(L, 1, HVAL_FD);                 /* 4 */
   luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
   if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
     fd = lioq_tofd(L, 4);
@@ -291,7 +291,7 @@ static int handle_index(lua_State *L) {
       return 1;
     }
     if (strcmp(key, "queue") == 0) {
-      lua_getiuservalue(L, 1, UV_QUEUE);
+      lua_getiuservalue(L, 1, HVAL_QUEUE);
       return 1;
     }
     if (strcmp(key, "length") == 0) {  /* bytes a transfer asked for */
@@ -308,7 +308,7 @@ static int handle_index(lua_State *L) {
       }
     }
     if (strcmp(key, "buffer") == 0) {
-      lua_getiuservalue(L, 1, UV_DATA);
+      lua_getiuservalue(L, 1, HVAL_DATA);
       if (lioq_toudata(L, -1, TAG_BUFFER) == NULL)
         lua_pushnil(L);
       return 1;

@@ -66,8 +66,8 @@ static lhandle *newop(lua_State *L, int code, size_t extra, int family,
   };
   lqueue *q = lioq_checkqueue(L);
   /* Only the user values the op needs (reading a missing one gives nil). */
-  int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? UV_QUEUE
-          : (code == IOQ_OPEN || code == IOQ_ACCEPT) ? UV_RESULT : UV_FD;
+  int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? HVAL_QUEUE
+          : (code == IOQ_OPEN || code == IOQ_ACCEPT) ? HVAL_RESULT : HVAL_FD;
   lhandle *h;
   lua_settop(L, nargs[code]);
   h = lua_newuserdatauv(L, sizeof *h + extra, nuv);
@@ -79,14 +79,14 @@ static lhandle *newop(lua_State *L, int code, size_t extra, int family,
   h->op.offset = -1;
   h->q = q;
   h->state = ST_DONE;  /* not pending until committed */
-  lua_getiuservalue(L, 1, QUV_HANDLE_MT);
+  lua_getiuservalue(L, 1, QVAL_HANDLE_MT);
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, UV_QUEUE);
+  lua_setiuservalue(L, -2, HVAL_QUEUE);
   if (code == IOQ_OPEN || (code == IOQ_ACCEPT && family != 0)) {
     h->file_out = code == IOQ_OPEN ? lioq_file_prepare(L)
                                    : lioq_socket_prepare(L, family, type);
-    lua_setiuservalue(L, -2, UV_RESULT);
+    lua_setiuservalue(L, -2, HVAL_RESULT);
   }
   luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
   lioq_reserve_slot(L, q);
@@ -102,7 +102,7 @@ static lhandle *newop(lua_State *L, int code, size_t extra, int family,
 void lioq_anchor(lua_State *L, lhandle *h) {
   lqueue *q = h->q;
   int slot = q->nfree > 0 ? q->free_slots[q->nfree - 1] : q->top + 1;
-  lua_getiuservalue(L, 1, QUV_ANCHORS);
+  lua_getiuservalue(L, 1, QVAL_ANCHORS);
   lua_pushvalue(L, -2);
   lua_rawseti(L, -2, slot);
   lua_pop(L, 1);
@@ -192,14 +192,14 @@ static void setfd(lua_State *L, lhandle *h) {
   h->op.fd = lioq_checkfd(L, 2);
   if (lua_type(L, 2) == LUA_TUSERDATA) {
     lua_pushvalue(L, 2);
-    lua_setiuservalue(L, -2, UV_FD);
+    lua_setiuservalue(L, -2, HVAL_FD);
   }
 }
 
 /* Keeps the buffer, string or path at `arg` alive while the kernel uses it. */
 static void keepdata(lua_State *L, int arg) {
   lua_pushvalue(L, arg);
-  lua_setiuservalue(L, -2, UV_DATA);
+  lua_setiuservalue(L, -2, HVAL_DATA);
 }
 
 /*
@@ -338,7 +338,7 @@ static lioq_file *opensocket(lua_State *L, lhandle *h) {
 static int commit_failed(lua_State *L, lhandle *h, int msgidx, int err) {
   lqueue *q = h->q;
   lua_pushvalue(L, msgidx);
-  lua_setiuservalue(L, -2, UV_DATA);
+  lua_setiuservalue(L, -2, HVAL_DATA);
   h->has_msg = 1;
   commit(L, h, NULL, 0);
   list_remove(&q->unsent, &h->op);

@@ -59,7 +59,7 @@ static int queue_wait(lua_State *L) {
 }
 
 /*
-** q:cancel_all([kind]): asks for every pending op to be cancelled, or with
+** q:cancel_all([kind]): asks for every pending op to be canceled, or with
 ** kind "input" every op that only takes data in (reads, receives, accepts,
 ** opens, connects, sleeps, nops), leaving writes, sends, fsyncs and
 ** shutdowns to finish. Each still resolves through the queue. Returns how
@@ -142,17 +142,17 @@ static int queue_pending_count(lua_State *L) {
 ** (handles, buffers, strings) is ever freed under it.
 */
 static void drop_anchors(lua_State *L, int broken) {
-  lua_getiuservalue(L, 1, QUV_ANCHORS);
+  lua_getiuservalue(L, 1, QVAL_ANCHORS);
   if (broken && lua_istable(L, -1))
     luaL_ref(L, LUA_REGISTRYINDEX);
   else
     lua_pop(L, 1);
   lua_pushnil(L);
-  lua_setiuservalue(L, 1, QUV_ANCHORS);
+  lua_setiuservalue(L, 1, QVAL_ANCHORS);
 }
 
 /*
-** q:close(): input ops are cancelled, output ops finish (up to the queue's
+** q:close(): input ops are canceled, output ops finish (up to the queue's
 ** linger time); returns once the kernel has handed back every op. Closing
 ** twice does nothing.
 */
@@ -268,9 +268,9 @@ int lioq_queue_new(lua_State *L) {
   q->pool_size = (unsigned)pool_size;
   luaL_setmetatable(L, LIOQ_QUEUE);  /* for __gc, before the ring exists */
   lua_newtable(L);
-  lua_setiuservalue(L, -2, QUV_ANCHORS);
+  lua_setiuservalue(L, -2, QVAL_ANCHORS);
   luaL_getmetatable(L, LIOQ_HANDLE);
-  lua_setiuservalue(L, -2, QUV_HANDLE_MT);
+  lua_setiuservalue(L, -2, QVAL_HANDLE_MT);
   for (i = 0; backends[i] != NULL; i++) {
     if (strcmp(want, "auto") != 0 && strcmp(want, backends[i]->name) != 0)
       continue;

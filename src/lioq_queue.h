@@ -77,16 +77,16 @@ typedef struct lqueue {
   unsigned char act[REAP_BATCH];
 } lqueue;
 
-/* Queue user values. */
-enum { QUV_ANCHORS = 1, QUV_HANDLE_MT, QUEUE_NUV = QUV_HANDLE_MT };
+/* The queue's user values (lua_getiuservalue indices). */
+enum { QVAL_ANCHORS = 1, QVAL_HANDLE_MT, QUEUE_NUV = QVAL_HANDLE_MT };
 
-/* Handle user values. */
+/* A handle's user values (lua_getiuservalue indices). */
 enum {
-  UV_QUEUE = 1,   /* its queue */
-  UV_DATA,        /* the buffer, string or path the kernel uses; or the
+  HVAL_QUEUE = 1,   /* its queue */
+  HVAL_DATA,        /* the buffer, string or path the kernel uses; or the
                      error message of an op that failed before it started */
-  UV_FD,          /* the file or socket object of its descriptor */
-  UV_RESULT       /* the object an open or accept resolves to */
+  HVAL_FD,          /* the file or socket object of its descriptor */
+  HVAL_RESULT       /* the object an open or accept resolves to */
 };
 
 /* An item of a multishot op: a descriptor, or a byte count and the pool
@@ -103,7 +103,7 @@ typedef struct lhandle {
   lioq_file *file_out;     /* open, accept: receives the new descriptor */
   int slot;                /* index in the anchor table while pending */
   int state;
-  int has_msg;             /* UV_DATA holds the error message */
+  int has_msg;             /* HVAL_DATA holds the error message */
   /* Multishot ops: what arrived and Lua has not taken yet, oldest first
   ** (a descriptor, or a byte count with its pool buffer). */
   ioq_ring items;           /* of lioq_item */
