@@ -1,8 +1,9 @@
 /*
 ** lioq_handle.c: ioq.handle, the value every op returns: h:wait, h:result,
 ** h:cancel, h:timeout, h:resubmit, h:take and the fields h.op, h.queue,
-** h.buffer, h.length. Touches the handle and its queue's lists through the
-** engine (lioq_engine.c) and the op constructors' anchor and enqueue.
+** h.buffer, h.length (h:resubmit lives with the op constructors, in
+** lioq_ops.c). Touches the handle and its queue's lists through the engine
+** (lioq_engine.c).
 */
 #include <errno.h>
 #include <string.h>
@@ -157,57 +158,6 @@ static int handle_timeout(lua_State *L) {
 }
 
 /*
-** h:resubmit([offset]): starts a resolved read, write, recv, send, recvfrom,
-** sendto, fsync, nop or sleep again with the same descriptor, buffer (or
-** string), length and address, at `offset` if given (reads and writes).
-** A loop of I/O then needs no new handle per op.
-*/
-static int handle_resubmit(lua_State *L) {
-  lhandle *h = checkhandle(L);
-  lqueue *q = h->q;
-  lioq_block *b = NULL;
-  int code = h->op.code;
-  int64_t off = h->at_position ? -1 : h->op.offset;
-  ioq_fd fd = h->op.fd;
-  luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
-  luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
-                   code != IOQ_CONNECT && code != IOQ_SHUTDOWN, 1,
-                "only data transfers, fsync, nop and sleep can be resubmitted");
-  if (!lua_isnoneornil(L, 2)) {
-    luaL_argcheck(L, code == IOQ_READ || code == IOQ_WRITE, 2,
-                  "only reads and writes take an offset");
-    off = lioq_checkoffset(L, 2);
-  }
-  lua_settop(L, 1);
-  lua_getiuservalue(L, 1, HVAL_QUEUE);              /* 2 */
-  lua_getiuservalue(L, 1, HVAL_DATA);               /* 3 */
-  lua_getiuservalue(L, 1, HVAL_FD);                 /* 4 */
-  luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
-  if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
-    fd = lioq_tofd(L, 4);
-    if (fd == IOQ_NOFD)
-      return luaL_error(L, "the handle's file is closed");
-  }
-  if (lua_type(L, 3) == LUA_TUSERDATA) {
-    b = lioq_toudata(L, 3, TAG_BUFFER) ? lioq_checkblock(L, 3) : NULL;
-    if (b != NULL && b->busy)
-      return luaL_error(L, LIOQ_BUSY);
-  }
-  lioq_reserve_slot(L, q);
-  lua_pushvalue(L, 1);                            /* the handle on top */
-  lua_pushvalue(L, 2);
-  lua_replace(L, 1);                              /* the queue at 1 */
-  lioq_anchor(L, h);  /* first: the handle keeps its old result if this fails */
-  h->op.fd = fd;
-  h->op.offset = off;
-  h->op.res = 0;
-  h->op.timeout_ns = 0;
-  h->op.cancel_requested = 0;
-  lioq_enqueue(L, h, b, 4);
-  return 1;
-}
-
-/*
 ** Takes an error item of a multishot accept (EMFILE...): the accept paused
 ** on it goes on once Lua has seen it. Returns fail, msg, errno.
 */
@@ -332,7 +282,7 @@ void lioq_open_handle(lua_State *L) {
     {"wait", handle_wait},
     {"cancel", handle_cancel},
     {"timeout", handle_timeout},
-    {"resubmit", handle_resubmit},
+    {"resubmit", lioq_handle_resubmit},
     {"take", handle_take},
     {NULL, NULL}
   };

@@ -1,8 +1,8 @@
 /*
 ** lioq_ops.c: the op constructors, q:read ... q:recv_multi (and io.open's
-** mode letters). Each checks its arguments, fills an ioq_op in a new
-** handle, and queues it on the queue's unsent list; the engine
-** (lioq_engine.c) does the rest. Touches the handle it makes and the
+** mode letters), and h:resubmit, which starts a finished op again. Each
+** checks its arguments, fills an ioq_op in a new handle, and queues it on
+** the queue's unsent list; the engine (lioq_engine.c) does the rest. Touches the handle it makes and the
 ** objects its arguments name; calls the engine and lioq.h's helpers.
 */
 #include <errno.h>
@@ -28,7 +28,7 @@ static void link_file(lua_State *L, lhandle *h, int idx) {
 }
 
 /* Makes sure a new anchor slot can be released later without allocating. */
-void lioq_reserve_slot(lua_State *L, lqueue *q) {
+static void lioq_reserve_slot(lua_State *L, lqueue *q) {
   if (q->nfree == 0 && q->top >= q->slots_cap) {
     int cap = q->slots_cap ? q->slots_cap * 2 : 64;
     int *s;
@@ -99,7 +99,7 @@ static lhandle *newop(lua_State *L, int code, size_t extra, int family,
 ** comes before any state changes. An emergency collection runs no
 ** finalizers, so no Lua code runs here either.
 */
-void lioq_anchor(lua_State *L, lhandle *h) {
+static void lioq_anchor(lua_State *L, lhandle *h) {
   lqueue *q = h->q;
   int slot = q->nfree > 0 ? q->free_slots[q->nfree - 1] : q->top + 1;
   lua_getiuservalue(L, 1, QVAL_ANCHORS);
@@ -115,7 +115,7 @@ void lioq_anchor(lua_State *L, lhandle *h) {
 ** Queues the anchored op, which uses `block` (or NULL) and is pending on
 ** the file object at `fidx` (or 0). Cannot fail.
 */
-void lioq_enqueue(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
+static void lioq_enqueue(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
   lqueue *q = h->q;
   if (block != NULL) {
     block->busy = 1;
@@ -136,7 +136,7 @@ static void commit(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
   lioq_enqueue(L, h, block, fidx);
 }
 
-int64_t lioq_checkoffset(lua_State *L, int arg) {
+static int64_t lioq_checkoffset(lua_State *L, int arg) {
   lua_Integer off;
   if (lua_isnoneornil(L, arg))
     return -1;
@@ -516,6 +516,57 @@ static int queue_recv_multi(lua_State *L) {
   h->op.use_pool = 1;
   h->pool = q->pool;
   commit(L, h, NULL, 2);
+  return 1;
+}
+
+/*
+** h:resubmit([offset]): starts a resolved read, write, recv, send, recvfrom,
+** sendto, fsync, nop or sleep again with the same descriptor, buffer (or
+** string), length and address, at `offset` if given (reads and writes).
+** A loop of I/O then needs no new handle per op.
+*/
+int lioq_handle_resubmit(lua_State *L) {
+  lhandle *h = lioq_checkudata(L, 1, TAG_HANDLE);
+  lqueue *q = h->q;
+  lioq_block *b = NULL;
+  int code = h->op.code;
+  int64_t off = h->at_position ? -1 : h->op.offset;
+  ioq_fd fd = h->op.fd;
+  luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
+  luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
+                   code != IOQ_CONNECT && code != IOQ_SHUTDOWN, 1,
+                "only data transfers, fsync, nop and sleep can be resubmitted");
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_argcheck(L, code == IOQ_READ || code == IOQ_WRITE, 2,
+                  "only reads and writes take an offset");
+    off = lioq_checkoffset(L, 2);
+  }
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, HVAL_QUEUE);              /* 2 */
+  lua_getiuservalue(L, 1, HVAL_DATA);               /* 3 */
+  lua_getiuservalue(L, 1, HVAL_FD);                 /* 4 */
+  luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
+  if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
+    fd = lioq_tofd(L, 4);
+    if (fd == IOQ_NOFD)
+      return luaL_error(L, "the handle's file is closed");
+  }
+  if (lua_type(L, 3) == LUA_TUSERDATA) {
+    b = lioq_toudata(L, 3, TAG_BUFFER) ? lioq_checkblock(L, 3) : NULL;
+    if (b != NULL && b->busy)
+      return luaL_error(L, LIOQ_BUSY);
+  }
+  lioq_reserve_slot(L, q);
+  lua_pushvalue(L, 1);                            /* the handle on top */
+  lua_pushvalue(L, 2);
+  lua_replace(L, 1);                              /* the queue at 1 */
+  lioq_anchor(L, h);  /* first: the handle keeps its old result if this fails */
+  h->op.fd = fd;
+  h->op.offset = off;
+  h->op.res = 0;
+  h->op.timeout_ns = 0;
+  h->op.cancel_requested = 0;
+  lioq_enqueue(L, h, b, 4);
   return 1;
 }
 

@@ -162,10 +162,7 @@ static inline size_t lioq_pending(const lqueue *q) {
 /* ---------------------------------------------------------------- ops */
 
 extern const luaL_Reg lioq_op_methods[];
-void lioq_reserve_slot(lua_State *L, lqueue *q);
-void lioq_anchor(lua_State *L, lhandle *h);
-void lioq_enqueue(lua_State *L, lhandle *h, lioq_block *block, int fidx);
-int64_t lioq_checkoffset(lua_State *L, int arg);
+int lioq_handle_resubmit(lua_State *L);
 
 /* ---------------------------------------------------------------- handle */
 
