@@ -20,10 +20,9 @@ INST_LIBDIR ?= $(PREFIX)/lib/lua/5.4
 INST_LUADIR ?= $(PREFIX)/share/lua/5.4
 
 BUILD       ?= build
-SRCS        := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
-               src/lioq_file.c src/lioq_socket.c src/lioq_signal.c \
-               src/backend_uring.c src/backend_epoll.c
-HDRS        := src/ioq.h src/ioq_os.h src/lioq.h
+# The C sources, listed once, in the rockspec (mk/sources.lua reads them).
+SRCS        := $(shell $(LUA) mk/sources.lua linux)
+HDRS        := $(wildcard src/*.h)
 CORE        := $(BUILD)/ioq/core.so
 SHIMS       := $(BUILD)/no_ext_arg.so  # LD_PRELOAD shims, see "test shims"
 TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring $(BUILD)/alloc_host \
@@ -38,7 +37,7 @@ LUACHECK    ?= luacheck
 
 all: $(CORE)
 
-$(CORE): $(SRCS) $(HDRS) Makefile
+$(CORE): $(SRCS) $(HDRS) Makefile rockspec/ioq-scm-1.rockspec
 	@mkdir -p $(dir $@)
 	$(CC) $(WARNINGS) $(DEFINES) -fPIC -I$(LUA_INCDIR) $(URING_CFLAGS) \
 	  $(CFLAGS) $(LIBFLAG) -o $@ $(SRCS) $(URING_LIBS) -pthread
@@ -153,9 +152,7 @@ clean:
 WIN_CC      ?= x86_64-w64-mingw32-gcc
 WIN_BUILD   ?= build-win
 WIN_LUA     := $(WIN_BUILD)/lua
-WIN_SRCS    := src/lioq_core.c src/lioq_queue.c src/lioq_buffer.c \
-               src/lioq_file.c src/lioq_socket.c src/lioq_signal.c \
-               src/backend_iocp.c src/ioq_win.c
+WIN_SRCS    := $(shell $(LUA) mk/sources.lua windows)
 WIN_CORE    := $(WIN_BUILD)/ioq/core.dll
 WIN_TESTLIB := $(WIN_BUILD)/ioq_test.dll
 WIN_CFLAGS  := $(WARNINGS) -D_WIN32_WINNT=0x0601 -I$(WIN_LUA)/include -O2 \
@@ -167,7 +164,7 @@ windows-build: $(WIN_CORE) $(WIN_TESTLIB)
 $(WIN_LUA)/lua.exe:
 	sh mk/windows-lua.sh $(WIN_LUA)
 
-$(WIN_CORE): $(WIN_SRCS) $(HDRS) Makefile $(WIN_LUA)/lua.exe
+$(WIN_CORE): $(WIN_SRCS) $(HDRS) Makefile rockspec/ioq-scm-1.rockspec $(WIN_LUA)/lua.exe
 	@mkdir -p $(dir $@)
 	$(WIN_CC) $(WIN_CFLAGS) -DIOQ_HAVE_IOCP -o $@ $(WIN_SRCS) \
 	  $(WIN_LUA)/lua54.dll -lws2_32 -lmswsock

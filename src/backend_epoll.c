@@ -35,6 +35,8 @@
 #include <unistd.h>
 
 #include "ioq_os.h"
+#include "ioq_list.h"
+#include "ioq_ring.h"
 
 /* Where an op is, inside this backend. Only the loop's thread uses it. */
 enum {
@@ -56,7 +58,7 @@ typedef struct watch watch;
 
 /* The per-op state, kept in the op's private space. */
 typedef struct eop {
-  ioq_op *next, *prev;     /* the list the op is on */
+  ioq_link link;           /* first: in the list the op is on */
   watch *w;                /* EOP_WAITING: its watch */
   int64_t deadline;        /* the heap's key: a sleep's end or a timeout */
   int heap_index;          /* -1 when not in the heap */
@@ -73,13 +75,14 @@ typedef struct eop {
 _Static_assert(sizeof(eop) <= sizeof(((ioq_op *)0)->be.op),
                "the epoll backend keeps its op state in the op");
 
-static eop *E(ioq_op *op) {
+static eop *eop_of(ioq_op *op) {
   return (eop *)(void *)&op->be.op;
 }
 
-typedef struct elist {
-  ioq_op *head, *tail;
-} elist;
+typedef ioq_list elist;
+
+/* Where an op's eop, and so its link, lies in it. */
+#define ELINK offsetof(ioq_op, be.op)
 
 /*
 ** The ops waiting on one descriptor, each direction in order. Its epoll
@@ -108,10 +111,9 @@ typedef struct epoll_backend {
   elist staged;
   watch **watches;         /* by descriptor */
   int nwatches;
-  ioq_op **heap;           /* min-heap on E(op)->deadline */
+  ioq_op **heap;           /* min-heap on eop_of(op)->deadline */
   int heap_n, heap_cap;
-  ioq_event *done;         /* finished, in order; a ring */
-  int done_head, done_n, done_cap;
+  ioq_ring done;           /* ioq_events finished, in order */
   int live;                /* ops taken whose final event is not posted */
   pid_t owner;             /* the process whose threads these are */
   int interrupts;          /* ops whose worker is being interrupted */
@@ -145,34 +147,25 @@ static _Atomic int no_pwait2;
 /* ---------------------------------------------------------------- lists */
 
 static void push(elist *l, ioq_op *op) {
-  E(op)->next = NULL;
-  E(op)->prev = l->tail;
-  if (l->tail) E(l->tail)->next = op;
-  else l->head = op;
-  l->tail = op;
+  ioq_list_push(l, op, ELINK);
 }
 
 static void unlink_op(elist *l, ioq_op *op) {
-  eop *e = E(op);
-  if (e->prev) E(e->prev)->next = e->next;
-  else l->head = e->next;
-  if (e->next) E(e->next)->prev = e->prev;
-  else l->tail = e->prev;
-  e->next = e->prev = NULL;
+  ioq_list_remove(l, op, ELINK);
 }
 
 /* ---------------------------------------------------------------- heap */
 
 static void heap_set(epoll_backend *b, int i, ioq_op *op) {
   b->heap[i] = op;
-  E(op)->heap_index = i;
+  eop_of(op)->heap_index = i;
 }
 
 static void heap_up(epoll_backend *b, int i) {
   ioq_op *op = b->heap[i];
   while (i > 0) {
     int parent = (i - 1) / 2;
-    if (E(b->heap[parent])->deadline <= E(op)->deadline) break;
+    if (eop_of(b->heap[parent])->deadline <= eop_of(op)->deadline) break;
     heap_set(b, i, b->heap[parent]);
     i = parent;
   }
@@ -185,9 +178,9 @@ static void heap_down(epoll_backend *b, int i) {
     int l = 2 * i + 1, small = l;
     if (l >= b->heap_n) break;
     if (l + 1 < b->heap_n &&
-        E(b->heap[l + 1])->deadline < E(b->heap[l])->deadline)
+        eop_of(b->heap[l + 1])->deadline < eop_of(b->heap[l])->deadline)
       small = l + 1;
-    if (E(b->heap[small])->deadline >= E(op)->deadline) break;
+    if (eop_of(b->heap[small])->deadline >= eop_of(op)->deadline) break;
     heap_set(b, i, b->heap[small]);
     i = small;
   }
@@ -202,20 +195,20 @@ static int heap_add(epoll_backend *b, ioq_op *op, int64_t deadline) {
     b->heap = h;
     b->heap_cap = cap;
   }
-  E(op)->deadline = deadline;
+  eop_of(op)->deadline = deadline;
   b->heap[b->heap_n] = op;
   heap_up(b, b->heap_n++);
   return 0;
 }
 
 static void heap_remove(epoll_backend *b, ioq_op *op) {
-  int i = E(op)->heap_index;
+  int i = eop_of(op)->heap_index;
   if (i < 0) return;
-  E(op)->heap_index = -1;
+  eop_of(op)->heap_index = -1;
   if (--b->heap_n > i) {
     heap_set(b, i, b->heap[b->heap_n]);
     heap_down(b, i);
-    heap_up(b, E(b->heap[i])->heap_index);
+    heap_up(b, eop_of(b->heap[i])->heap_index);
   }
 }
 
@@ -223,20 +216,7 @@ static void heap_remove(epoll_backend *b, ioq_op *op) {
 
 /* Makes room in the done ring for `room` more events; 0 if out of memory. */
 static int reserve(epoll_backend *b, int room) {
-  if (b->done_cap - b->done_n < room) {
-    int cap = b->done_cap ? b->done_cap : 256, k;
-    ioq_event *d;
-    while (cap - b->done_n < room) cap *= 2;
-    d = malloc((size_t)cap * sizeof *d);
-    if (d == NULL) return 0;
-    for (k = 0; k < b->done_n; k++)
-      d[k] = b->done[(b->done_head + k) % b->done_cap];
-    free(b->done);
-    b->done = d;
-    b->done_cap = cap;
-    b->done_head = 0;
-  }
-  return 1;
+  return ioq_ring_reserve(&b->done, sizeof(ioq_event), (unsigned)room, 256);
 }
 
 /*
@@ -248,7 +228,7 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
   ioq_event *ev;
   if (more && !reserve(b, b->live + 1))
     return 0;
-  ev = &b->done[(b->done_head + b->done_n++) % b->done_cap];
+  ev = ioq_ring_push(&b->done, sizeof *ev);
   ev->op = op;
   ev->res = res;
   ev->buf = -1;
@@ -259,7 +239,7 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
 /* Ends an op with `res` (its room in the ring was reserved at start). */
 static void finish(epoll_backend *b, ioq_op *op, int64_t res) {
   heap_remove(b, op);
-  E(op)->state = EOP_DONE;
+  eop_of(op)->state = EOP_DONE;
   post(b, op, res, 0);
   b->live--;
 }
@@ -342,7 +322,7 @@ static int accept_goes_on(int err) {
 
 /* A READ or WRITE, tried without blocking (see try_op). */
 static int64_t try_rw(ioq_op *op) {
-  eop *e = E(op);
+  eop *e = eop_of(op);
   int reading = op->code == IOQ_READ;
   ssize_t r;
   /* read(2) and write(2) of 0 bytes never wait (io_uring and IOCP give 0
@@ -400,7 +380,7 @@ static int64_t try_op(ioq_op *op) {
       /* Called again once writable: the outcome is in SO_ERROR. */
       int err = 0;
       socklen_t len = sizeof err;
-      if (E(op)->want == 0) {
+      if (eop_of(op)->want == 0) {
         if (connect(op->fd, op->addr, op->addrlen) == 0)
           return 0;
         /* Only EINPROGRESS means "later": EAGAIN is a Unix listener's
@@ -492,7 +472,7 @@ static void install_kick(void) {
 static int aborted(epoll_backend *b, ioq_op *op) {
   int res;
   pthread_mutex_lock(&b->lock);
-  res = E(op)->abort_res;
+  res = eop_of(op)->abort_res;
   pthread_mutex_unlock(&b->lock);
   return res;
 }
@@ -583,7 +563,7 @@ static void *worker_main(void *arg) {
       break;
     op = b->jobs.head;
     unlink_op(&b->jobs, op);
-    E(op)->taken = 1;
+    eop_of(op)->taken = 1;
     me->current = op;
     pthread_mutex_unlock(&b->lock);
     op->res = do_blocking(b, op);
@@ -647,9 +627,9 @@ static int queue_job(epoll_backend *b, ioq_op *op) {
     if (r < 0) return r;
   }
   pthread_mutex_lock(&b->lock);
-  E(op)->state = EOP_WORKER;
-  E(op)->taken = 0;
-  E(op)->abort_res = 0;
+  eop_of(op)->state = EOP_WORKER;
+  eop_of(op)->taken = 0;
+  eop_of(op)->abort_res = 0;
   push(&b->jobs, op);
   pthread_cond_signal(&b->wake);
   pthread_mutex_unlock(&b->lock);
@@ -662,7 +642,7 @@ static void to_worker(epoll_backend *b, ioq_op *op) {
 }
 
 /*
-** Interrupts the call of each worker whose op was cancelled or timed out.
+** Interrupts the call of each worker whose op was canceled or timed out.
 ** The signal may come before the call starts, and then interrupts nothing:
 ** reap sends it again, less and less often, until the worker hands the op
 ** back. Sent under the lock, so never to a worker that has moved on to its
@@ -673,7 +653,7 @@ static void kick(epoll_backend *b) {
   pthread_mutex_lock(&b->lock);
   for (i = 0; i < b->nthreads; i++) {
     ioq_op *op = b->workers[i].current;
-    if (op != NULL && E(op)->abort_res != 0)
+    if (op != NULL && eop_of(op)->abort_res != 0)
       pthread_kill(b->workers[i].thread, KICK_SIGNAL);
   }
   pthread_mutex_unlock(&b->lock);
@@ -695,14 +675,14 @@ static int wait_ready(epoll_backend *b, ioq_op *op, int want) {
   if (w == NULL) return -ENOMEM;
   if ((want == EPOLLIN ? w->readers.head : w->writers.head) == NULL)
     w->armed = ~0u;  /* unknown: arm() must ask epoll */
-  E(op)->state = EOP_WAITING;
-  E(op)->w = w;
-  E(op)->want = want;
+  eop_of(op)->state = EOP_WAITING;
+  eop_of(op)->w = w;
+  eop_of(op)->want = want;
   push(want == EPOLLIN ? &w->readers : &w->writers, op);
   r = arm(b, w);
   if (r < 0) {
     unlink_op(want == EPOLLIN ? &w->readers : &w->writers, op);
-    E(op)->state = EOP_STAGED;
+    eop_of(op)->state = EOP_STAGED;
     arm(b, w);
   }
   return r;
@@ -739,10 +719,10 @@ static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
 static void issue(epoll_backend *b, ioq_op *op) {
   int64_t res;
   int want, r;
-  E(op)->heap_index = -1;
-  E(op)->want = 0;
-  E(op)->blocking = 0;
-  E(op)->io = IO_PLAIN;
+  eop_of(op)->heap_index = -1;
+  eop_of(op)->want = 0;
+  eop_of(op)->blocking = 0;
+  eop_of(op)->io = IO_PLAIN;
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
       heap_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
     finish(b, op, -ENOMEM);
@@ -755,7 +735,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
     case IOQ_SLEEP: {
       int64_t ns = op->timeout_ns > 0 && op->timeout_ns < op->ns
                  ? op->timeout_ns : op->ns;
-      E(op)->state = EOP_TIMER;
+      eop_of(op)->state = EOP_TIMER;
       if (heap_add(b, op, ioq_now_ns() + ns) < 0)
         finish(b, op, -ENOMEM);
       return;
@@ -777,7 +757,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
         to_worker(b, op);
         return;
       }
-      E(op)->io = S_ISSOCK(st.st_mode) ? IO_SOCK : IO_NOWAIT;
+      eop_of(op)->io = S_ISSOCK(st.st_mode) ? IO_SOCK : IO_NOWAIT;
       break;
     }
     case IOQ_ACCEPT:
@@ -789,7 +769,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
           to_worker(b, op);
           return;
         }
-        E(op)->blocking = 1;
+        eop_of(op)->blocking = 1;
       }
       break;
     default:
@@ -798,9 +778,9 @@ static void issue(epoll_backend *b, ioq_op *op) {
   want = (op->code == IOQ_SEND || op->code == IOQ_SENDTO ||
           op->code == IOQ_CONNECT || op->code == IOQ_WRITE)
        ? EPOLLOUT : EPOLLIN;
-  res = E(op)->blocking ? NOT_READY : try_op(op);
+  res = eop_of(op)->blocking ? NOT_READY : try_op(op);
   if (op->code == IOQ_CONNECT)
-    E(op)->want = want;  /* from now on, look at SO_ERROR */
+    eop_of(op)->want = want;  /* from now on, look at SO_ERROR */
   if (op->multishot)
     res = accept_all(b, op, res);
   if (res == NOT_READY) {
@@ -820,15 +800,15 @@ static void run_waiters(epoll_backend *b, elist *l) {
   ioq_op *op;
   while ((op = l->head) != NULL) {
     int64_t res = NOT_READY;
-    if (!E(op)->blocking) {
+    if (!eop_of(op)->blocking) {
       res = try_op(op);
       if (op->multishot)
         res = accept_all(b, op, res);
-      if (res == NOT_READY && !E(op)->blocking)
+      if (res == NOT_READY && !eop_of(op)->blocking)
         return;
     }
     unlink_op(l, op);
-    E(op)->w = NULL;
+    eop_of(op)->w = NULL;
     if (res == NOT_READY) {
       /* Ready, and only a blocking call does it. The ops behind it wait
       ** for epoll's next report. */
@@ -900,7 +880,7 @@ static void epoll_destroy(ioq_backend *base) {
     free(b->watches[i]);
   free(b->watches);
   free(b->heap);
-  free(b->done);
+  ioq_ring_free(&b->done);
   close(b->evfd);
   close(b->epfd);
   free(b);
@@ -915,8 +895,8 @@ static int epoll_start(ioq_backend *base, ioq_op *op) {
   if (!reserve(b, b->live + 1))
     return -ENOMEM;
   b->live++;
-  E(op)->state = EOP_STAGED;
-  E(op)->heap_index = -1;
+  eop_of(op)->state = EOP_STAGED;
+  eop_of(op)->heap_index = -1;
   push(&b->staged, op);
   return 0;
 }
@@ -940,7 +920,7 @@ static int epoll_submit(ioq_backend *base) {
 ** one that is done keeps its result.
 */
 static void abort_op(epoll_backend *b, ioq_op *op, int res) {
-  eop *e = E(op);
+  eop *e = eop_of(op);
   switch (e->state) {
     case EOP_STAGED:
       unlink_op(&b->staged, op);
@@ -989,9 +969,9 @@ static int epoll_cancel(ioq_backend *base, ioq_op *op) {
 /* Fires the timers that are due: sleeps end, timeouts cancel their op. */
 static void expire(epoll_backend *b) {
   int64_t t = ioq_now_ns();
-  while (b->heap_n > 0 && E(b->heap[0])->deadline <= t) {
+  while (b->heap_n > 0 && eop_of(b->heap[0])->deadline <= t) {
     ioq_op *op = b->heap[0];
-    eop *e = E(op);
+    eop *e = eop_of(op);
     heap_remove(b, op);
     if (e->state == EOP_TIMER)  /* a sleep ends, or its timeout fires */
       finish(b, op, op->timeout_ns > 0 && op->timeout_ns < op->ns
@@ -1010,7 +990,7 @@ static void collect_workers(epoll_backend *b) {
   pthread_mutex_lock(&b->lock);
   while ((op = b->finished.head) != NULL) {
     unlink_op(&b->finished, op);
-    if (E(op)->abort_res != 0)
+    if (eop_of(op)->abort_res != 0)
       b->interrupts--;
     finish(b, op, op->res);
   }
@@ -1043,11 +1023,11 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       b->kick_at = now + b->kick_gap;
     }
   }
-  if (b->done_n == 0) {
+  if (b->done.n == 0) {
     int64_t wait = timeout_ns;
     struct timespec ts, *tsp = NULL;
     if (b->heap_n > 0) {
-      int64_t until = E(b->heap[0])->deadline - ioq_now_ns();
+      int64_t until = eop_of(b->heap[0])->deadline - ioq_now_ns();
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }
@@ -1087,10 +1067,8 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
     }
   }
   expire(b);  /* also when events were waiting: timers must not starve */
-  for (k = 0; k < max && b->done_n > 0; k++) {
-    out[k] = b->done[b->done_head];
-    b->done_head = (b->done_head + 1) % b->done_cap;
-    b->done_n--;
+  for (k = 0; k < max && b->done.n > 0; k++) {
+    out[k] = *(ioq_event *)ioq_ring_shift(&b->done, sizeof *out);
   }
   return k;
 }

@@ -15,11 +15,11 @@
 **                      reads and writes on handles not opened for
 **                      overlapped I/O (Lua io files, consoles)
 **   sleep, timeouts    a timer heap that bounds the port's wait; a timed
-**                      out op is cancelled with CancelIoEx
+**                      out op is canceled with CancelIoEx
 **   shutdown, UDP      done at once (they never block); reported by the
 **   connect            next reap
 **
-** A pool op is cancelled (or timed out) with CancelSynchronousIo on the
+** A pool op is canceled (or timed out) with CancelSynchronousIo on the
 ** thread running its call: a read on an empty pipe or a console may
 ** otherwise never end, and closing the queue waits for every op.
 **
@@ -51,7 +51,7 @@
 enum { KEY_IO = 1,     /* the kernel's: the status is in the OVERLAPPED */
        KEY_DONE = 2 }; /* ours: the result is in rec->res */
 
-/* How a record completes, and so how it is cancelled. */
+/* How a record completes, and so how it is canceled. */
 enum { K_IO,           /* a kernel packet; CancelIoEx */
        K_POSTED,       /* a packet we posted (nop) */
        K_POOL,         /* a pool thread's packet; CancelSynchronousIo */
@@ -64,7 +64,7 @@ typedef struct rec rec;
 /*
 ** A pool op's state shared with the pool thread, under lock (so a cancel
 ** cannot hit the thread's next work). It lives apart from the record: an
-** op cancelled (or timed out) before a pool thread took it up ends at once
+** op canceled (or timed out) before a pool thread took it up ends at once
 ** and its record goes, since the pool has a limit (500 threads by default)
 ** that reads blocked on pipes or consoles can fill, and then queued work
 ** may wait forever. The work item stays queued; when it runs at last it
@@ -86,7 +86,7 @@ struct rec {
   int64_t deadline;         /* monotonic ns, while in the heap */
   int64_t res;              /* K_POSTED, K_POOL, K_LOCAL: the result */
   int kind;
-  int timed_out;            /* the op's timeout cancelled it */
+  int timed_out;            /* the op's timeout canceled it */
   int sleep_result;         /* a sleep's result when its timer fires */
   WSABUF wsabuf;
   DWORD flags;              /* WSARecv's in/out flags */
@@ -117,7 +117,7 @@ struct iocp_backend {
 };
 
 #define TO_IOCP(b) ((iocp_backend *)(b))
-#define REC(op) ((rec *)(op)->be.op.ptr[0])
+#define rec_of(op) ((rec *)(op)->be.op.ptr[0])
 
 /* ---------------------------------------------------------------- timers */
 
@@ -504,7 +504,7 @@ static void run_blocking(rec *r) {
 ** owner cannot go away before the packet is reaped. While the call runs,
 ** job->thread names this thread, so a cancel can interrupt it with
 ** CancelSynchronousIo (a read on a pipe or a console may never end). A job
-** cancelled before this ran was abandoned: its op has ended, and the job
+** canceled before this ran was abandoned: its op has ended, and the job
 ** is all that is left.
 */
 static void CALLBACK pool_work(PTP_CALLBACK_INSTANCE inst, void *arg) {
@@ -762,7 +762,7 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
 /*
 ** Asks the kernel to stop an op that may be waiting: CancelIoEx for an
 ** overlapped I/O (which fails when it has finished, or when closing its
-** handle cancelled it: either way its packet is on the way), the pool
+** handle canceled it: either way its packet is on the way), the pool
 ** thread's call for a pool op. A posted nop is already on its way.
 */
 static void ask_cancel(iocp_backend *b, rec *r) {
@@ -774,7 +774,7 @@ static void ask_cancel(iocp_backend *b, rec *r) {
 
 static int iocp_cancel(ioq_backend *base, ioq_op *op) {
   iocp_backend *b = TO_IOCP(base);
-  rec *r = REC(op);
+  rec *r = rec_of(op);
   if (r->kind == K_LOCAL) {
     if (r->timer != 0) {  /* a sleep that has not fired */
       heap_remove(b, r);
@@ -795,7 +795,7 @@ static int iocp_submit(ioq_backend *base) {
 }
 
 /* Fires the timers that are due: sleeps end, ops that timed out are
-** cancelled (their packet then reports -ETIMEDOUT). */
+** canceled (their packet then reports -ETIMEDOUT). */
 static void fire_timers(iocp_backend *b, int64_t now) {
   while (b->nheap > 0 && b->heap[0]->deadline <= now) {
     rec *r = b->heap[0];
@@ -971,6 +971,13 @@ static void iocp_destroy(ioq_backend *base) {
 }
 
 const ioq_backend_class ioq_iocp_backend = {
-  "iocp", iocp_create, iocp_destroy, iocp_start, iocp_cancel, iocp_submit,
-  iocp_reap, iocp_features, NULL
+  .name = "iocp",
+  .create = iocp_create,
+  .destroy = iocp_destroy,
+  .start = iocp_start,
+  .cancel = iocp_cancel,
+  .submit = iocp_submit,
+  .reap = iocp_reap,
+  .features = iocp_features,
+  .pool = NULL,
 };

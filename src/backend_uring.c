@@ -696,7 +696,7 @@ static int uring_cancel(ioq_backend *b, ioq_op *op) {
 ** errno values from 512 up are the kernel's own (include/linux/errno.h),
 ** never meant for user space; a system call turns them into these before
 ** it returns, but a CQE carries them as they are. An op that a worker was
-** running when it was cancelled ends with one of the restart codes: the
+** running when it was canceled ends with one of the restart codes: the
 ** worker took the cancel as a signal.
 */
 #define KERNEL_ERRNO_BASE     512
@@ -767,7 +767,7 @@ static int collect(uring_backend *u, ioq_event *ev, int max) {
 
 /*
 ** Submits, waits (no longer than the next op deadline), collects, then
-** asks for the ops whose deadline passed to be cancelled. An error from the
+** asks for the ops whose deadline passed to be canceled. An error from the
 ** kernel (-EEXIST from a thread that is not the ring's issuer, -EINTR)
 ** returns before anything here has changed.
 */

@@ -53,6 +53,11 @@ typedef int ioq_fd;
 
 typedef struct ioq_op ioq_op;
 
+/* Two links of a list of ops (see ioq_list.h). */
+typedef struct ioq_link {
+  ioq_op *next, *prev;
+} ioq_link;
+
 struct ioq_op {
   /* What to do: set by the binding before `start`. */
   uint8_t code;             /* an ioq_opcode */
@@ -77,7 +82,7 @@ struct ioq_op {
   int64_t res;              /* >= 0 on success, else -errno */
 
   /* Private to the binding: the list the op sits on. */
-  ioq_op *next, *prev;
+  ioq_link link;
 
   /* Private to the backend: room for the timespec of a timeout armed by
   ** timeout_ns, and, apart from it, for what the op itself needs (its own

@@ -19,8 +19,8 @@
 #define LIOQ_FILE   "ioq.file"
 #define LIOQ_SOCKET "ioq.socket"
 
-/* Registry key of the queue methods shared by every backend. */
-#define LIOQ_QUEUE_METHODS "ioq.queue methods"
+/* Registry key of the classes' tables that core.classes lists. */
+#define LIOQ_CLASSES "ioq.classes"
 
 /*
 ** The classes. Each class's metatable holds, at index 1, the address of
@@ -31,6 +31,16 @@
 enum { TAG_QUEUE, TAG_HANDLE, TAG_BUFFER, TAG_FILE, TAG_SOCKET, LIOQ_NTAGS };
 extern const char lioq_tags[LIOQ_NTAGS];
 extern const char *const lioq_class_names[LIOQ_NTAGS];
+
+/* lioq_util.c: the helpers at the bottom, which every other file may use. */
+int lioq_fail(lua_State *L, const char *what, int err);
+void *lioq_toudata(lua_State *L, int idx, int tag);
+void *lioq_checkudata(lua_State *L, int idx, int tag);
+void lioq_newmetatable(lua_State *L, int tag, const luaL_Reg *metamethods);
+void lioq_newclass(lua_State *L, int tag, const luaL_Reg *methods,
+                   const luaL_Reg *metamethods);
+void lioq_setclass(lua_State *L, int tag);
+int64_t lioq_checkseconds(lua_State *L, int arg, int64_t dflt);
 
 /*
 ** A buffer's bytes live outside the Lua heap in a block with a reference
@@ -54,6 +64,16 @@ lioq_block *lioq_checkblock(lua_State *L, int arg);
 lioq_block *lioq_testblock(lua_State *L, int arg);
 void lioq_block_unref(lioq_block *b);
 void *lioq_buffer_push_view(lua_State *L);
+lioq_block *lioq_checkidle(lua_State *L, int arg);
+
+/* The one check that a buffer's bytes are Lua's: no op owns them. */
+#define LIOQ_BUSY "buffer in use by a pending operation"
+
+static inline lioq_block *lioq_idleblock(lua_State *L, int arg,
+                                         lioq_block *b) {
+  luaL_argcheck(L, !b->busy, arg, LIOQ_BUSY);
+  return b;
+}
 int lioq_buffer_set_view(void *view, ioq_pool *pool, int buf, size_t len);
 
 /* The link of a pending op in the list of its file object. */
@@ -80,12 +100,18 @@ typedef struct lioq_file {
   ioq_fd closing;        /* closed by Lua, to be closed when ops is empty */
 } lioq_file;
 
+/* Sockets are the lioq_files with an address family. */
+static inline int lioq_is_socket(const lioq_file *f) {
+  return f->family != 0;
+}
+
 /* lioq_file.c */
 void lioq_open_file(lua_State *L);
 lioq_file *lioq_file_prepare(lua_State *L);
 void lioq_file_init(lioq_file *f, int family, int type);
 void lioq_file_release(lioq_file *f);
 ioq_fd lioq_checkfd(lua_State *L, int arg);
+lioq_file *lioq_checkopen(lua_State *L, int arg, int tag);
 ioq_fd lioq_tofd(lua_State *L, int idx);
 int lioq_closefd(lua_State *L, lioq_file *f);
 void lioq_dropfd(lioq_file *f);
@@ -105,20 +131,12 @@ int lioq_pushaddr(lua_State *L, const struct sockaddr_storage *ss,
                   uint32_t len);
 int lioq_checkhow(lua_State *L, int arg);
 
-/* lioq_queue.c */
+/* lioq_queue.c, lioq_handle.c, lioq_engine.c (see lioq_queue.h) */
 void lioq_open_queue(lua_State *L);
+void lioq_open_handle(lua_State *L);
 int lioq_queue_new(lua_State *L);
 int lioq_backends(lua_State *L);
-int lioq_now(lua_State *L);
 int lioq_queue_of(lua_State *L);
 void lioq_end_ops(lioq_file *f);
-
-/* lioq_core.c */
-int lioq_fail(lua_State *L, const char *what, int err);
-void *lioq_toudata(lua_State *L, int idx, int tag);
-void *lioq_checkudata(lua_State *L, int idx, int tag);
-void lioq_newmetatable(lua_State *L, int tag, const luaL_Reg *metamethods);
-void lioq_newclass(lua_State *L, int tag, const luaL_Reg *methods,
-                   const luaL_Reg *metamethods);
 
 #endif

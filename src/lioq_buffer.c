@@ -125,11 +125,9 @@ lioq_block *lioq_checkblock(lua_State *L, int arg) {
   return b;
 }
 
-/* The block of a buffer Lua wants to read or change. */
-static lioq_block *idle_block(lua_State *L, int arg) {
-  lioq_block *b = lioq_checkblock(L, arg);
-  luaL_argcheck(L, !b->busy, arg, "buffer in use by a pending operation");
-  return b;
+/* The block of a buffer Lua (or a new op) wants to read or change. */
+lioq_block *lioq_checkidle(lua_State *L, int arg) {
+  return lioq_idleblock(L, arg, lioq_checkblock(L, arg));
 }
 
 /* Turns string.sub-style positions i..j into a 0-based start and a length. */
@@ -152,7 +150,7 @@ static size_t span(lua_State *L, size_t size, int iarg, int jarg,
 
 /* buf:tostring([i [, j]]) */
 static int buffer_tostring(lua_State *L) {
-  lioq_block *b = idle_block(L, 1);
+  lioq_block *b = lioq_checkidle(L, 1);
   size_t start, len = span(L, b->size, 2, 3, &start);
   lua_pushlstring(L, (const char *)b->data + start, len);
   return 1;
@@ -160,7 +158,7 @@ static int buffer_tostring(lua_State *L) {
 
 /* buf:set(s [, i]): copies s into the buffer from position i (default 1). */
 static int buffer_set(lua_State *L) {
-  lioq_block *b = idle_block(L, 1);
+  lioq_block *b = lioq_checkidle(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   lua_Integer i = luaL_optinteger(L, 3, 1);
@@ -174,7 +172,7 @@ static int buffer_set(lua_State *L) {
 
 /* buf:fill([byte [, i [, j]]]): sets bytes i..j (default all) to byte. */
 static int buffer_fill(lua_State *L) {
-  lioq_block *b = idle_block(L, 1);
+  lioq_block *b = lioq_checkidle(L, 1);
   lua_Integer c = luaL_optinteger(L, 2, 0);
   size_t start, len;
   luaL_argcheck(L, c >= 0 && c <= 255, 2, "byte must be in 0..255");

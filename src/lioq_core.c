@@ -1,74 +1,12 @@
 /*
-** lioq_core.c: the ioq.core module: constructors, errno names, and the
-** helpers the other binding files share.
+** lioq_core.c: the top of the binding: luaopen_ioq_core, the module
+** opener. It opens every class (each in its own file), and builds the
+** module table: constructors, errno names, core.classes. Nothing calls
+** into this file.
 */
 #include <errno.h>
-#include <string.h>
 
 #include "lioq.h"
-
-/* Pushes fail, "what: strerror(err)", err, as luaL_fileresult does. */
-int lioq_fail(lua_State *L, const char *what, int err) {
-  luaL_pushfail(L);
-  lua_pushfstring(L, "%s: %s", what, ioq_strerror(err));
-  lua_pushinteger(L, err);
-  return 3;
-}
-
-const char lioq_tags[LIOQ_NTAGS];
-const char *const lioq_class_names[LIOQ_NTAGS] = {
-  LIOQ_QUEUE, LIOQ_HANDLE, LIOQ_BUFFER, LIOQ_FILE, LIOQ_SOCKET
-};
-
-/* The userdata at idx if it is of class `tag`, else NULL. */
-void *lioq_toudata(lua_State *L, int idx, int tag) {
-  void *p = lua_touserdata(L, idx);
-  if (p != NULL && lua_getmetatable(L, idx)) {
-    int ok = lua_rawgeti(L, -1, 1) == LUA_TLIGHTUSERDATA &&
-             lua_touserdata(L, -1) == (void *)&lioq_tags[tag];
-    lua_pop(L, 2);
-    if (ok)
-      return p;
-  }
-  return NULL;
-}
-
-void *lioq_checkudata(lua_State *L, int idx, int tag) {
-  void *p = lioq_toudata(L, idx, tag);
-  if (p == NULL)
-    luaL_typeerror(L, idx, lioq_class_names[tag]);
-  return p;
-}
-
-/*
-** Pushes a new metatable of class `tag`: its tag, a dotted __name (so
-** errors read "ioq.buffer expected"), and the metamethods. The first
-** metatable of a class is also registered under its name.
-*/
-void lioq_newmetatable(lua_State *L, int tag, const luaL_Reg *metamethods) {
-  const char *name = lioq_class_names[tag];
-  lua_newtable(L);
-  lua_pushlightuserdata(L, (void *)&lioq_tags[tag]);
-  lua_rawseti(L, -2, 1);
-  lua_pushstring(L, name);
-  lua_setfield(L, -2, "__name");
-  luaL_setfuncs(L, metamethods, 0);
-  if (luaL_getmetatable(L, name) == LUA_TNIL) {
-    lua_pushvalue(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, name);
-  }
-  lua_pop(L, 1);
-}
-
-/* Registers class `tag` with __index = its methods. */
-void lioq_newclass(lua_State *L, int tag, const luaL_Reg *methods,
-                   const luaL_Reg *metamethods) {
-  lioq_newmetatable(L, tag, metamethods);
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-}
 
 static const struct { const char *name; int value; } errnos[] = {
 #define E(x) {#x, x}
@@ -100,29 +38,23 @@ static void push_errnos(lua_State *L) {
   }
 }
 
-/* Pushes a table of the classes' method tables, for lua/ioq.lua to extend. */
+/* ioq.now(): monotonic seconds. */
+static int now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)ioq_now_ns() / 1e9);
+  return 1;
+}
+
+/* core.classes: the classes' method tables, for lua/ioq.lua to extend. */
 static void push_classes(lua_State *L) {
-  static const char *const classes[][2] = {
-    {"queue", LIOQ_QUEUE}, {"handle", LIOQ_HANDLE},
-    {"buffer", LIOQ_BUFFER}, {"file", LIOQ_FILE}, {"socket", LIOQ_SOCKET},
-  };
-  size_t i;
   lua_newtable(L);
-  for (i = 0; i < sizeof classes / sizeof classes[0]; i++) {
-    if (strcmp(classes[i][1], LIOQ_QUEUE) == 0) {  /* shared by backends */
-      lua_getfield(L, LUA_REGISTRYINDEX, LIOQ_QUEUE_METHODS);
-      lua_setfield(L, -2, classes[i][0]);
-      continue;
-    }
-    luaL_getmetatable(L, classes[i][1]);
-    lua_getfield(L, -1, "__index");
-    if (lua_iscfunction(L, -1)) {  /* an __index function keeps its table */
-      lua_getupvalue(L, -1, 1);
-      lua_remove(L, -2);
-    }
-    lua_setfield(L, -3, classes[i][0]);
-    lua_pop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, LIOQ_CLASSES);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_settable(L, -5);
   }
+  lua_pop(L, 1);
 }
 
 int luaopen_ioq_core(lua_State *L);
@@ -132,7 +64,7 @@ int luaopen_ioq_core(lua_State *L) {
     {"queue", lioq_queue_new},
     {"buffer", lioq_buffer_new},
     {"backends", lioq_backends},
-    {"now", lioq_now},
+    {"now", now},
     {"queue_of", lioq_queue_of},
     {"socket", lioq_socket_new},
     {"socketpair", lioq_socketpair},
@@ -147,6 +79,7 @@ int luaopen_ioq_core(lua_State *L) {
     lioq_open_buffer(L);
     lioq_open_file(L);
     lioq_open_socket(L);
+    lioq_open_handle(L);
     lioq_open_queue(L);
   }
   lua_pop(L, 1);

@@ -41,15 +41,9 @@ void lioq_file_init(lioq_file *f, int family, int type) {
 */
 void lioq_file_release(lioq_file *f) {
   if (f->ops == NULL && f->closing != IOQ_NOFD) {
-    ioq_close(f->closing, f->family != 0);
+    ioq_close(f->closing, lioq_is_socket(f));
     f->closing = IOQ_NOFD;
   }
-}
-
-static lioq_file *checkopen(lua_State *L, int arg) {
-  lioq_file *f = lioq_checkudata(L, arg, TAG_FILE);
-  luaL_argcheck(L, f->fd != IOQ_NOFD, arg, "attempt to use a closed file");
-  return f;
 }
 
 /*
@@ -81,6 +75,19 @@ ioq_fd lioq_tofd(lua_State *L, int idx) {
   return IOQ_NOFD;
 }
 
+/* The file or socket object f (of class tag) at arg, open. */
+static lioq_file *checkopen(lua_State *L, int arg, lioq_file *f, int tag) {
+  luaL_argcheck(L, f->fd != IOQ_NOFD, arg, tag == TAG_SOCKET
+                ? "attempt to use a closed socket"
+                : "attempt to use a closed file");
+  return f;
+}
+
+/* The open file or socket object of class `tag` at arg. */
+lioq_file *lioq_checkopen(lua_State *L, int arg, int tag) {
+  return checkopen(L, arg, lioq_checkudata(L, arg, tag), tag);
+}
+
 /*
 ** The descriptor behind argument `arg`: an integer, a Lua io file, or an
 ** ioq file. Anything else, or a closed file, raises an error naming `arg`.
@@ -93,16 +100,10 @@ ioq_fd lioq_checkfd(lua_State *L, int arg) {
                   "descriptor must be a non-negative integer");
     return (ioq_fd)fd;
   }
-  if ((ud = lioq_toudata(L, arg, TAG_FILE)) != NULL) {
-    lioq_file *f = ud;
-    luaL_argcheck(L, f->fd != IOQ_NOFD, arg, "attempt to use a closed file");
-    return f->fd;
-  }
-  if ((ud = lioq_toudata(L, arg, TAG_SOCKET)) != NULL) {
-    lioq_file *f = ud;
-    luaL_argcheck(L, f->fd != IOQ_NOFD, arg, "attempt to use a closed socket");
-    return f->fd;
-  }
+  if ((ud = lioq_toudata(L, arg, TAG_FILE)) != NULL)
+    return checkopen(L, arg, ud, TAG_FILE)->fd;
+  if ((ud = lioq_toudata(L, arg, TAG_SOCKET)) != NULL)
+    return checkopen(L, arg, ud, TAG_SOCKET)->fd;
   if ((ud = luaL_testudata(L, arg, LUA_FILEHANDLE)) != NULL) {
     luaL_Stream *s = ud;
     luaL_argcheck(L, s->closef != NULL, arg, "attempt to use a closed file");
@@ -126,7 +127,7 @@ static int close_object(lioq_file *f) {
     f->closing = fd;
     return 0;
   }
-  return ioq_close(fd, f->family != 0);
+  return ioq_close(fd, lioq_is_socket(f));
 }
 
 /*
@@ -149,7 +150,7 @@ void lioq_dropfd(lioq_file *f) {
 
 /* f:close(): true, or fail, msg, errno. */
 static int file_close(lua_State *L) {
-  return lioq_closefd(L, checkopen(L, 1));
+  return lioq_closefd(L, lioq_checkopen(L, 1, TAG_FILE));
 }
 
 static int file_gc(lua_State *L) {
@@ -158,7 +159,7 @@ static int file_gc(lua_State *L) {
 }
 
 static int file_fileno(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)checkopen(L, 1)->fd);
+  lua_pushinteger(L, (lua_Integer)lioq_checkopen(L, 1, TAG_FILE)->fd);
   return 1;
 }
 

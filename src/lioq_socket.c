@@ -186,9 +186,7 @@ int lioq_socketpair(lua_State *L) {
 }
 
 static lioq_file *checksocket(lua_State *L, int arg) {
-  lioq_file *s = lioq_checkudata(L, arg, TAG_SOCKET);
-  luaL_argcheck(L, s->fd != IOQ_NOFD, arg, "attempt to use a closed socket");
-  return s;
+  return lioq_checkopen(L, arg, TAG_SOCKET);
 }
 
 /*

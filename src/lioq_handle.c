@@ -1,0 +1,310 @@
+/*
+** lioq_handle.c: ioq.handle, the value every op returns: h:wait, h:result,
+** h:cancel, h:timeout, h:resubmit, h:take and the fields h.op, h.queue,
+** h.buffer, h.length (h:resubmit lives with the op constructors, in
+** lioq_ops.c). Touches the handle and its queue's lists through the engine
+** (lioq_engine.c).
+*/
+#include <errno.h>
+#include <string.h>
+
+#include "lioq_queue.h"
+
+static lhandle *checkhandle(lua_State *L) {
+  return lioq_checkudata(L, 1, TAG_HANDLE);
+}
+
+/* Pushes the handle's outcome: its value, or fail, msg, errno. */
+static int push_result(lua_State *L, lhandle *h) {
+  int64_t res = h->op.res;
+  if (res < 0) {
+    int err = (int)-res;
+    luaL_pushfail(L);
+    if (h->has_msg)
+      lua_getiuservalue(L, 1, HVAL_DATA);
+    else if (err == ETIMEDOUT)
+      lua_pushliteral(L, "timed out");
+    else if (err == ECANCELED)
+      lua_pushliteral(L, "canceled");
+    else
+      lua_pushfstring(L, "%s: %s", lioq_op_names[h->op.code], ioq_strerror(err));
+    lua_pushinteger(L, err);
+    return 3;
+  }
+  switch (h->op.code) {
+    case IOQ_READ:
+    case IOQ_WRITE:
+    case IOQ_RECV:
+    case IOQ_SEND:
+    case IOQ_SENDTO:
+      lua_pushinteger(L, (lua_Integer)res);
+      return 1;
+    case IOQ_RECVFROM:
+      lua_pushinteger(L, (lua_Integer)res);
+      return 1 + lioq_pushaddr(L, h->op.addr, h->op.addrlen);
+    case IOQ_OPEN:
+    case IOQ_ACCEPT:
+      lua_getiuservalue(L, 1, HVAL_RESULT);
+      return 1;
+    default:
+      lua_pushboolean(L, 1);
+      return 1;
+  }
+}
+
+/* core.queue_of(h): h.queue without the __index detour (for lua/ioq.lua). */
+int lioq_queue_of(lua_State *L) {
+  checkhandle(L);
+  lua_getiuservalue(L, 1, HVAL_QUEUE);
+  return 1;
+}
+
+/* h:done() */
+static int handle_done(lua_State *L) {
+  lua_pushboolean(L, checkhandle(L)->state == ST_DONE);
+  return 1;
+}
+
+/* h:result(): the outcome; raises while the op is pending. */
+static int handle_result(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  if (h->state != ST_DONE)
+    return luaL_error(L, "handle is pending: wait for it first");
+  return push_result(L, h);
+}
+
+/* h:lioq_cancel(): true if asked, false if already done, or fail, msg, errno. */
+static int handle_cancel(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  int r;
+  if (h->state == ST_INFLIGHT)
+    lioq_checkowner(L, h->q);
+  r = lioq_cancel(h);
+  if (r == -EALREADY) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (r < 0) {
+    h->op.cancel_requested = 0;
+    return lioq_fail(L, "cancel", -r);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** h:wait([timeout]): drives the queue until the handle resolves, then
+** returns its result. When the timeout passes first the op is canceled,
+** and once the kernel hands it back, it resolves to "timed out" (or to its
+** real result if it finished anyway).
+*/
+static int handle_wait(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  int64_t timeout = lioq_checkseconds(L, 2, -1);
+  int64_t deadline = timeout >= 0 ? ioq_now_ns() + timeout : 0;
+  int pumped = 0, timed_out = 0;
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, HVAL_QUEUE);  /* index 2 */
+  while (h->state != ST_DONE) {
+    int64_t left = -1;
+    int n;
+    if (h->q->backend == NULL)
+      return luaL_error(L, "queue is closed");
+    if (timeout >= 0 && !timed_out) {
+      left = deadline - ioq_now_ns();
+      if (left <= 0 && pumped) {
+        timed_out = 1;
+        lioq_cancel(h);  /* on failure the op still ends by itself */
+        left = -1;
+      } else if (left < 0) {
+        left = 0;
+      }
+    }
+    n = lioq_pump(L, h->q, 2, left, 0);
+    if (n == LIOQ_STUCK) {
+      luaL_pushfail(L);
+      lua_pushfstring(L, "%s: every buffer of the queue's pool is held by "
+                      "a buffer view (close the views)", lioq_op_names[h->op.code]);
+      lua_pushinteger(L, ENOBUFS);
+      return 3;
+    }
+    if (n < 0)
+      return lioq_fail(L, "wait", -n);
+    pumped = 1;
+  }
+  if (timed_out && h->op.res == -ECANCELED)
+    h->op.res = -ETIMEDOUT;
+  lua_settop(L, 1);
+  return push_result(L, h);
+}
+
+/*
+** h:timeout(seconds): arms a timeout that the backend enforces, if the op
+** has not been handed to it yet (on io_uring, a linked timeout). Returns
+** true if armed; false if the op is already in flight or done, in which
+** case the caller must time it out itself (a timer and h:lioq_cancel()).
+*/
+static int handle_timeout(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  int64_t ns = lioq_checkseconds(L, 2, 0);
+  luaL_argcheck(L, ns > 0, 2, "timeout must be positive");
+  if (h->state != ST_UNSENT) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  h->op.timeout_ns = ns;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** Takes an error item of a multishot accept (EMFILE...): the accept paused
+** on it goes on once Lua has seen it. Returns fail, msg, errno.
+*/
+static int take_error(lua_State *L, lhandle *h) {
+  int err = (int)-lioq_item_first(h)->res;
+  lioq_item_shift(h);
+  if (h->paused) {
+    h->paused = 0;
+    if (h->state == ST_STARVED) {
+      list_remove(&h->q->starved, &h->op);
+      h->state = ST_UNSENT;
+      list_push(&h->q->unsent, &h->op);
+    }
+  }
+  return lioq_fail(L, lioq_op_names[h->op.code], err);
+}
+
+/*
+** h:take(): the oldest item a multishot handle has received (a socket, or
+** a buffer view of the bytes); false if none yet and the op is still
+** armed; once it has ended and every item is taken, nil, "end of stream"
+** (the peer closed) or fail, msg, errno (ECANCELED after h:lioq_cancel()...).
+*/
+static int handle_take(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  luaL_argcheck(L, h->op.multishot, 1, "not a multishot handle");
+  if (h->items.n > 0 && lioq_item_first(h)->res < 0)
+    return take_error(L, h);
+  if (h->items.n > 0) {
+    /* Make the object first (a finalizer may run, even take items), then
+    ** take the item: nothing between the two can fail or run Lua code. */
+    void *obj = h->op.code == IOQ_ACCEPT
+              ? (void *)lioq_socket_prepare(L, h->family, h->type)
+              : lioq_buffer_push_view(L);
+    if (h->items.n > 0 && lioq_item_first(h)->res >= 0) {
+      lioq_item *it = lioq_item_first(h);
+      if (h->op.code == IOQ_ACCEPT)
+        ((lioq_file *)obj)->fd = (ioq_fd)it->res;
+      else if (!lioq_buffer_set_view(obj, h->pool, it->buf, (size_t)it->res))
+        return luaL_error(L, "not enough memory");
+      lioq_item_shift(h);
+      return 1;
+    }
+    lua_pop(L, 1);
+    return handle_take(L);  /* a finalizer took it: look again */
+  }
+  if (h->state != ST_DONE) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (h->op.res == 0) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "end of stream");
+    return 2;
+  }
+  return push_result(L, h);
+}
+
+/* __gc of multishot handles: what nobody took goes back (descriptors are
+** closed, buffers return to the pool). A handle still pending here is
+** being collected with its queue, whose destroy does that instead. */
+static int handle_gc(lua_State *L) {
+  lhandle *h = lua_touserdata(L, 1);
+  if (h != NULL && h->state == ST_DONE)
+    lioq_items_free(h);
+  return 0;
+}
+
+/* Methods first (the common case), then the fields op, queue, buffer. */
+static int handle_index(lua_State *L) {
+  lhandle *h;
+  const char *key;
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+    return 1;
+  h = checkhandle(L);
+  key = lua_tostring(L, 2);
+  if (key != NULL) {
+    if (strcmp(key, "op") == 0) {
+      lua_pushstring(L, lioq_op_names[h->op.code]);
+      return 1;
+    }
+    if (strcmp(key, "queue") == 0) {
+      lua_getiuservalue(L, 1, HVAL_QUEUE);
+      return 1;
+    }
+    if (strcmp(key, "length") == 0) {  /* bytes a transfer asked for */
+      switch (h->op.code) {
+        case IOQ_READ: case IOQ_WRITE: case IOQ_RECV: case IOQ_SEND:
+        case IOQ_RECVFROM: case IOQ_SENDTO:
+          if (!h->op.multishot) {
+            lua_pushinteger(L, (lua_Integer)h->op.len);
+            return 1;
+          }
+          break;
+        default:
+          break;
+      }
+    }
+    if (strcmp(key, "buffer") == 0) {
+      lua_getiuservalue(L, 1, HVAL_DATA);
+      if (lioq_toudata(L, -1, TAG_BUFFER) == NULL)
+        lua_pushnil(L);
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+static int handle_repr(lua_State *L) {
+  lhandle *h = checkhandle(L);
+  lua_pushfstring(L, "ioq.handle (%s, %s): %p", lioq_op_names[h->op.code],
+                  h->state == ST_DONE ? "done" : "pending", (void *)h);
+  return 1;
+}
+
+void lioq_open_handle(lua_State *L) {
+  static const luaL_Reg handle_methods[] = {
+    {"done", handle_done},
+    {"result", handle_result},
+    {"wait", handle_wait},
+    {"cancel", handle_cancel},
+    {"timeout", handle_timeout},
+    {"resubmit", lioq_handle_resubmit},
+    {"take", handle_take},
+    {NULL, NULL}
+  };
+  static const luaL_Reg handle_meta[] = {
+    {"__tostring", handle_repr},
+    {NULL, NULL}
+  };
+  /* Handles: a C __index, for the fields that live in each handle. */
+  lioq_newmetatable(L, TAG_HANDLE, handle_meta);
+  lua_newtable(L);
+  luaL_setfuncs(L, handle_methods, 0);
+  lua_pushvalue(L, -1);
+  lioq_setclass(L, TAG_HANDLE);
+  lua_pushcclosure(L, handle_index, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__index");
+  /* Multishot handles: the same class, plus a __gc for untaken items. */
+  lioq_newmetatable(L, TAG_HANDLE, handle_meta);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, handle_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setfield(L, LUA_REGISTRYINDEX, MULTISHOT_MT);
+  lua_pop(L, 1);
+}

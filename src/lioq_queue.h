@@ -1,0 +1,182 @@
+/*
+** lioq_queue.h: what the four files of the queue class share (not the
+** rest of the binding, which sees only lioq.h): the queue and handle
+** structs, where an op is, and the engine's entry points.
+**
+**   lioq_engine.c  the completion engine: op lists, the pipeline from
+**                  unsent to done, cancels, destroy (no Lua API calls but
+**                  in pump and deliver)
+**   lioq_ops.c     the op constructors, q:read ... q:recv_multi
+**   lioq_handle.c  ioq.handle: h:wait, h:take, h:cancel ...
+**   lioq_queue.c   ioq.queue: options, backend choice, the other methods
+**
+** Each includes this header and lioq.h, and may call the engine; the
+** engine calls none of the other three.
+*/
+#ifndef LIOQ_QUEUE_H
+#define LIOQ_QUEUE_H
+
+#include <stdlib.h>
+#ifndef _WIN32
+#include <pthread.h>
+#endif
+
+#include "lioq.h"
+#include "ioq_list.h"
+#include "ioq_ring.h"
+
+/* Completions handled per backend call. */
+#define REAP_BATCH 128
+
+/* Where an op is. STARVED: a multishot receive the kernel disarmed because
+** the pool ran dry; it is armed again once buffers come back. */
+enum { ST_UNSENT, ST_INFLIGHT, ST_READY, ST_STARVED, ST_DONE };
+
+/* The queue's lists of ops, linked through ioq_op.link. */
+typedef ioq_list oplist;
+
+static inline void list_push(oplist *l, ioq_op *op) {
+  ioq_list_push(l, op, offsetof(ioq_op, link));
+}
+
+static inline void list_remove(oplist *l, ioq_op *op) {
+  ioq_list_remove(l, op, offsetof(ioq_op, link));
+}
+
+#ifdef _WIN32
+typedef DWORD thread_id;
+#define this_thread() GetCurrentThreadId()
+#define same_thread(a, b) ((a) == (b))
+#else
+typedef pthread_t thread_id;
+#define this_thread() pthread_self()
+#define same_thread(a, b) pthread_equal(a, b)
+#endif
+
+typedef struct lqueue {
+  ioq_backend *backend;    /* NULL once closed */
+#ifndef _WIN32
+  pid_t owner;             /* the process that created the ring */
+  unsigned long forks;     /* the fork count then */
+#endif
+  thread_id thread;        /* the thread that created it: the only one that
+                              may drive it (io_uring's single issuer) */
+  oplist unsent, inflight, ready, starved;
+  int *free_slots;         /* anchor slots free for reuse */
+  int nfree;               /* how many of them */
+  int top;                 /* highest anchor slot ever used */
+  int slots_cap;           /* capacity of free_slots (>= top) */
+  int closing;             /* destroy is draining: re-arm nothing */
+  lua_Integer starvations; /* times a receive found the pool empty */
+  struct lhandle *cancels; /* cancels the backend had no room for yet */
+  ioq_pool *pool;          /* provided buffers, made on first use; the
+                              queue holds a reference until it is collected */
+  unsigned pool_count, pool_size;
+  int64_t linger_ns;       /* how long close waits for output ops */
+  ioq_event events[REAP_BATCH];
+  unsigned char act[REAP_BATCH];
+} lqueue;
+
+/* The queue's user values (lua_getiuservalue indices). */
+enum { QVAL_ANCHORS = 1, QVAL_HANDLE_MT, QUEUE_NUV = QVAL_HANDLE_MT };
+
+/* A handle's user values (lua_getiuservalue indices). */
+enum {
+  HVAL_QUEUE = 1,   /* its queue */
+  HVAL_DATA,        /* the buffer, string or path the kernel uses; or the
+                     error message of an op that failed before it started */
+  HVAL_FD,          /* the file or socket object of its descriptor */
+  HVAL_RESULT       /* the object an open or accept resolves to */
+};
+
+/* An item of a multishot op: a descriptor, or a byte count and the pool
+** buffer that holds the bytes (buf -1: none), or -errno. */
+typedef struct lioq_item {
+  int64_t res;
+  int32_t buf;
+} lioq_item;
+
+typedef struct lhandle {
+  ioq_op op;               /* first: an ioq_op* is an lhandle* */
+  lqueue *q;
+  lioq_block *block;       /* the buffer's bytes, referenced while pending */
+  lioq_file *file_out;     /* open, accept: receives the new descriptor */
+  int slot;                /* index in the anchor table while pending */
+  int state;
+  int has_msg;             /* HVAL_DATA holds the error message */
+  /* Multishot ops: what arrived and Lua has not taken yet, oldest first
+  ** (a descriptor, or a byte count with its pool buffer). */
+  ioq_ring items;           /* of lioq_item */
+  int family, type;        /* multishot accept: the sockets it makes */
+  ioq_pool *pool;          /* multishot receive: where its items' buffers
+                              go back to (each item holds a reference) */
+  struct lhandle *cancel_next;  /* on q->cancels */
+  int cancel_queued;
+  int paused;              /* multishot accept: stopped on an error item
+                              until Lua takes it */
+  lioq_file *pos_file;     /* the file whose kept position the op moved */
+  int at_position;         /* asked for the current position (offset -1) */
+  lioq_file *file;         /* the file object the op is pending on */
+  lioq_oplink link;        /* in file->ops */
+} lhandle;
+
+#define handle_of_link(l) \
+  ((lhandle *)(void *)((char *)(l) - offsetof(lhandle, link)))
+
+/* The op codes' names, for messages ("read: ...") and h.op. */
+extern const char *const lioq_op_names[IOQ_NOPCODES];
+
+/* The metatable of multishot handles, in the registry. */
+#define MULTISHOT_MT "ioq.handle multishot"
+
+/* ---------------------------------------------------------------- engine */
+
+/* Pump's answer when only starved receives are pending and nothing in the
+** kernel can ever complete: waiting would be forever. */
+#define LIOQ_STUCK (-ENOBUFS)
+
+void lioq_owner_init(lqueue *q);
+void lioq_checkowner(lua_State *L, lqueue *q);
+int lioq_on_owner_thread(const lqueue *q);
+void lioq_items_free(lhandle *h);
+
+/* The oldest item (items.n > 0), and taking it. */
+static inline lioq_item *lioq_item_first(lhandle *h) {
+  return ioq_ring_at(&h->items, sizeof(lioq_item), 0);
+}
+
+static inline void lioq_item_shift(lhandle *h) {
+  ioq_ring_shift(&h->items, sizeof(lioq_item));
+}
+void lioq_flush(lqueue *q);
+int lioq_pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
+              int into);
+int lioq_cancel(lhandle *h);
+int lioq_is_output(const ioq_op *op);
+int lioq_destroy(lqueue *q, int from_gc);
+
+static inline size_t lioq_pending(const lqueue *q) {
+  return q->unsent.n + q->inflight.n + q->ready.n + q->starved.n;
+}
+
+/* ---------------------------------------------------------------- ops */
+
+extern const luaL_Reg lioq_op_methods[];
+int lioq_handle_resubmit(lua_State *L);
+
+/* ---------------------------------------------------------------- handle */
+
+void lioq_open_handle(lua_State *L);
+
+/* The queue at argument 1 (the receiver of every queue method). */
+static inline lqueue *lioq_checkqueue(lua_State *L) {
+  return lioq_checkudata(L, 1, TAG_QUEUE);
+}
+
+static inline lqueue *lioq_checkopenqueue(lua_State *L) {
+  lqueue *q = lioq_checkqueue(L);
+  luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
+  return q;
+}
+
+#endif
