@@ -8,6 +8,7 @@
 --
 --   ioq/args.lua       argument checks and their error messages
 --   ioq/heap.lua       the min-heap behind the loop's timers
+--   ioq/outputs.lua    failed outputs nobody awaited, for the run's report
 --   ioq/loop.lua       the loop's state and hot path: tasks, waiters,
 --                      timers, h:await / h:wait / h:result, poll, drive
 --   ioq/run.lua        ioq.run: options, the queue guard, the end of a run

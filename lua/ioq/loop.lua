@@ -8,14 +8,17 @@
 --
 -- The state is private to this file, in upvalues (the cheapest place Lua
 -- has); siblings reach it only through the functions at the bottom. It
--- replaces the C methods await, wait and result of ioq.handle; it requires
--- ioq.core, ioq.args and ioq.heap.
+-- replaces the C methods await, wait and result of ioq.handle, and must
+-- load before any module that puts Lua methods in front of C ones (it
+-- takes the C ones). It requires ioq.core, ioq.args, ioq.heap and
+-- ioq.outputs (the failed outputs nobody awaited, which it notes).
 local core = require "ioq.core"
 local args = require "ioq.args"
 local heap = require "ioq.heap"
+local outputs = require "ioq.outputs"
 
-local coroutine, error, select, setmetatable, tostring, type =
-  coroutine, error, select, setmetatable, tostring, type
+local coroutine, error, select, setmetatable, type =
+  coroutine, error, select, setmetatable, type
 local getmetatable, pcall = getmetatable, pcall
 local pack, unpack = table.pack, table.unpack
 local resume, yield, running_co = coroutine.resume, coroutine.yield, coroutine.running
@@ -24,6 +27,7 @@ local E = core.errno
 local argerror, check_timeout, check_handle, c_call =
   args.argerror, args.check_timeout, args.check_handle, args.c_call
 local heap_push, heap_remove = heap.push, heap.remove
+local note_output, claim = outputs.note, outputs.claim
 
 local handle_methods = core.classes.handle
 local queue_methods = core.classes.queue
@@ -66,15 +70,6 @@ local timers = {}          -- min-heap of { at =, fn =, pos = }: fn(t) fires
 local failed = {}          -- tasks that ended with an error, in order
 local into = {}            -- scratch table for q:wait
 local main_task = nil
-
--- Output ops (writes, sends, fsyncs, shutdowns) that failed while nobody
--- awaited them: handle -> record (weak, so a handle the script dropped can
--- go), and the first records in order, reported when the run ends unless
--- the script looked at the handle's result meanwhile ("claimed" it).
-local unclaimed = setmetatable({}, { __mode = "k" })
-local unclaimed_n = 0      -- records not claimed yet (0: claim has nothing to do)
-local lost, lost_more = {}, 0
-local LOST_KEPT = 20
 
 local sync_queue = nil     -- for blocking calls made outside any loop
 
@@ -274,54 +269,11 @@ local function others_wait(h, w)
   return false
 end
 
-local OUTPUT = { write = true, send = true, sendto = true, fsync = true, shutdown = true }
-
---- Notes an output op that resolved with nobody waiting for it, if it
--- failed: the script is told at the end of the run unless it looks at the
--- handle by then. A cancel during the run is the script's own doing (its
--- h:cancel()). `closing` is true while the run's end lets outputs finish,
--- and "cut" once the linger time ran out and they were cancelled: an
--- output that ends then is reported even with a byte count, since a
--- cancelled send may have sent only part of its data.
+--- An op resolved with nobody waiting for it: noted if it is an output
+-- that failed (lua/ioq/outputs.lua).
 local function unwaited(h, closing)
   if not h_done(h) then return end  -- a multishot handle's item
-  local v, msg, err = h_result(h)
-  local op = h.op
-  if not OUTPUT[op] then return end
-  -- A byte count short of what was asked for lost the rest.
-  local short = type(v) == "number" and op ~= "fsync" and v < h.length
-  if closing ~= "cut" and not short and
-     (v ~= nil or (err == E.ECANCELED and not closing)) then
-    return
-  end
-  if short and closing ~= "cut" then
-    msg = string.format("%s: only %d of %d bytes went out", op, v, h.length)
-  end
-  if closing == "cut" then
-    msg = op .. ": not done when the linger time of the run's end ran out; cancelled" ..
-      (v ~= nil and " after " .. tostring(v) .. " bytes" or "")
-  end
-  local record = { msg = msg, err = err }
-  if #lost < LOST_KEPT then
-    lost[#lost + 1] = record
-  else
-    record.extra = true
-    lost_more = lost_more + 1
-  end
-  unclaimed[h] = record
-  unclaimed_n = unclaimed_n + 1
-end
-
---- The script looks at h's result: it is no longer unclaimed.
-local function claim(h)
-  if unclaimed_n == 0 then return end
-  local record = unclaimed[h]
-  if record then
-    unclaimed[h] = nil
-    unclaimed_n = unclaimed_n - 1
-    record.claimed = true
-    if record.extra then lost_more = lost_more - 1 end
-  end
+  return note_output(h, closing, h_result(h))
 end
 
 local function call_waiter(w)
@@ -542,32 +494,6 @@ function handle_methods.result(h)
   return c_call("result", 1, pcall(h_result, h))
 end
 
----------------------------------------------------------------- cancel
-
---- The body of task:cancel() (lua/ioq/task.lua checks its argument): the
--- task's current (or next) wait returns fail, "canceled", ECANCELED.
-local function cancel_task(task)
-  if ended(task) then return false end
-  if task.fn then
-    -- It never ran: end it now, with the result a canceled await gives.
-    coroutine.close(task.co)
-    finish(task, true, fail("canceled", E.ECANCELED))
-    return true
-  end
-  if task.status == "waiting" then
-    task.canceled = true
-    local h = task.waiting_on
-    if h then
-      give_up(task, h)  -- the task resumes when the kernel lets go of the op
-    else
-      wake(task, false)
-    end
-  else
-    task.cancel_pending = true
-  end
-  return true
-end
-
 ---------------------------------------------------------------- the loop
 
 local function run_ready()
@@ -623,7 +549,7 @@ local function drive()
     if main_task.status == "failed" and not cancelling then
       -- The main task failed: cancel the others, then let them end.
       cancelling = true
-      for _, t in pairs(tasks) do cancel_task(t) end
+      for _, t in pairs(tasks) do t:cancel() end  -- lua/ioq/task.lua
     elseif not poll() then
       local n = alive
       for co in pairs(tasks) do coroutine.close(co) end
@@ -637,32 +563,20 @@ local function reset_loop()
   running, loop_q, main_task = false, nil, nil
   tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
   ready, rhead, rtail = {}, 1, 0
-  unclaimed, lost, lost_more = setmetatable({}, { __mode = "k" }), {}, 0
-  unclaimed_n = 0
+  return outputs.reset()
 end
 
 ---------------------------------------------------------------- for siblings
 -- What lua/ioq/*.lua may use of the loop; nothing else of its state is
 -- reachable.
 local loop = {
-  fail = fail,
-  Task = Task,
-  ended = ended,
-  current_task = current_task,
-  suspend = suspend,
-  wake = wake,
-  add_waiter = add_waiter,
-  remove_waiter = remove_waiter,
-  add_timer = add_timer,
-  arm_timer = arm_timer,
-  cancel_timer = cancel_timer,
-  cancel_task = cancel_task,
-  drive_until = drive_until,
-  wait_for = wait_for,
-  dispatch = dispatch,
-  drive = drive,
-  blocking_queue = blocking_queue,
-  current_queue = current_queue,
+  fail = fail, Task = Task, ended = ended, finish = finish,   -- tasks
+  current_task = current_task, suspend = suspend, wake = wake,
+  add_waiter = add_waiter, remove_waiter = remove_waiter,    -- waits
+  give_up = give_up, drive_until = drive_until, wait_for = wait_for,
+  add_timer = add_timer, arm_timer = arm_timer, cancel_timer = cancel_timer,
+  dispatch = dispatch, drive = drive,                        -- the run
+  blocking_queue = blocking_queue, current_queue = current_queue,
 }
 
 --- The running loop's queue, or nil outside a loop.
@@ -691,9 +605,7 @@ end
 --- Ends the run: the loop's state is new again. Returns the records of
 -- the outputs nobody awaited that failed, and how many more there were.
 function loop.stop()
-  local records, more = lost, lost_more
-  reset_loop()
-  return records, more
+  return reset_loop()
 end
 
 return loop

@@ -21,6 +21,7 @@ local argerror, check_timeout, check_handle, c_call, is_handle =
 local fail, Task, ended, current_task, suspend, wake = loop.fail, loop.Task,
   loop.ended, loop.current_task, loop.suspend, loop.wake
 local add_waiter, remove_waiter = loop.add_waiter, loop.remove_waiter
+local finish, give_up = loop.finish, loop.give_up
 local add_timer, arm_timer, cancel_timer = loop.add_timer, loop.arm_timer, loop.cancel_timer
 local loop_queue, drive_until = loop.queue, loop.drive_until
 
@@ -185,7 +186,25 @@ end
 -- never runs. Returns true if the task was live.
 function Task:cancel()
   check_task(self, "cancel")
-  return loop.cancel_task(self)
+  if ended(self) then return false end
+  if self.fn then
+    -- It never ran: end it now, with the result a canceled await gives.
+    coroutine.close(self.co)
+    finish(self, true, fail("canceled", E.ECANCELED))
+    return true
+  end
+  if self.status == "waiting" then
+    self.canceled = true
+    local h = self.waiting_on
+    if h then
+      give_up(self, h)  -- the task resumes when the kernel lets go of the op
+    else
+      wake(self, false)
+    end
+  else
+    self.cancel_pending = true
+  end
+  return true
 end
 
 function Task:__tostring()
