@@ -28,6 +28,15 @@ build = {
   type = "builtin",
   modules = {
     ioq = "lua/ioq.lua",
+    ["ioq.args"] = "lua/ioq/args.lua",
+    ["ioq.heap"] = "lua/ioq/heap.lua",
+    ["ioq.outputs"] = "lua/ioq/outputs.lua",
+    ["ioq.loop"] = "lua/ioq/loop.lua",
+    ["ioq.run"] = "lua/ioq/run.lua",
+    ["ioq.task"] = "lua/ioq/task.lua",
+    ["ioq.objects"] = "lua/ioq/objects.lua",
+    ["ioq.multishot"] = "lua/ioq/multishot.lua",
+    ["ioq.signals"] = "lua/ioq/signals.lua",
     ["ioq.stream"] = "lua/ioq/stream.lua",
   },
   -- The Makefile reads these source lists too (mk/sources.lua): a new C

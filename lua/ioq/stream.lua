@@ -6,7 +6,12 @@
 --   local line = s:read_line()          -- nil, "end of stream" at EOF
 --   local body = s:read_exact(n)
 --   assert(s:write_all("HTTP/1.1 200 OK\r\n..."))
-local ioq = require "ioq"
+--
+-- Holds no state beyond each stream's own fields; touches nothing else.
+-- It requires ioq.core, ioq.args and ioq.loop (whose h:await it uses).
+local core = require "ioq.core"
+local args = require "ioq.args"
+local loop = require "ioq.loop"
 local pack = table.pack
 
 local Stream = {}
@@ -14,8 +19,9 @@ Stream.__index = Stream
 Stream.__name = "ioq.stream"
 
 local EOS = "end of stream"
-local E = ioq.errno
-local argerror = ioq._argerror
+local E = core.errno
+local argerror = args.argerror
+local current_queue = loop.current_queue
 
 local function is_socket(obj)
   local mt = getmetatable(obj)
@@ -50,7 +56,7 @@ local function new(obj, opts)
   return setmetatable({
     obj = obj,
     socket = is_socket(obj),
-    buf = ioq.buffer(size),
+    buf = core.buffer(size),
     data = "",       -- bytes read but not consumed are data:sub(pos)
     pos = 1,
     eof = false,
@@ -67,9 +73,9 @@ local function check(self, name)
   if self.obj == nil then argerror(0, name, "stream is closed", 3) end
 end
 
-local function queue()
-  return ioq.current() or ioq._blocking_queue()
-end
+-- The queue a stream's ops go on: the running loop's, or outside a loop
+-- the private one that blocking calls use.
+local queue = current_queue
 
 --- Reads once more into the pending data. Returns true, or nil, msg[, errno].
 local function fill(self)

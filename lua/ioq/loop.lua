@@ -1,0 +1,611 @@
+--- ioq.loop: the coroutine loop's state and its hot path. It holds what one
+-- await costs: the running loop's queue, its tasks and the FIFO of those
+-- ready to run, who waits for which handle, the timers, h:await / h:wait /
+-- h:result, the poll that hands completions to their waiters, and the
+-- drive of a run (ioq.run itself, its options and its end, is
+-- lua/ioq/run.lua). The slower waits (join, first, next) and the Task
+-- methods are lua/ioq/task.lua, built on the functions exported here.
+--
+-- The state is private to this file, in upvalues (the cheapest place Lua
+-- has); siblings reach it only through the functions at the bottom. It
+-- replaces the C methods await, wait and result of ioq.handle, and must
+-- load before any module that puts Lua methods in front of C ones (it
+-- takes the C ones). It requires ioq.core, ioq.args, ioq.heap and
+-- ioq.outputs (the failed outputs nobody awaited, which it notes).
+local core = require "ioq.core"
+local args = require "ioq.args"
+local heap = require "ioq.heap"
+local outputs = require "ioq.outputs"
+
+local coroutine, error, select, setmetatable, type =
+  coroutine, error, select, setmetatable, type
+local getmetatable, pcall = getmetatable, pcall
+local pack, unpack = table.pack, table.unpack
+local resume, yield, running_co = coroutine.resume, coroutine.yield, coroutine.running
+local now = core.now
+local E = core.errno
+local argerror, check_timeout, check_handle, c_call =
+  args.argerror, args.check_timeout, args.check_handle, args.c_call
+local heap_push, heap_remove = heap.push, heap.remove
+local note_output, claim = outputs.note, outputs.claim
+
+local handle_methods = core.classes.handle
+local queue_methods = core.classes.queue
+
+-- The loop calls these directly: a handle's __index is a C function (its
+-- fields live in the userdata), so h:done() would cost two C calls. They
+-- are the C functions, taken before this module puts Lua ones in front.
+local h_done, h_result, h_cancel, h_timeout, h_wait = handle_methods.done,
+  handle_methods.result, handle_methods.cancel, handle_methods.timeout,
+  handle_methods.wait
+local q_pending = queue_methods.pending
+local queue_of = core.queue_of
+
+-- The C q:wait of the loop's queue: ioq.run hands it over (see start), as
+-- the queue's own q:wait refuses a queue that a loop drives.
+local q_wait = queue_methods.wait
+
+-- What a task's coroutine hands the loop: WAIT when it waits for a wake-up,
+-- DONE (then its status and values) when its body has returned. Any other
+-- yield just lets the other tasks run first.
+local WAIT = setmetatable({}, { __name = "ioq.wait" })
+local DONE = setmetatable({}, { __name = "ioq.done" })
+
+local function fail(msg, err)
+  return nil, msg, err
+end
+
+---------------------------------------------------------------- loop state
+-- At most one loop runs per Lua state (ioq.run refuses to nest), so the
+-- running loop's state lives in these upvalues: the cheapest place Lua has.
+
+local running = false      -- true while ioq.run runs
+local loop_q = nil         -- its queue
+local tasks = {}           -- coroutine -> live task
+local alive = 0            -- live tasks
+local ready, rhead, rtail = {}, 1, 0   -- FIFO of tasks to resume
+local waiters = {}         -- handle -> who awaits it: a task, a function,
+                           -- or a list (a table without .co) of those
+local timers = {}          -- min-heap of { at =, fn =, pos = }: fn(t) fires
+local failed = {}          -- tasks that ended with an error, in order
+local into = {}            -- scratch table for q:wait
+local main_task = nil
+
+local sync_queue = nil     -- for blocking calls made outside any loop
+
+--- The queue for an op started outside a loop: a private one, made on first
+-- use, driven by h:wait().
+local function blocking_queue()
+  if not sync_queue then sync_queue = core.queue { entries = 64 } end
+  return sync_queue
+end
+
+local function current_queue()
+  return loop_q or blocking_queue()
+end
+
+---------------------------------------------------------------- timers
+
+--- Arms timer record `t` (any table; fn(t) runs when it fires) to fire
+-- after `seconds`. A record can be armed again once it fired or was
+-- cancelled, so a hot path needs no new table per timer.
+local function arm_timer(t, seconds, fn)
+  t.at, t.fn = now() + seconds, fn
+  heap_push(timers, t)
+  return t
+end
+
+local function add_timer(seconds, fn)
+  return arm_timer({}, seconds, fn)
+end
+
+local function cancel_timer(t)
+  heap_remove(timers, t)
+end
+
+local function fire_timers()
+  local h = timers
+  if not h[1] then return end
+  local t = now()
+  while h[1] and h[1].at <= t do
+    local first = h[1]
+    heap_remove(h, first)
+    first.fn(first)
+  end
+end
+
+---------------------------------------------------------------- tasks
+-- The life of a task: made ready, resumed, suspended until woken, ended.
+-- Its methods (join, done, cancel) are in lua/ioq/task.lua.
+
+local Task = {}
+Task.__index = Task
+Task.__name = "ioq.task"
+
+local function make_ready(task)
+  task.status = "ready"
+  rtail = rtail + 1
+  ready[rtail] = task
+end
+
+local function ended(task)
+  local s = task.status
+  return s == "done" or s == "failed"
+end
+
+--- Calls whatever waits for `task` to end (joiners, ioq.first).
+local function notify_joiners(task)
+  local joiners = task.joiners
+  task.joiners = nil
+  if joiners then
+    for i = 1, #joiners do joiners[i](task) end
+  end
+end
+
+local function finish(task, ok, ...)
+  tasks[task.co] = nil
+  alive = alive - 1
+  if ok then
+    task.status = "done"
+    task.results = pack(...)
+  else
+    task.status = "failed"
+    task.error = ...
+    failed[#failed + 1] = task
+  end
+  notify_joiners(task)
+end
+
+local function traceback_handler(err)
+  if type(err) == "string" then
+    return debug.traceback(err, 2)
+  end
+  return err
+end
+
+-- What a resume of a task's coroutine came back with.
+local function resumed(task, ok, a, ...)
+  if a == WAIT then return end
+  if not ok then  -- only if the body could not even start
+    finish(task, false, traceback_handler(a))
+  elseif a == DONE then
+    finish(task, ...)  -- the xpcall status, then the values
+  else  -- a plain coroutine.yield(): run again later
+    make_ready(task)
+  end
+end
+
+local function step(task)
+  task.status = "running"
+  local fn = task.fn
+  if fn then  -- the first run: hand the body its function and arguments
+    local args_ = task.args
+    task.fn, task.args = nil, nil
+    if args_ then
+      resumed(task, resume(task.co, fn, unpack(args_, 1, args_.n)))
+    else
+      resumed(task, resume(task.co, fn))
+    end
+  else
+    resumed(task, resume(task.co))
+  end
+end
+
+-- Every task's coroutine runs this (one shared function: no closure per task).
+local function task_body(fn, ...)
+  return DONE, xpcall(fn, traceback_handler, ...)
+end
+
+local function new_task(fn, ...)
+  local task = setmetatable({ fn = fn, co = coroutine.create(task_body) }, Task)
+  if select("#", ...) > 0 then task.args = pack(...) end
+  tasks[task.co] = task
+  alive = alive + 1
+  make_ready(task)
+  return task
+end
+
+local function current_task()
+  return running and tasks[running_co()] or nil
+end
+
+--- Suspends the running task until something calls wake(task, value);
+-- returns that value.
+local function suspend(task)
+  task.status = "waiting"
+  yield(WAIT)
+  local v = task.wake_value
+  task.wake_value = nil
+  return v
+end
+
+local function wake(task, value)
+  if task.status == "waiting" then
+    task.wake_value = value
+    make_ready(task)
+  end
+end
+
+---------------------------------------------------------------- waiters
+-- Several tasks (and ioq.first hooks) may wait for one handle; each is
+-- woken when it resolves. One waiter is stored as itself (the common case
+-- costs no table), two or more as a list.
+
+local function is_list(w)
+  return type(w) == "table" and w.co == nil
+end
+
+local function add_waiter(h, w)
+  local cur = waiters[h]
+  if cur == nil then
+    waiters[h] = w
+  elseif is_list(cur) then
+    cur[#cur + 1] = w
+  else
+    waiters[h] = { cur, w }
+  end
+end
+
+local function remove_waiter(h, w)
+  local cur = waiters[h]
+  if cur == w then
+    waiters[h] = nil
+  elseif is_list(cur) then
+    for i = #cur, 1, -1 do
+      if cur[i] == w then table.remove(cur, i) end
+    end
+    if cur[1] == nil then waiters[h] = nil end
+  end
+end
+
+--- True if someone other than `w` waits for `h`.
+local function others_wait(h, w)
+  local cur = waiters[h]
+  if cur == nil or cur == w then return false end
+  if not is_list(cur) then return true end
+  for i = 1, #cur do
+    if cur[i] ~= w then return true end
+  end
+  return false
+end
+
+--- An op resolved with nobody waiting for it: noted if it is an output
+-- that failed (lua/ioq/outputs.lua).
+local function unwaited(h, closing)
+  if not h_done(h) then return end  -- a multishot handle's item
+  return note_output(h, closing, h_result(h))
+end
+
+local function call_waiter(w)
+  if type(w) == "function" then w() else wake(w) end
+end
+
+--- Hands a handle that q:wait returned to whoever waits for it.
+local function dispatch(h, closing)
+  local w = waiters[h]
+  if w == nil then return unwaited(h, closing) end
+  waiters[h] = nil
+  if type(w) == "function" then
+    w()
+  elseif w.co then  -- a task
+    wake(w)
+  else
+    for i = 1, #w do call_waiter(w[i]) end
+  end
+end
+
+---------------------------------------------------------------- awaiting
+
+-- Timeouts up to this long on an op not yet handed to the backend go to
+-- the backend (h:timeout: on io_uring a deadline heap in C plus an async
+-- cancel, since a kernel linked timeout never fires for an op blocked in
+-- an io-wq worker). Longer ones are mostly deadlines that never fire
+-- ("give up if the peer is silent for 30 s"); they use the loop's own
+-- timer heap. The split was measured when short ones were kernel linked
+-- timeouts (bench/net/run.sh: 106k against 141k requests/s for the HTTP
+-- example with a 30 s timeout); it is kept, as both ways now cost a heap
+-- entry and a cancel.
+local LINKED_TIMEOUT_MAX = 1.0
+
+--- Ends `task`'s wait for `h` early (its cancel or timeout): if others
+-- wait for the same op it goes on for them and only this task wakes;
+-- otherwise the op is cancelled, and the task wakes once the kernel let
+-- go of it (with its real result, if it finished anyway).
+local function give_up(task, h)
+  if others_wait(h, task) then
+    remove_waiter(h, task)
+    wake(task)
+  else
+    h_cancel(h)
+  end
+end
+
+-- What a task's await timer does when it fires.
+local function await_timed_out(t)
+  t.timed_out = true
+  give_up(t.task, t.h)
+end
+
+--- A task's cancel reached an await whose op ended: with the real result
+-- if it finished anyway (the bytes a recv took from the kernel are not
+-- lost), and then the cancel stays pending for the task's next wait.
+local function canceled_result(task, v, msg, err)
+  if err == E.ECANCELED or (v == nil and err == nil) then
+    return fail("canceled", E.ECANCELED)
+  end
+  task.cancel_pending = true
+  return v, msg, err
+end
+
+--- h:await in a task: yields until h resolves.
+local function task_await(task, h, timeout)
+  if h_done(h) then
+    -- Its result is there: hand it over. A pending cancel waits for an
+    -- await that would block.
+    claim(h)
+    return h_result(h)
+  end
+  local timer
+  if task.cancel_pending then
+    task.cancel_pending = nil
+    if others_wait(h, task) then return fail("canceled", E.ECANCELED) end
+    task.canceled = true
+    h_cancel(h)
+  elseif timeout then
+    -- A short timeout on an op still in user space, that nobody else
+    -- waits for: the kernel enforces it. Otherwise the task's timer record
+    -- gives up on the op when it fires.
+    if timeout == 0 or timeout > LINKED_TIMEOUT_MAX or waiters[h] ~= nil
+        or not h_timeout(h, timeout) then
+      timer = task.timer
+      if not timer then
+        timer = { task = task, h = false, timed_out = false }
+        task.timer = timer
+      end
+    end
+  end
+  if waiters[h] == nil then waiters[h] = task else add_waiter(h, task) end
+  if timer then
+    -- Armed after the waiter is in place; if that fails (out of memory)
+    -- the waiter goes again, so nothing is left to wake the task later.
+    timer.h, timer.timed_out = h, false
+    local ok, e = pcall(arm_timer, timer, timeout, await_timed_out)
+    if not ok then
+      remove_waiter(h, task)
+      error(e, 0)
+    end
+  end
+  task.waiting_on = h
+  suspend(task)
+  task.waiting_on = nil
+  if waiters[h] ~= nil then remove_waiter(h, task) end  -- woken by something else than h
+  local timed_out = false
+  if timer then
+    cancel_timer(timer)
+    timed_out, timer.h = timer.timed_out, nil
+  end
+  local done = h_done(h)
+  local v, msg, err
+  if done then
+    claim(h)
+    v, msg, err = h_result(h)
+  end
+  if task.canceled then
+    task.canceled = nil
+    return canceled_result(task, v, msg, err)
+  end
+  if timed_out and (not done or err == E.ECANCELED) then
+    return fail("timed out", E.ETIMEDOUT)
+  end
+  return v, msg, err
+end
+
+--- Drives the running loop's queue from code that is not a task but runs
+-- inside the loop (a plain coroutine inside a task, a finalizer) until
+-- `until_fn()` is true or `deadline` passes (then false). This blocks the
+-- whole loop, but every completion and due timer goes to its waiter, so no
+-- task loses its wake-up. It polls the queue at least once, even when the
+-- deadline has passed already.
+local function drive_until(until_fn, deadline)
+  local got, polled = {}, false
+  while not until_fn() do
+    local wait
+    if deadline then
+      wait = deadline - now()
+      if wait <= 0 then
+        if polled then return false end
+        wait = 0
+      end
+    end
+    if timers[1] then
+      local t = timers[1].at - now()
+      if t < 0 then t = 0 end
+      if not wait or t < wait then wait = t end
+    end
+    local n, msg, err = q_wait(loop_q, wait, got)
+    if not n then return nil, msg, err end
+    polled = true
+    for i = 1, n do
+      local h = got[i]
+      got[i] = nil
+      dispatch(h)
+    end
+    fire_timers()
+  end
+  return true
+end
+
+--- h:wait on the loop's queue from code that is not a task.
+local function loop_wait(h, timeout)
+  local function done() return h_done(h) end
+  local ok, msg, err = drive_until(done, timeout and now() + timeout)
+  if ok == nil then return nil, "wait: " .. msg, err end
+  local timed_out = not ok
+  if timed_out then
+    if others_wait(h, nil) then  -- leave the op to the tasks awaiting it
+      return fail("timed out", E.ETIMEDOUT)
+    end
+    h_cancel(h)
+    ok, msg, err = drive_until(done)
+    if ok == nil then return nil, "wait: " .. msg, err end
+  end
+  claim(h)
+  local v
+  v, msg, err = h_result(h)
+  if timed_out and err == E.ECANCELED then return fail("timed out", E.ETIMEDOUT) end
+  return v, msg, err
+end
+
+--- h:await and h:wait: one meaning, "wait for h in the way that fits
+-- here". In a task, on the loop's queue: the task yields, the others run.
+-- Inside a loop, but not in a task: the wait blocks, dispatching what
+-- others wait for. Elsewhere (no loop, or another queue): the C wait,
+-- which drives h's queue.
+local function wait_for(name, h, timeout)
+  -- The checks inline: this is the path of every await.
+  local mt = type(h) == "userdata" and getmetatable(h)
+  if not (mt and mt.__name == "ioq.handle") then check_handle(h, name) end
+  if timeout ~= nil then check_timeout(timeout, 1, name) end
+  if running and queue_of(h) == loop_q then
+    local task = tasks[running_co()]
+    if task then return task_await(task, h, timeout) end
+    return loop_wait(h, timeout)
+  end
+  claim(h)
+  return c_call(name, 1, pcall(h_wait, h, timeout))
+end
+
+--- h:await([timeout]): inside a task, yields until the handle resolves;
+-- elsewhere, the same as h:wait([timeout]).
+function handle_methods.await(h, timeout)
+  return wait_for("await", h, timeout)
+end
+
+--- h:wait([timeout]): inside a running loop, h:await (a task never blocks
+-- the loop, and no wait there takes another task's wake-up); elsewhere,
+-- drives h's queue until h resolves.
+function handle_methods.wait(h, timeout)
+  return wait_for("wait", h, timeout)
+end
+
+--- h:result(): as the C method; also marks the result as seen.
+function handle_methods.result(h)
+  claim(h)
+  return c_call("result", 1, pcall(h_result, h))
+end
+
+---------------------------------------------------------------- the loop
+
+local function run_ready()
+  -- Tasks made ready while this runs wait for the next round, so a task
+  -- that keeps yielding cannot starve the queue.
+  local last = rtail
+  while rhead <= last do
+    local task = ready[rhead]
+    ready[rhead] = nil
+    rhead = rhead + 1
+    if task.status == "ready" then step(task) end
+  end
+  if rhead > rtail then rhead, rtail = 1, 0 end
+end
+
+--- Waits for completions (or the next timer) and wakes their tasks.
+-- Returns false when nothing at all can wake a task any more.
+local function poll()
+  local q = loop_q
+  local timeout
+  if rhead <= rtail then
+    timeout = 0
+  elseif timers[1] then
+    timeout = timers[1].at - now()
+    if timeout < 0 then timeout = 0 end
+  end
+  local n, msg = q_wait(q, timeout, into)
+  if not n then error("ioq.run: " .. msg, 0) end
+  if n == 0 and timeout == nil then
+    -- An endless wait came back empty: nothing is pending, or nothing
+    -- pending can ever arrive (receives starved of pool buffers that
+    -- waiting tasks hold), and no timer runs.
+    return false
+  end
+  if n == 0 and q_pending(q) == 0 and timeout > 0 then  -- only timers
+    h_wait(q:sleep(timeout))
+  end
+  for i = 1, n do
+    local h = into[i]
+    into[i] = nil
+    dispatch(h)
+  end
+  fire_timers()
+  return true
+end
+
+--- Runs the tasks until every one has ended.
+local function drive()
+  local cancelling = false
+  while alive > 0 do
+    run_ready()
+    if alive == 0 then break end
+    if main_task.status == "failed" and not cancelling then
+      -- The main task failed: cancel the others, then let them end.
+      cancelling = true
+      for _, t in pairs(tasks) do t:cancel() end  -- lua/ioq/task.lua
+    elseif not poll() then
+      local n = alive
+      for co in pairs(tasks) do coroutine.close(co) end
+      error(string.format("ioq.run: %d task(s) wait for each other and nothing" ..
+        " else can wake them (deadlock)", n), 0)
+    end
+  end
+end
+
+local function reset_loop()
+  running, loop_q, main_task = false, nil, nil
+  tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
+  ready, rhead, rtail = {}, 1, 0
+  return outputs.reset()
+end
+
+---------------------------------------------------------------- for siblings
+-- What lua/ioq/*.lua may use of the loop; nothing else of its state is
+-- reachable.
+local loop = {
+  fail = fail, Task = Task, ended = ended, finish = finish,   -- tasks
+  current_task = current_task, suspend = suspend, wake = wake,
+  add_waiter = add_waiter, remove_waiter = remove_waiter,    -- waits
+  give_up = give_up, drive_until = drive_until, wait_for = wait_for,
+  add_timer = add_timer, arm_timer = arm_timer, cancel_timer = cancel_timer,
+  dispatch = dispatch, drive = drive,                        -- the run
+  blocking_queue = blocking_queue, current_queue = current_queue,
+}
+
+--- The running loop's queue, or nil outside a loop.
+function loop.queue()
+  return loop_q
+end
+
+--- ioq.spawn(fn, ...): a new task in the running loop.
+function loop.spawn(fn, ...)
+  if not running then error("ioq.spawn: no loop is running (call it inside ioq.run)", 2) end
+  if type(fn) ~= "function" then
+    argerror(1, "spawn", "function expected, got " .. type(fn))
+  end
+  return new_task(fn, ...)
+end
+
+--- Starts a run on queue `q`, whose C q:wait is `wait`, with fn(...) as
+-- its main task; returns that task and the list that failed tasks go to.
+function loop.start(q, wait, fn, ...)
+  reset_loop()
+  running, loop_q, q_wait = true, q, wait
+  main_task = new_task(fn, ...)
+  return main_task, failed
+end
+
+--- Ends the run: the loop's state is new again. Returns the records of
+-- the outputs nobody awaited that failed, and how many more there were.
+function loop.stop()
+  return reset_loop()
+end
+
+return loop

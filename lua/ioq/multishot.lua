@@ -1,0 +1,116 @@
+--- ioq.multishot: s:accept_multi() and s:recv_multi(), one handle giving
+-- an item per h:next(). Where the backend has a multishot op it is used;
+-- where it has none (EOPNOTSUPP), an emulated handle starts a plain op per
+-- item and offers the same interface (next, each, cancel, done). Also
+-- h:each(), the iterator of either kind.
+--
+-- Holds no state beyond each emulated handle's own fields. It adds
+-- accept_multi and recv_multi to ioq.socket and each to ioq.handle; it
+-- requires ioq.core, ioq.args and ioq.loop.
+local core = require "ioq.core"
+local args = require "ioq.args"
+local loop = require "ioq.loop"
+
+local error, getmetatable, pcall, setmetatable, type =
+  error, getmetatable, pcall, setmetatable, type
+local E = core.errno
+local argerror, check_timeout, check_handle, c_call =
+  args.argerror, args.check_timeout, args.check_handle, args.c_call
+local fail, current_queue, wait_for = loop.fail, loop.current_queue, loop.wait_for
+
+local handle_methods = core.classes.handle
+local queue_methods = core.classes.queue
+local socket_methods = core.classes.socket
+local h_cancel = handle_methods.cancel
+
+local Emulated = {}
+Emulated.__index = Emulated
+Emulated.__name = "ioq.multishot (emulated)"
+
+local function check_emulated(h, name)
+  if getmetatable(h) ~= Emulated then
+    argerror(0, name, "ioq.multishot expected, got " .. type(h), 3)
+  end
+end
+
+function Emulated:next(timeout)
+  check_emulated(self, "next")
+  check_timeout(timeout, 1, "next")
+  if self.ended then return nil, self.msg, self.err end
+  self.h = self.start()
+  local v, msg, err = wait_for("next", self.h, timeout)
+  self.h = nil
+  if v == 0 and self.kind == "recv" then  -- the peer closed
+    self.ended, self.msg = true, "end of stream"
+    return nil, self.msg
+  end
+  if v and self.kind == "recv" then return core.buffer(self.buf:tostring(1, v)) end
+  if not v and err ~= E.ETIMEDOUT then self.ended, self.msg, self.err = true, msg, err end
+  if not v and self.cancelled then return fail("canceled", E.ECANCELED) end
+  return v, msg, err
+end
+
+--- The iterator of h:each() for either kind of multishot handle: every
+-- item until it ends (an error then is raised, end of stream and cancel
+-- are not).
+local function items_of(h)
+  return function()
+    local v, msg, err = h:next()
+    if v then return v end
+    if err and err ~= E.ECANCELED then error(msg, 2) end
+    return nil
+  end
+end
+
+--- for item in h:each() do ... end
+function handle_methods.each(h)
+  check_handle(h, "each")
+  return items_of(h)
+end
+
+function Emulated:each()
+  check_emulated(self, "each")
+  return items_of(self)
+end
+
+function Emulated:cancel()
+  check_emulated(self, "cancel")
+  self.cancelled = true
+  if self.h then return h_cancel(self.h) end
+  if not self.ended then self.ended, self.msg, self.err = true, "canceled", E.ECANCELED end
+  return true
+end
+
+function Emulated:done()
+  check_emulated(self, "done")
+  return self.ended == true
+end
+
+--- The native multishot handle of q:<kind>_multi(s), or, where the backend
+-- has none (EOPNOTSUPP), an emulation starting one `start_one(q, buf)` op
+-- per item (a receive gets its own buffer, made only here).
+local function multishot(kind, s, start_one)
+  local q = current_queue()
+  local name = kind .. "_multi"
+  local ok, h, msg, err = pcall(queue_methods[name], q, s)
+  if not ok or h or err ~= E.EOPNOTSUPP then return c_call(name, 2, ok, h, msg, err) end
+  local buf = kind == "recv" and core.buffer(16384) or nil
+  return setmetatable({ kind = kind, buf = buf,
+                        start = function() return start_one(q, buf) end }, Emulated)
+end
+
+--- s:accept_multi(): a stream of incoming connections: h:next() or
+-- h:each() give a socket each, until h:cancel(). One multishot accept in
+-- the kernel where it can; one accept per connection elsewhere.
+function socket_methods.accept_multi(s)
+  return multishot("accept", s, function(q) return q:accept(s) end)
+end
+
+--- s:recv_multi(): a stream of received chunks, each a buffer (close it,
+-- or let it be collected, to give it back). One multishot receive into
+-- the queue's provided buffers where it can; one recv per chunk elsewhere.
+function socket_methods.recv_multi(s)
+  return multishot("recv", s, function(q, buf) return q:recv(s, buf) end)
+end
+
+return true
