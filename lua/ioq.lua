@@ -55,7 +55,4 @@ return {
   signals = signals,             -- ioq.signals(name, ...): signals delivered through the queue
   -- ioq.stream(obj [, opts]): a buffered stream over a socket or file
   stream = function(obj, opts) return require("ioq.stream").new(obj, opts) end,
-
-  -- Not API: spec/regress/loop_spec.lua reaches the task class through it.
-  Task = loop.Task,
 }
