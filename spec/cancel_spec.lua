@@ -15,7 +15,7 @@ describe("cancel", function()
     q:submit()
     local t0 = ioq.now()
     assert.is_true(h:cancel())
-    assert.are.same({ nil, "canceled", E.ECANCELED }, { h:wait() })
+    assert.are.same({ nil, "sleep: canceled", E.ECANCELED }, { h:wait() })
     assert.is_true(ioq.now() - t0 < 1)
     assert.is_false(h:cancel())  -- nothing left to cancel
   end)
@@ -102,7 +102,7 @@ describe("cancel", function()
         local v, msg, err = hs[i]:result()
         if v == nil then
           assert.are.equal(E.ECANCELED, err)
-          assert.are.equal("canceled", msg)
+          assert.are.equal(hs[i].op .. ": canceled", msg)
           canceled = canceled + 1
         else
           assert.are.equal(expect[i], v)
@@ -118,12 +118,12 @@ describe("cancel", function()
     local b = ioq.buffer(16)
     local h = q:read(r, b)
     local t0 = ioq.now()
-    assert.are.same({ nil, "timed out", E.ETIMEDOUT }, { h:wait(0.05) })
+    assert.are.same({ nil, "read: timed out", E.ETIMEDOUT }, { h:wait(0.05) })
     local dt = ioq.now() - t0
     assert.is_true(dt >= 0.04 and dt < 2, "took " .. dt)
     assert.is_true(h:done())
     assert.is_false(b:busy())
-    assert.are.same({ nil, "timed out", E.ETIMEDOUT }, { h:result() })
+    assert.are.same({ nil, "read: timed out", E.ETIMEDOUT }, { h:result() })
     t.close(r); t.close(w)
   end)
 

@@ -59,7 +59,7 @@ describe("io_uring setup", function()
       end
       s:cancel()
       assert.are.equal(E.ECANCELED, select(3, s:wait()))
-      assert.are.same({ nil, "timed out", E.ETIMEDOUT }, { q:sleep(5):wait(0.01) })
+      assert.are.same({ nil, "sleep: timed out", E.ETIMEDOUT }, { q:sleep(5):wait(0.01) })
     end)
   end
 end)

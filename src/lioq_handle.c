@@ -23,9 +23,9 @@ static int push_result(lua_State *L, lhandle *h) {
     if (h->has_msg)
       lua_getiuservalue(L, 1, HVAL_DATA);
     else if (err == ETIMEDOUT)
-      lua_pushliteral(L, "timed out");
+      lua_pushfstring(L, "%s: timed out", lioq_op_names[h->op.code]);
     else if (err == ECANCELED)
-      lua_pushliteral(L, "canceled");
+      lua_pushfstring(L, "%s: canceled", lioq_op_names[h->op.code]);
     else
       lua_pushfstring(L, "%s: %s", lioq_op_names[h->op.code], ioq_strerror(err));
     lua_pushinteger(L, err);
@@ -73,7 +73,7 @@ static int handle_result(lua_State *L) {
   return push_result(L, h);
 }
 
-/* h:lioq_cancel(): true if asked, false if already done, or fail, msg, errno. */
+/* h:cancel(): true if asked, false if already done, or fail, msg, errno. */
 static int handle_cancel(lua_State *L) {
   lhandle *h = checkhandle(L);
   int r;
@@ -142,7 +142,7 @@ static int handle_wait(lua_State *L) {
 ** h:timeout(seconds): arms a timeout that the backend enforces, if the op
 ** has not been handed to it yet (on io_uring, a linked timeout). Returns
 ** true if armed; false if the op is already in flight or done, in which
-** case the caller must time it out itself (a timer and h:lioq_cancel()).
+** case the caller must time it out itself (a timer and h:cancel()).
 */
 static int handle_timeout(lua_State *L) {
   lhandle *h = checkhandle(L);
@@ -177,9 +177,11 @@ static int take_error(lua_State *L, lhandle *h) {
 
 /*
 ** h:take(): the oldest item a multishot handle has received (a socket, or
-** a buffer view of the bytes); false if none yet and the op is still
-** armed; once it has ended and every item is taken, nil, "end of stream"
-** (the peer closed) or fail, msg, errno (ECANCELED after h:lioq_cancel()...).
+** a buffer view of the bytes); fail, "<op>: nothing yet", EAGAIN while
+** none has come and the op is still armed; once it has ended and every
+** item is taken, nil alone at the end of the stream (the peer closed, as
+** io.read says end of file) or fail, msg, errno (ECANCELED after
+** h:cancel()...).
 */
 static int handle_take(lua_State *L) {
   lhandle *h = checkhandle(L);
@@ -205,13 +207,14 @@ static int handle_take(lua_State *L) {
     return handle_take(L);  /* a finalizer took it: look again */
   }
   if (h->state != ST_DONE) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
-  if (h->op.res == 0) {
     luaL_pushfail(L);
-    lua_pushliteral(L, "end of stream");
-    return 2;
+    lua_pushfstring(L, "%s: nothing yet", lioq_op_names[h->op.code]);
+    lua_pushinteger(L, EAGAIN);
+    return 3;
+  }
+  if (h->op.res == 0) {  /* the end of the stream */
+    luaL_pushfail(L);
+    return 1;
   }
   return push_result(L, h);
 }

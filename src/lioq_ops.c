@@ -472,19 +472,31 @@ static void multishot(lua_State *L, lhandle *h, lioq_file *s) {
 }
 
 /*
+** Commits multishot handle h (on top) as failed with `err` before it
+** started, its message naming `what`: like every op, a multishot op that
+** cannot run is a handle that resolves to fail, msg, errno.
+*/
+static int multishot_failed(lua_State *L, lhandle *h, const char *what,
+                            int err) {
+  lua_pushfstring(L, "%s: %s", what, ioq_strerror(err));
+  lua_insert(L, -2);
+  luaL_argcheck(L, h->q->backend != NULL, 1, "queue is closed");  /* a
+                                              finalizer may have closed it */
+  h->op.cancel_requested = 1;  /* so that the engine ends it, re-arms nothing */
+  return commit_failed(L, h, lua_gettop(L) - 1, err);
+}
+
+/*
 ** q:accept_multi(s): one multishot accept that stays armed and yields a
 ** socket per connection: h:take() (or h:next() in lua/ioq.lua) hands them
-** over, until h:lioq_cancel(). Fails with EOPNOTSUPP where the backend cannot.
+** over, until h:cancel(). Resolves to EOPNOTSUPP where the backend cannot.
 */
 static int queue_accept_multi(lua_State *L) {
-  lqueue *q = lioq_checkopenqueue(L);
-  lhandle *h;
-  lioq_file *s;
-  if (!(q->backend->caps & IOQ_CAP_MULTISHOT_ACCEPT))
-    return lioq_fail(L, "accept_multi", EOPNOTSUPP);
-  h = newop(L, IOQ_ACCEPT, 0, 0, 0);  /* each item makes its own socket */
-  s = opensocket(L, h);
+  lhandle *h = newop(L, IOQ_ACCEPT, 0, 0, 0);  /* each item: its own socket */
+  lioq_file *s = opensocket(L, h);
   multishot(L, h, s);
+  if (!(h->q->backend->caps & IOQ_CAP_MULTISHOT_ACCEPT))
+    return multishot_failed(L, h, "accept_multi", EOPNOTSUPP);
   commit(L, h, NULL, 2);
   return 1;
 }
@@ -493,26 +505,24 @@ static int queue_accept_multi(lua_State *L) {
 ** q:recv_multi(s): one multishot receive into the queue's pool of provided
 ** buffers: each chunk that arrives is a buffer view for h:take(); closing
 ** (or collecting) the view gives its buffer back to the kernel. A socket
-** costs no buffer while it is idle. Fails with EOPNOTSUPP where the
+** costs no buffer while it is idle. Resolves to EOPNOTSUPP where the
 ** backend has no pool.
 */
 static int queue_recv_multi(lua_State *L) {
-  lqueue *q = lioq_checkopenqueue(L);
-  lhandle *h;
-  lioq_file *s;
+  lhandle *h = newop(L, IOQ_RECV, 0, 0, 0);
+  lioq_file *s = opensocket(L, h);
+  lqueue *q = h->q;
+  multishot(L, h, s);
   if (!(q->backend->caps & IOQ_CAP_POOL))
-    return lioq_fail(L, "recv_multi", EOPNOTSUPP);
-  h = newop(L, IOQ_RECV, 0, 0, 0);
-  s = opensocket(L, h);
+    return multishot_failed(L, h, "recv_multi", EOPNOTSUPP);
   if (q->pool == NULL) {
     int r;
     lioq_checkowner(L, q);
     if ((r = q->backend->cls->pool(q->backend, q->pool_count, q->pool_size,
                               &q->pool)) < 0)
-      return lioq_fail(L, "recv_multi", -r);
+      return multishot_failed(L, h, "recv_multi", -r);
     q->pool->refs++;  /* the queue's own, so q->pool outlives the backend */
   }
-  multishot(L, h, s);
   h->op.use_pool = 1;
   h->pool = q->pool;
   commit(L, h, NULL, 2);

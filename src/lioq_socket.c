@@ -190,6 +190,34 @@ static lioq_file *checksocket(lua_State *L, int arg) {
 }
 
 /*
+** The errno a failed name lookup resolves to: lookups have codes of their
+** own (EAI_*), which are not errno values, so each maps to the errno that
+** says the same: no such name (EAI_NONAME, EAI_NODATA, EAI_FAIL) is
+** ENOENT, a lookup to try again later is EAGAIN, no memory ENOMEM, an
+** address family it cannot do EAFNOSUPPORT; a system error is its errno.
+*/
+static int lookup_errno(int r) {
+  switch (r) {
+#ifdef EAI_SYSTEM
+    case EAI_SYSTEM: return errno != 0 ? errno : EIO;
+#endif
+    case EAI_AGAIN: return EAGAIN;
+    case EAI_MEMORY: return ENOMEM;
+    case EAI_FAMILY: return EAFNOSUPPORT;
+#ifdef EAI_ADDRFAMILY
+    case EAI_ADDRFAMILY: return ENOENT;
+#endif
+#ifdef EAI_NODATA
+#if EAI_NODATA != EAI_NONAME
+    case EAI_NODATA: return ENOENT;
+#endif
+#endif
+    case EAI_NONAME: case EAI_FAIL: return ENOENT;
+    default: return EINVAL;
+  }
+}
+
+/*
 ** Fills *ss with the address for a socket of `family`: for AF_UNIX the path
 ** at hostarg (a leading '@' names an abstract socket); otherwise the host at
 ** hostarg ("*" or "" for any address, "localhost", a numeric address, or a
@@ -257,11 +285,11 @@ resolve: {
     hints.ai_flags = AI_ADDRCONFIG;
     r = getaddrinfo(host, NULL, &hints, &res);
     if (r != 0 || res == NULL) {
-      *err = EHOSTUNREACH;
+      *err = lookup_errno(r);
 #ifdef EAI_SYSTEM
       if (r == EAI_SYSTEM)
         return lua_pushfstring(L, "cannot resolve '%s': %s", host,
-                               strerror(errno));
+                               strerror(*err));
 #endif
       return lua_pushfstring(L, "cannot resolve '%s': %s", host,
                              gai_strerror(r));

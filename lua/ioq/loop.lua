@@ -55,6 +55,16 @@ local function fail(msg, err)
   return nil, msg, err
 end
 
+--- The failures a wait makes itself, named after what it waited for, as
+-- the C core names an op's own: "<what>: canceled", "<what>: timed out".
+local function fail_canceled(what)
+  return nil, what .. ": canceled", E.ECANCELED
+end
+
+local function fail_timed_out(what)
+  return nil, what .. ": timed out", E.ETIMEDOUT
+end
+
 ---------------------------------------------------------------- loop state
 -- At most one loop runs per Lua state (ioq.run refuses to nest), so the
 -- running loop's state lives in these upvalues: the cheapest place Lua has.
@@ -329,9 +339,9 @@ end
 --- A task's cancel reached an await whose op ended: with the real result
 -- if it finished anyway (the bytes a recv took from the kernel are not
 -- lost), and then the cancel stays pending for the task's next wait.
-local function canceled_result(task, v, msg, err)
+local function canceled_result(task, what, v, msg, err)
   if err == E.ECANCELED or (v == nil and err == nil) then
-    return fail("canceled", E.ECANCELED)
+    return fail_canceled(what)
   end
   task.cancel_pending = true
   return v, msg, err
@@ -348,7 +358,7 @@ local function task_await(task, h, timeout)
   local timer
   if task.cancel_pending then
     task.cancel_pending = nil
-    if others_wait(h, task) then return fail("canceled", E.ECANCELED) end
+    if others_wait(h, task) then return fail_canceled(h.op) end
     task.canceled = true
     h_cancel(h)
   elseif timeout then
@@ -392,10 +402,10 @@ local function task_await(task, h, timeout)
   end
   if task.canceled then
     task.canceled = nil
-    return canceled_result(task, v, msg, err)
+    return canceled_result(task, h.op, v, msg, err)
   end
   if timed_out and (not done or err == E.ECANCELED) then
-    return fail("timed out", E.ETIMEDOUT)
+    return fail_timed_out(h.op)
   end
   return v, msg, err
 end
@@ -443,7 +453,7 @@ local function loop_wait(h, timeout)
   local timed_out = not ok
   if timed_out then
     if others_wait(h, nil) then  -- leave the op to the tasks awaiting it
-      return fail("timed out", E.ETIMEDOUT)
+      return fail_timed_out(h.op)
     end
     h_cancel(h)
     ok, msg, err = drive_until(done)
@@ -452,7 +462,7 @@ local function loop_wait(h, timeout)
   claim(h)
   local v
   v, msg, err = h_result(h)
-  if timed_out and err == E.ECANCELED then return fail("timed out", E.ETIMEDOUT) end
+  if timed_out and err == E.ECANCELED then return fail_timed_out(h.op) end
   return v, msg, err
 end
 
@@ -570,7 +580,8 @@ end
 -- What lua/ioq/*.lua may use of the loop; nothing else of its state is
 -- reachable.
 local loop = {
-  fail = fail, Task = Task, ended = ended, finish = finish,   -- tasks
+  fail = fail, fail_canceled = fail_canceled, fail_timed_out = fail_timed_out,
+  Task = Task, ended = ended, finish = finish,   -- tasks
   current_task = current_task, suspend = suspend, wake = wake,
   add_waiter = add_waiter, remove_waiter = remove_waiter,    -- waits
   give_up = give_up, drive_until = drive_until, wait_for = wait_for,

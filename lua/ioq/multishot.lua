@@ -11,12 +11,13 @@ local core = require "ioq.core"
 local args = require "ioq.args"
 local loop = require "ioq.loop"
 
-local error, getmetatable, pcall, setmetatable, type =
-  error, getmetatable, pcall, setmetatable, type
+local error, getmetatable, ipairs, pcall, setmetatable, type =
+  error, getmetatable, ipairs, pcall, setmetatable, type
 local E = core.errno
 local argerror, check_timeout, check_handle, c_call =
   args.argerror, args.check_timeout, args.check_handle, args.c_call
-local fail, current_queue, wait_for = loop.fail, loop.current_queue, loop.wait_for
+local fail_canceled, current_queue, wait_for =
+  loop.fail_canceled, loop.current_queue, loop.wait_for
 
 local handle_methods = core.classes.handle
 local queue_methods = core.classes.queue
@@ -36,23 +37,26 @@ end
 function Emulated:next(timeout)
   check_emulated(self, "next")
   check_timeout(timeout, 1, "next")
-  if self.ended then return nil, self.msg, self.err end
+  if self.ended then
+    if self.err then return nil, self.msg, self.err end
+    return nil  -- the end of the stream, as often as it is asked
+  end
   self.h = self.start()
   local v, msg, err = wait_for("next", self.h, timeout)
   self.h = nil
   if v == 0 and self.kind == "recv" then  -- the peer closed
-    self.ended, self.msg = true, "end of stream"
-    return nil, self.msg
+    self.ended = true
+    return nil
   end
   if v and self.kind == "recv" then return core.buffer(self.buf:tostring(1, v)) end
   if not v and err ~= E.ETIMEDOUT then self.ended, self.msg, self.err = true, msg, err end
-  if not v and self.cancelled then return fail("canceled", E.ECANCELED) end
+  if not v and self.cancelled then return fail_canceled(self.kind) end
   return v, msg, err
 end
 
 --- The iterator of h:each() for either kind of multishot handle: every
--- item until it ends (an error then is raised, end of stream and cancel
--- are not).
+-- item until it ends (an error then is raised; the end of the stream and
+-- a cancel end the loop).
 local function items_of(h)
   return function()
     local v, msg, err = h:next()
@@ -77,7 +81,9 @@ function Emulated:cancel()
   check_emulated(self, "cancel")
   self.cancelled = true
   if self.h then return h_cancel(self.h) end
-  if not self.ended then self.ended, self.msg, self.err = true, "canceled", E.ECANCELED end
+  if not self.ended then
+    self.ended, self.msg, self.err = true, self.kind .. ": canceled", E.ECANCELED
+  end
   return true
 end
 
@@ -87,13 +93,28 @@ function Emulated:done()
 end
 
 --- The native multishot handle of q:<kind>_multi(s), or, where the backend
--- has none (EOPNOTSUPP), an emulation starting one `start_one(q, buf)` op
+-- has none (its features do not list it), an emulation starting one `start_one(q, buf)` op
 -- per item (a receive gets its own buffer, made only here).
+-- The queue feature that says a backend has the multishot op of a kind.
+local NATIVE = { accept = "multishot_accept", recv = "provided_buffers" }
+local features = setmetatable({}, { __mode = "k" })  -- queue -> set
+
+local function has_native(q, kind)
+  local set = features[q]
+  if not set then
+    set = {}
+    for _, name in ipairs(q:features()) do set[name] = true end
+    features[q] = set
+  end
+  return set[NATIVE[kind]] == true
+end
+
 local function multishot(kind, s, start_one)
   local q = current_queue()
   local name = kind .. "_multi"
-  local ok, h, msg, err = pcall(queue_methods[name], q, s)
-  if not ok or h or err ~= E.EOPNOTSUPP then return c_call(name, 2, ok, h, msg, err) end
+  if has_native(q, kind) then
+    return c_call(name, 2, pcall(queue_methods[name], q, s))
+  end
   local buf = kind == "recv" and core.buffer(16384) or nil
   return setmetatable({ kind = kind, buf = buf,
                         start = function() return start_one(q, buf) end }, Emulated)

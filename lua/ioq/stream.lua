@@ -3,7 +3,7 @@
 -- ioq.run every call suspends only its own task.
 --
 --   local s = ioq.stream(sock, { timeout = 5 })
---   local line = s:read_line()          -- nil, "end of stream" at EOF
+--   local line = s:read_line()          -- nil alone at the end of the stream
 --   local body = s:read_exact(n)
 --   assert(s:write_all("HTTP/1.1 200 OK\r\n..."))
 --
@@ -18,7 +18,13 @@ local Stream = {}
 Stream.__index = Stream
 Stream.__name = "ioq.stream"
 
-local EOS = "end of stream"
+
+--- What a read gives when fill did not bring data: nil alone at the end of
+-- the stream (as io.read says end of file), or nil, msg, errno.
+local function nodata(ok, msg, err)
+  if ok == false then return nil end
+  return nil, msg, err
+end
 local E = core.errno
 local argerror = args.argerror
 local current_queue = loop.current_queue
@@ -77,16 +83,17 @@ end
 -- the private one that blocking calls use.
 local queue = current_queue
 
---- Reads once more into the pending data. Returns true, or nil, msg[, errno].
+--- Reads once more into the pending data. Returns true; false at the end
+-- of the stream; or nil, msg, errno.
 local function fill(self)
-  if self.eof then return nil, EOS end
+  if self.eof then return false end
   local q = queue()
   local h = self.socket and q:recv(self.obj, self.buf) or q:read(self.obj, self.buf)
   local n, msg, err = h:await(self.timeout)
   if not n then return nil, msg, err end
   if n == 0 then
     self.eof = true
-    return nil, EOS
+    return false
   end
   local chunk = self.buf:tostring(1, n)
   if self.pos > #self.data then
@@ -109,51 +116,58 @@ local function take(self, n)
 end
 
 --- s:read_until(delim): the bytes before the next `delim` (which is
--- consumed); nil, "end of stream" if the stream ends first (what came
--- stays readable); nil, "record too long", EMSGSIZE past max_line.
-function Stream:read_until(delim)
-  check(self, "read_until")
-  if type(delim) ~= "string" or delim == "" then
-    argerror(1, "read_until", "non-empty string expected")
-  end
+-- consumed); nil alone if the stream ends first (what came stays
+-- readable); nil, "read_until: record too long", EMSGSIZE past max_line
+-- (read_line names itself).
+local function read_until(self, delim, name)
+  local too_long = name .. ": record too long"
   local from = self.pos
   while true do
     local i, j = self.data:find(delim, from, true)
     if i and i - self.pos > self.max_line then
-      return nil, "record too long", E.EMSGSIZE
+      return nil, too_long, E.EMSGSIZE
     elseif i then
       local s = self.data:sub(self.pos, i - 1)
       self.pos = j + 1
       return s
     end
     if available(self) > self.max_line then
-      return nil, "record too long", E.EMSGSIZE
+      return nil, too_long, E.EMSGSIZE
     end
     -- Search again only where a new match could start.
     local rescan = math.max(available(self) - #delim + 2, 1)
     local ok, msg, err = fill(self)
-    if not ok then return nil, msg, err end
+    if not ok then return nodata(ok, msg, err) end
     from = rescan
   end
 end
 
+function Stream:read_until(delim)
+  check(self, "read_until")
+  if type(delim) ~= "string" or delim == "" then
+    argerror(1, "read_until", "non-empty string expected")
+  end
+  return read_until(self, delim, "read_until")
+end
+
 --- s:read_line(): the next line without its "\n" (and a "\r" before it).
 -- At the end of the stream a last line without "\n" is returned; then
--- nil, "end of stream".
+-- nil alone.
 function Stream:read_line()
   check(self, "read_line")
-  local line, msg, err = self:read_until("\n")
+  local line, msg, err = read_until(self, "\n", "read_line")
   if line then
     if line:byte(-1) == 13 then line = line:sub(1, -2) end
     return line
   end
-  if msg == EOS and available(self) > 0 then
+  if err == nil and available(self) > 0 then  -- the end, after a last line
     return take(self, available(self))
   end
+  if err == nil then return nil end
   return nil, msg, err
 end
 
---- s:read_exact(n): exactly n bytes; nil, "end of stream" if it ends first
+--- s:read_exact(n): exactly n bytes; nil alone if the stream ends first
 -- (the bytes that came stay readable).
 function Stream:read_exact(n)
   check(self, "read_exact")
@@ -167,7 +181,7 @@ function Stream:read_exact(n)
     local ok, msg, err = fill(self)
     if not ok then  -- put back what we took, for a later read
       self.data, self.pos = table.concat(parts) .. self.data, 1
-      return nil, msg, err
+      return nodata(ok, msg, err)
     end
     local want = n - have
     if #self.data > want then
@@ -184,7 +198,7 @@ function Stream:read_exact(n)
 end
 
 --- s:read([n]): what is buffered, or what one read brings, at most n bytes
--- (default: the buffer size); nil, "end of stream" at the end.
+-- (default: the buffer size); nil alone at the end.
 function Stream:read(n)
   check(self, "read")
   if n == nil then
@@ -197,7 +211,7 @@ function Stream:read(n)
   end
   if available(self) == 0 then
     local ok, msg, err = fill(self)
-    if not ok then return nil, msg, err end
+    if not ok then return nodata(ok, msg, err) end
   end
   return take(self, math.min(n, available(self)))
 end

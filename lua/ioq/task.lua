@@ -18,8 +18,9 @@ local E = core.errno
 local queue_of = core.queue_of
 local argerror, check_timeout, check_handle, c_call, is_handle =
   args.argerror, args.check_timeout, args.check_handle, args.c_call, args.is_handle
-local fail, Task, ended, current_task, suspend, wake = loop.fail, loop.Task,
+local Task, ended, current_task, suspend, wake = loop.Task,
   loop.ended, loop.current_task, loop.suspend, loop.wake
+local fail_canceled, fail_timed_out = loop.fail_canceled, loop.fail_timed_out
 local add_waiter, remove_waiter = loop.add_waiter, loop.remove_waiter
 local finish, give_up = loop.finish, loop.give_up
 local add_timer, arm_timer, cancel_timer = loop.add_timer, loop.arm_timer, loop.cancel_timer
@@ -29,44 +30,55 @@ local handle_methods = core.classes.handle
 local h_take = handle_methods.take
 local q_wait = core.classes.queue.wait
 
+-- What h:take says while a multishot op is armed and nothing has come.
+local function nothing_yet(v, err)
+  return v == nil and err == E.EAGAIN
+end
+
+-- An item, a failure, or nil alone at the end of the stream.
+local function taken(v, msg, err)
+  if v == nil and err == nil then return nil end
+  return v, msg, err
+end
+
 ---------------------------------------------------------------- multishot items
 
 --- h:next([timeout]) on a multishot handle (q:accept_multi, q:recv_multi):
 -- the next socket or buffer view; in a task it suspends until one comes,
--- elsewhere it drives the queue. nil, "end of stream" when the peer has
--- closed; fail, msg, errno when the op has ended (ECANCELED after
--- h:cancel()) or the timeout passed (ETIMEDOUT; the op stays armed).
+-- elsewhere it drives the queue. nil alone when the peer has closed (the
+-- end of the stream); fail, msg, errno when the op has ended (ECANCELED
+-- after h:cancel()) or the timeout passed (ETIMEDOUT; the op stays armed).
 function handle_methods.next(h, timeout)
   check_handle(h, "next")
   check_timeout(timeout, 1, "next")
   local v, msg, err = c_call("next", 1, pcall(h_take, h))
-  if v ~= false then return v, msg, err end
+  if not nothing_yet(v, err) then return taken(v, msg, err) end
   local q = queue_of(h)
   local deadline = timeout and now() + timeout
   local loop_q = loop_queue()
   if not loop_q or q ~= loop_q then
     while true do
       local left = deadline and deadline - now()
-      if left and left <= 0 then return fail("timed out", E.ETIMEDOUT) end
+      if left and left <= 0 then return fail_timed_out(h.op) end
       local n, wmsg, werr = q_wait(q, left)
       if not n then return nil, "wait: " .. wmsg, werr end
       v, msg, err = h_take(h)
-      if v ~= false then return v, msg, err end
+      if not nothing_yet(v, err) then return taken(v, msg, err) end
     end
   end
   local task = current_task()
   if not task then
     local ok, wmsg, werr = drive_until(function()
       v, msg, err = h_take(h)
-      return v ~= false
+      return not nothing_yet(v, err)
     end, deadline)
     if ok == nil then return nil, "wait: " .. wmsg, werr end
-    if not ok then return fail("timed out", E.ETIMEDOUT) end
-    return v, msg, err
+    if not ok then return fail_timed_out(h.op) end
+    return taken(v, msg, err)
   end
   if task.cancel_pending then
     task.cancel_pending = nil
-    return fail("canceled", E.ECANCELED)
+    return fail_canceled(h.op)
   end
   local function timed_out_fn(t)
     t.timed_out = true
@@ -95,10 +107,10 @@ function handle_methods.next(h, timeout)
         task.cancel_pending = true
         return v, msg, err
       end
-      return fail("canceled", E.ECANCELED)
+      return fail_canceled(h.op)
     end
-    if v ~= false then return v, msg, err end
-    if timer and timer.timed_out then return fail("timed out", E.ETIMEDOUT) end
+    if not nothing_yet(v, err) then return taken(v, msg, err) end
+    if timer and timer.timed_out then return fail_timed_out(h.op) end
   end
 end
 
@@ -144,7 +156,7 @@ local function check_task(t, name)
 end
 
 --- task:join([timeout]): the task's results; re-raises its error (with the
--- task's traceback); or fail, "timed out", ETIMEDOUT.
+-- task's traceback); or fail, "join: timed out", ETIMEDOUT.
 function Task:join(timeout)
   check_task(self, "join")
   check_timeout(timeout, 1, "join")
@@ -157,15 +169,15 @@ function Task:join(timeout)
     if me == self then error("join: a task cannot join itself", 2) end
     if me.cancel_pending then
       me.cancel_pending = nil
-      return fail("canceled", E.ECANCELED)
+      return fail_canceled("join")
     end
     local done = wait_task(me, self, timeout)
     if me.canceled then
       me.canceled = nil
-      if not done then return fail("canceled", E.ECANCELED) end
+      if not done then return fail_canceled("join") end
       me.cancel_pending = true  -- it ended first: its results, then the cancel
     elseif not done then
-      return fail("timed out", E.ETIMEDOUT)
+      return fail_timed_out("join")
     end
   end
   self.joined = true
@@ -180,7 +192,7 @@ function Task:done()
 end
 
 --- task:cancel(): the task's current (or next) wait returns
--- fail, "canceled", ECANCELED, after its op has left the kernel. If that
+-- fail, "<op>: canceled", ECANCELED, after its op has left the kernel. If that
 -- op finished anyway, the wait returns its real result and the cancel
 -- goes to the task's next wait instead. A task that has not started yet
 -- never runs. Returns true if the task was live.
@@ -190,7 +202,7 @@ function Task:cancel()
   if self.fn then
     -- It never ran: end it now, with the result a canceled await gives.
     coroutine.close(self.co)
-    finish(self, true, fail("canceled", E.ECANCELED))
+    finish(self, true, fail_canceled("task"))
     return true
   end
   if self.status == "waiting" then
@@ -288,7 +300,7 @@ function M.first(...)
   end
   if me.cancel_pending then
     me.cancel_pending = nil
-    return fail("canceled", E.ECANCELED)
+    return fail_canceled("first")
   end
   local winner
   local hooks = {}
@@ -307,7 +319,7 @@ function M.first(...)
   unhook_items(items, hooks)
   if me.canceled then
     me.canceled = nil
-    if not winner then return fail("canceled", E.ECANCELED) end
+    if not winner then return fail_canceled("first") end
     me.cancel_pending = true  -- an item ended first: its results, then the cancel
   end
   return winner, await_item(items[winner])
