@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "ioq_os.h"
+#include "ioq_heap.h"
 #include "ioq_list.h"
 #include "ioq_ring.h"
 
@@ -60,8 +61,7 @@ typedef struct watch watch;
 typedef struct eop {
   ioq_link link;           /* first: in the list the op is on */
   watch *w;                /* EOP_WAITING: its watch */
-  int64_t deadline;        /* the heap's key: a sleep's end or a timeout */
-  int heap_index;          /* -1 when not in the heap */
+  ioq_heap_node timer;     /* in the heap until a sleep's end or a timeout */
   int state;
   int want;                /* EPOLLIN or EPOLLOUT */
   uint8_t io;              /* IO_*, for READ and WRITE */
@@ -111,8 +111,7 @@ typedef struct epoll_backend {
   elist staged;
   watch **watches;         /* by descriptor */
   int nwatches;
-  ioq_op **heap;           /* min-heap on eop_of(op)->deadline */
-  int heap_n, heap_cap;
+  ioq_heap timers;         /* sleeps and timeouts, through eop_of(op)->timer */
   ioq_ring done;           /* ioq_events finished, in order */
   int live;                /* ops taken whose final event is not posted */
   pid_t owner;             /* the process whose threads these are */
@@ -154,62 +153,19 @@ static void unlink_op(elist *l, ioq_op *op) {
   ioq_list_remove(l, op, ELINK);
 }
 
-/* ---------------------------------------------------------------- heap */
+/* ---------------------------------------------------------------- timers */
 
-static void heap_set(epoll_backend *b, int i, ioq_op *op) {
-  b->heap[i] = op;
-  eop_of(op)->heap_index = i;
+/* The op whose eop holds the timer node t. */
+static ioq_op *timer_op(ioq_heap_node *t) {
+  return (ioq_op *)(void *)((char *)t - offsetof(eop, timer) - ELINK);
 }
 
-static void heap_up(epoll_backend *b, int i) {
-  ioq_op *op = b->heap[i];
-  while (i > 0) {
-    int parent = (i - 1) / 2;
-    if (eop_of(b->heap[parent])->deadline <= eop_of(op)->deadline) break;
-    heap_set(b, i, b->heap[parent]);
-    i = parent;
-  }
-  heap_set(b, i, op);
+static int timer_add(epoll_backend *b, ioq_op *op, int64_t deadline) {
+  return ioq_heap_push(&b->timers, &eop_of(op)->timer, deadline);
 }
 
-static void heap_down(epoll_backend *b, int i) {
-  ioq_op *op = b->heap[i];
-  for (;;) {
-    int l = 2 * i + 1, small = l;
-    if (l >= b->heap_n) break;
-    if (l + 1 < b->heap_n &&
-        eop_of(b->heap[l + 1])->deadline < eop_of(b->heap[l])->deadline)
-      small = l + 1;
-    if (eop_of(b->heap[small])->deadline >= eop_of(op)->deadline) break;
-    heap_set(b, i, b->heap[small]);
-    i = small;
-  }
-  heap_set(b, i, op);
-}
-
-static int heap_add(epoll_backend *b, ioq_op *op, int64_t deadline) {
-  if (b->heap_n == b->heap_cap) {
-    int cap = b->heap_cap ? b->heap_cap * 2 : 64;
-    ioq_op **h = realloc(b->heap, (size_t)cap * sizeof *h);
-    if (h == NULL) return -ENOMEM;
-    b->heap = h;
-    b->heap_cap = cap;
-  }
-  eop_of(op)->deadline = deadline;
-  b->heap[b->heap_n] = op;
-  heap_up(b, b->heap_n++);
-  return 0;
-}
-
-static void heap_remove(epoll_backend *b, ioq_op *op) {
-  int i = eop_of(op)->heap_index;
-  if (i < 0) return;
-  eop_of(op)->heap_index = -1;
-  if (--b->heap_n > i) {
-    heap_set(b, i, b->heap[b->heap_n]);
-    heap_down(b, i);
-    heap_up(b, eop_of(b->heap[i])->heap_index);
-  }
+static void timer_remove(epoll_backend *b, ioq_op *op) {
+  ioq_heap_remove(&b->timers, &eop_of(op)->timer);
 }
 
 /* ---------------------------------------------------------------- done */
@@ -238,7 +194,7 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
 
 /* Ends an op with `res` (its room in the ring was reserved at start). */
 static void finish(epoll_backend *b, ioq_op *op, int64_t res) {
-  heap_remove(b, op);
+  timer_remove(b, op);
   eop_of(op)->state = EOP_DONE;
   post(b, op, res, 0);
   b->live--;
@@ -719,12 +675,12 @@ static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
 static void issue(epoll_backend *b, ioq_op *op) {
   int64_t res;
   int want, r;
-  eop_of(op)->heap_index = -1;
+  eop_of(op)->timer.slot = 0;
   eop_of(op)->want = 0;
   eop_of(op)->blocking = 0;
   eop_of(op)->io = IO_PLAIN;
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
-      heap_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
+      timer_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
     finish(b, op, -ENOMEM);
     return;
   }
@@ -736,7 +692,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
       int64_t ns = op->timeout_ns > 0 && op->timeout_ns < op->ns
                  ? op->timeout_ns : op->ns;
       eop_of(op)->state = EOP_TIMER;
-      if (heap_add(b, op, ioq_now_ns() + ns) < 0)
+      if (timer_add(b, op, ioq_now_ns() + ns) < 0)
         finish(b, op, -ENOMEM);
       return;
     }
@@ -879,7 +835,7 @@ static void epoll_destroy(ioq_backend *base) {
   for (i = 0; i < b->nwatches; i++)
     free(b->watches[i]);
   free(b->watches);
-  free(b->heap);
+  ioq_heap_free(&b->timers);
   ioq_ring_free(&b->done);
   close(b->evfd);
   close(b->epfd);
@@ -896,7 +852,7 @@ static int epoll_start(ioq_backend *base, ioq_op *op) {
     return -ENOMEM;
   b->live++;
   eop_of(op)->state = EOP_STAGED;
-  eop_of(op)->heap_index = -1;
+  eop_of(op)->timer.slot = 0;
   push(&b->staged, op);
   return 0;
 }
@@ -969,10 +925,11 @@ static int epoll_cancel(ioq_backend *base, ioq_op *op) {
 /* Fires the timers that are due: sleeps end, timeouts cancel their op. */
 static void expire(epoll_backend *b) {
   int64_t t = ioq_now_ns();
-  while (b->heap_n > 0 && eop_of(b->heap[0])->deadline <= t) {
-    ioq_op *op = b->heap[0];
+  ioq_heap_node *next;
+  while ((next = ioq_heap_top(&b->timers)) != NULL && next->deadline <= t) {
+    ioq_op *op = timer_op(next);
     eop *e = eop_of(op);
-    heap_remove(b, op);
+    timer_remove(b, op);
     if (e->state == EOP_TIMER)  /* a sleep ends, or its timeout fires */
       finish(b, op, op->timeout_ns > 0 && op->timeout_ns < op->ns
                     ? -ETIMEDOUT : 0);
@@ -1026,8 +983,8 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
   if (b->done.n == 0) {
     int64_t wait = timeout_ns;
     struct timespec ts, *tsp = NULL;
-    if (b->heap_n > 0) {
-      int64_t until = eop_of(b->heap[0])->deadline - ioq_now_ns();
+    if (b->timers.n > 0) {
+      int64_t until = ioq_heap_top(&b->timers)->deadline - ioq_now_ns();
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }

@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ioq_heap.h"
 #include "ioq_os.h"
 
 #include <mswsock.h>
@@ -82,8 +83,7 @@ struct rec {
   ioq_op *op;
   iocp_backend *owner;
   struct rec *next;         /* on the done list */
-  size_t timer;             /* slot in the timer heap + 1; 0: none */
-  int64_t deadline;         /* monotonic ns, while in the heap */
+  ioq_heap_node timer;      /* its place in the timer heap, if any */
   int64_t res;              /* K_POSTED, K_POOL, K_LOCAL: the result */
   int kind;
   int timed_out;            /* the op's timeout canceled it */
@@ -106,8 +106,7 @@ struct iocp_backend {
   ioq_backend base;
   HANDLE port;
   rec *done_head, *done_tail;    /* finished without a packet, in order */
-  rec **heap;                    /* timers, soonest first */
-  size_t nheap, capheap;
+  ioq_heap timers;               /* through rec.timer, soonest first */
   LPFN_ACCEPTEX acceptex;        /* looked up on first use */
   LPFN_CONNECTEX connectex;
   unsigned started;              /* ops started since the last submit */
@@ -121,65 +120,23 @@ struct iocp_backend {
 
 /* ---------------------------------------------------------------- timers */
 
-static void heap_set(iocp_backend *b, size_t i, rec *r) {
-  b->heap[i] = r;
-  r->timer = i + 1;
-}
-
-static void heap_up(iocp_backend *b, size_t i) {
-  rec *r = b->heap[i];
-  while (i > 0 && b->heap[(i - 1) / 2]->deadline > r->deadline) {
-    heap_set(b, i, b->heap[(i - 1) / 2]);
-    i = (i - 1) / 2;
-  }
-  heap_set(b, i, r);
-}
-
-static void heap_down(iocp_backend *b, size_t i) {
-  rec *r = b->heap[i];
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= b->nheap)
-      break;
-    if (c + 1 < b->nheap && b->heap[c + 1]->deadline < b->heap[c]->deadline)
-      c++;
-    if (b->heap[c]->deadline >= r->deadline)
-      break;
-    heap_set(b, i, b->heap[c]);
-    i = c;
-  }
-  heap_set(b, i, r);
+/* The record whose timer node is t. */
+static rec *timer_rec(ioq_heap_node *t) {
+  return (rec *)(void *)((char *)t - offsetof(rec, timer));
 }
 
 /* Room for one more timer; called before an op starts, so a failure there
 ** leaves nothing half done. 0 or -ENOMEM. */
-static int heap_reserve(iocp_backend *b) {
-  if (b->nheap == b->capheap) {
-    size_t cap = b->capheap ? 2 * b->capheap : 64;
-    rec **h = realloc(b->heap, cap * sizeof *h);
-    if (h == NULL)
-      return -ENOMEM;
-    b->heap = h;
-    b->capheap = cap;
-  }
-  return 0;
+static int timer_reserve(iocp_backend *b) {
+  return ioq_heap_reserve(&b->timers, 1);
 }
 
-static void heap_add(iocp_backend *b, rec *r, int64_t deadline) {
-  r->deadline = deadline;
-  b->heap[b->nheap] = r;  /* room was reserved */
-  heap_up(b, b->nheap++);
+static void timer_add(iocp_backend *b, rec *r, int64_t deadline) {
+  ioq_heap_add(&b->timers, &r->timer, deadline);  /* room was reserved */
 }
 
-static void heap_remove(iocp_backend *b, rec *r) {
-  size_t i = r->timer - 1;
-  rec *last = b->heap[--b->nheap];
-  r->timer = 0;
-  if (last == r)
-    return;
-  heap_set(b, i, last);
-  heap_up(b, i);
-  heap_down(b, last->timer - 1);
+static void timer_remove(iocp_backend *b, rec *r) {
+  ioq_heap_remove(&b->timers, &r->timer);
 }
 
 /* ---------------------------------------------------------------- records */
@@ -670,7 +627,7 @@ static int start_io(iocp_backend *b, rec *r) {
         ns = op->timeout_ns;
         r->sleep_result = -ETIMEDOUT;
       }
-      heap_add(b, r, ioq_now_ns() + ns);
+      timer_add(b, r, ioq_now_ns() + ns);
       return 0;
     }
     case IOQ_OPEN: case IOQ_FSYNC:
@@ -738,7 +695,7 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
   int err;
   if (op->multishot || op->use_pool)
     return -EOPNOTSUPP;
-  if ((err = heap_reserve(b)) != 0)  /* a timer must not fail later */
+  if ((err = timer_reserve(b)) != 0)  /* a timer must not fail later */
     return err;
   if ((r = calloc(1, sizeof *r)) == NULL)
     return -ENOMEM;
@@ -754,7 +711,7 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
   /* A timeout for an op that can wait: cancel it when the time is up. */
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
       (r->kind == K_IO || r->kind == K_POOL))
-    heap_add(b, r, ioq_now_ns() + op->timeout_ns);
+    timer_add(b, r, ioq_now_ns() + op->timeout_ns);
   b->started++;
   return 0;
 }
@@ -776,8 +733,8 @@ static int iocp_cancel(ioq_backend *base, ioq_op *op) {
   iocp_backend *b = TO_IOCP(base);
   rec *r = rec_of(op);
   if (r->kind == K_LOCAL) {
-    if (r->timer != 0) {  /* a sleep that has not fired */
-      heap_remove(b, r);
+    if (r->timer.slot != 0) {  /* a sleep that has not fired */
+      timer_remove(b, r);
       done_push(b, r, -ECANCELED);
     }
     return 0;
@@ -797,9 +754,10 @@ static int iocp_submit(ioq_backend *base) {
 /* Fires the timers that are due: sleeps end, ops that timed out are
 ** canceled (their packet then reports -ETIMEDOUT). */
 static void fire_timers(iocp_backend *b, int64_t now) {
-  while (b->nheap > 0 && b->heap[0]->deadline <= now) {
-    rec *r = b->heap[0];
-    heap_remove(b, r);
+  ioq_heap_node *next;
+  while ((next = ioq_heap_top(&b->timers)) != NULL && next->deadline <= now) {
+    rec *r = timer_rec(next);
+    timer_remove(b, r);
     if (r->op->code == IOQ_SLEEP) {
       done_push(b, r, r->sleep_result);
     } else {
@@ -848,8 +806,7 @@ static int64_t io_result(rec *r, DWORD bytes) {
 }
 
 static void finish(iocp_backend *b, rec *r, int64_t res, ioq_event *ev) {
-  if (r->timer != 0)
-    heap_remove(b, r);
+  timer_remove(b, r);  /* if it is in the heap */
   if (r->on_retry)
     retry_remove(b, r);
   if (res == -ECANCELED && r->timed_out)
@@ -875,9 +832,10 @@ static int take_done(iocp_backend *b, ioq_event *ev, int n, int max) {
 /* Milliseconds for the port's wait: no longer than `wait` ns (< 0: no
 ** bound), nor past the next timer; rounded up so no timer fires early. */
 static DWORD wait_ms(iocp_backend *b, int64_t wait, int64_t now) {
-  if (b->nheap > 0 && (wait < 0 || b->heap[0]->deadline - now < wait))
-    wait = b->heap[0]->deadline - now;
-  if (wait < 0 && b->nheap == 0)
+  ioq_heap_node *next = ioq_heap_top(&b->timers);
+  if (next != NULL && (wait < 0 || next->deadline - now < wait))
+    wait = next->deadline - now;
+  if (wait < 0 && next == NULL)
     return INFINITE;
   if (wait <= 0)
     return 0;
@@ -966,7 +924,7 @@ static int iocp_create(ioq_backend **out, unsigned entries) {
 static void iocp_destroy(ioq_backend *base) {
   iocp_backend *b = TO_IOCP(base);
   CloseHandle(b->port);
-  free(b->heap);
+  ioq_heap_free(&b->timers);
   free(b);
 }
 

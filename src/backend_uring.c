@@ -34,6 +34,7 @@
 
 #include <liburing.h>
 
+#include "ioq_heap.h"
 #include "ioq_os.h"
 
 /* The pool: provided buffers in a ring the kernel takes them from. */
@@ -51,8 +52,7 @@ typedef struct uring_backend {
   uring_pool *pool;        /* NULL until asked for */
   pid_t pid;               /* the process that made the ring */
   unsigned long forks;     /* the fork count when pid was last checked */
-  ioq_op **timed;          /* min-heap of ops with a timeout, on deadline */
-  int ntimed, timed_cap;
+  ioq_heap timed;          /* ops with a timeout, through op->be.timeout */
   char describe[128];
 } uring_backend;
 
@@ -134,81 +134,38 @@ static void set_timespec(struct __kernel_timespec *ts, int64_t ns) {
 /* ---------------------------------------------------------------- timeouts */
 
 /*
-** An op's timeout state lives in op->be.timeout: [0] its deadline
-** (monotonic ns), [1] its index in the heap, or one of these.
+** An op's timeout lives in op->be.timeout, a heap node, which is in
+** u->timed (slot != 0) while the timeout is armed. Out of the heap, its
+** deadline says why, as one of these (no real deadline is negative).
 */
-#define TIMER_NONE  ((int64_t)-1)  /* no timeout, or it was disarmed */
-#define TIMER_FIRED ((int64_t)-2)  /* the deadline passed: cancel asked */
+#define TIMER_NONE  ((int64_t)0)   /* no timeout, or it was disarmed */
+#define TIMER_FIRED ((int64_t)-1)  /* the deadline passed: cancel asked */
 
 /* How soon a timeout whose cancel found no room is tried again. */
 #define TIMER_RETRY_NS 1000000
 
-static int64_t *deadline_of(ioq_op *op) {
-  return &op->be.timeout[0];
+/* The op whose timeout node is t. */
+static ioq_op *timed_op(ioq_heap_node *t) {
+  return (ioq_op *)(void *)((char *)t - offsetof(ioq_op, be.timeout));
 }
 
-static int64_t *timer_state(ioq_op *op) {
-  return &op->be.timeout[1];
+static int timer_armed(const ioq_op *op) {
+  return op->be.timeout.slot != 0;
 }
 
-static void heap_set(uring_backend *u, int i, ioq_op *op) {
-  u->timed[i] = op;
-  *timer_state(op) = i;
+static int timer_fired(const ioq_op *op) {
+  return !timer_armed(op) && op->be.timeout.deadline == TIMER_FIRED;
 }
 
-static void heap_up(uring_backend *u, int i) {
-  ioq_op *op = u->timed[i];
-  while (i > 0) {
-    int parent = (i - 1) / 2;
-    if (*deadline_of(u->timed[parent]) <= *deadline_of(op))
-      break;
-    heap_set(u, i, u->timed[parent]);
-    i = parent;
-  }
-  heap_set(u, i, op);
-}
-
-static void heap_down(uring_backend *u, int i) {
-  ioq_op *op = u->timed[i];
-  for (;;) {
-    int small = 2 * i + 1;
-    if (small >= u->ntimed)
-      break;
-    if (small + 1 < u->ntimed &&
-        *deadline_of(u->timed[small + 1]) < *deadline_of(u->timed[small]))
-      small++;
-    if (*deadline_of(u->timed[small]) >= *deadline_of(op))
-      break;
-    heap_set(u, i, u->timed[small]);
-    i = small;
-  }
-  heap_set(u, i, op);
-}
-
+/* Arms the op's timeout (it is TIMER_NONE). 0 or -ENOMEM. */
 static int timer_add(uring_backend *u, ioq_op *op, int64_t deadline) {
-  if (u->ntimed == u->timed_cap) {
-    int cap = u->timed_cap ? u->timed_cap * 2 : 64;
-    ioq_op **h = realloc(u->timed, (size_t)cap * sizeof *h);
-    if (h == NULL)
-      return -ENOMEM;
-    u->timed = h;
-    u->timed_cap = cap;
-  }
-  *deadline_of(op) = deadline;
-  u->timed[u->ntimed] = op;
-  heap_up(u, u->ntimed++);
-  return 0;
+  return ioq_heap_push(&u->timed, &op->be.timeout, deadline);
 }
 
 /* Takes the op out of the heap; its state becomes `state`. */
 static void timer_remove(uring_backend *u, ioq_op *op, int64_t state) {
-  int i = (int)*timer_state(op);
-  if (--u->ntimed > i) {
-    heap_set(u, i, u->timed[u->ntimed]);
-    heap_down(u, i);
-    heap_up(u, (int)*timer_state(u->timed[i]));
-  }
-  *timer_state(op) = state;
+  ioq_heap_remove(&u->timed, &op->be.timeout);
+  op->be.timeout.deadline = state;
 }
 
 /* A free SQE, submitting what is queued first if the ring is full. */
@@ -228,12 +185,12 @@ static struct io_uring_sqe *get_sqe(uring_backend *u) {
 static void fire_timers(uring_backend *u) {
   int64_t now = ioq_now_ns();
   int asked = 0;
-  while (u->ntimed > 0 && *deadline_of(u->timed[0]) <= now) {
-    ioq_op *op = u->timed[0];
+  ioq_heap_node *next;
+  while ((next = ioq_heap_top(&u->timed)) != NULL && next->deadline <= now) {
+    ioq_op *op = timed_op(next);
     struct io_uring_sqe *sqe = get_sqe(u);
     if (sqe == NULL) {
-      *deadline_of(op) = now + TIMER_RETRY_NS;
-      heap_down(u, 0);
+      ioq_heap_update(&u->timed, next, now + TIMER_RETRY_NS);
       break;
     }
     timer_remove(u, op, TIMER_FIRED);
@@ -498,7 +455,7 @@ static void uring_destroy(ioq_backend *b) {
     ioq_pool_unref(&p->base);
   }
   io_uring_queue_exit(&u->ring);
-  free(u->timed);
+  ioq_heap_free(&u->timed);
   free(u);
 }
 
@@ -592,7 +549,8 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
     return -EINVAL;
   if (io_uring_sq_space_left(&u->ring) < 1)
     return -EAGAIN;
-  *timer_state(op) = TIMER_NONE;
+  op->be.timeout.slot = 0;
+  op->be.timeout.deadline = TIMER_NONE;
   if (op->timeout_ns > 0 &&
       timer_add(u, op, ioq_now_ns() + op->timeout_ns) < 0)
     return -ENOMEM;
@@ -728,7 +686,7 @@ static int64_t op_result(ioq_op *op, int res) {
     return res;
   if (op->cancel_requested)
     return -ECANCELED;
-  if (*timer_state(op) == TIMER_FIRED)
+  if (timer_fired(op))
     return -ETIMEDOUT;
   return interrupted ? -EINTR : res;
 }
@@ -750,7 +708,7 @@ static int collect(uring_backend *u, ioq_event *ev, int max) {
     ev[k].res = op_result(op, cqes[i]->res);
     ev[k].more = (flags & IORING_CQE_F_MORE) != 0;
     ev[k].buf = -1;
-    if (!ev[k].more && *timer_state(op) >= 0)
+    if (!ev[k].more && timer_armed(op))
       timer_remove(u, op, TIMER_NONE);
     if ((flags & IORING_CQE_F_BUFFER) && u->pool != NULL) {
       ev[k].buf = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
@@ -778,8 +736,8 @@ static int uring_reap(ioq_backend *b, ioq_event *done, int max,
   int r = 0;
   if (forked(u))
     return -EPERM;
-  if (u->ntimed > 0) {
-    int64_t until = *deadline_of(u->timed[0]) - ioq_now_ns();
+  if (u->timed.n > 0) {
+    int64_t until = ioq_heap_top(&u->timed)->deadline - ioq_now_ns();
     if (until < 0)
       until = 0;
     if (timeout_ns < 0 || until < timeout_ns)
@@ -805,7 +763,7 @@ static int uring_reap(ioq_backend *b, ioq_event *done, int max,
   /* Collected first, so that an op that did finish leaves the heap
   ** before its deadline could fire. */
   r = collect(u, done, max);
-  if (u->ntimed > 0)
+  if (u->timed.n > 0)
     fire_timers(u);
   return r;
 }

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "ioq_heap.h"
+
 #define IOQ_VERSION "0.1.0"
 
 typedef enum ioq_opcode {
@@ -84,11 +86,11 @@ struct ioq_op {
   /* Private to the binding: the list the op sits on. */
   ioq_link link;
 
-  /* Private to the backend: room for the timespec of a timeout armed by
-  ** timeout_ns, and, apart from it, for what the op itself needs (its own
-  ** timespec, a msghdr, list links...). */
+  /* Private to the backend: a node for a heap of deadlines, for a timeout
+  ** armed by timeout_ns, and, apart from it, room for what the op itself
+  ** needs (its own timespec, a msghdr, list links...). */
   struct {
-    int64_t timeout[2];
+    ioq_heap_node timeout;
     union {
       int64_t ts[2];
       void *ptr[10];
