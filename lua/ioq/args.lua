@@ -45,6 +45,14 @@ function args.check_handle(h, name)
   end
 end
 
+--- For use right inside a method of a Lua class: its self must have the
+-- class's metatable (whose __name names it).
+function args.check_self(obj, class, name)
+  if getmetatable(obj) ~= class then
+    argerror(0, name, class.__name .. " expected, got " .. type(obj), 3)
+  end
+end
+
 function args.is_queue(q)
   local mt = type(q) == "userdata" and getmetatable(q)
   return mt and mt.__name == "ioq.queue" or false

@@ -11,11 +11,10 @@ local core = require "ioq.core"
 local args = require "ioq.args"
 local loop = require "ioq.loop"
 
-local error, getmetatable, ipairs, pcall, setmetatable, type =
-  error, getmetatable, ipairs, pcall, setmetatable, type
+local error, ipairs, pcall, setmetatable = error, ipairs, pcall, setmetatable
 local E = core.errno
-local argerror, check_timeout, check_handle, c_call =
-  args.argerror, args.check_timeout, args.check_handle, args.c_call
+local check_timeout, check_handle, c_call =
+  args.check_timeout, args.check_handle, args.c_call
 local fail_canceled, current_queue, wait_for =
   loop.fail_canceled, loop.current_queue, loop.wait_for
 
@@ -26,12 +25,10 @@ local h_cancel = handle_methods.cancel
 
 local Emulated = {}
 Emulated.__index = Emulated
-Emulated.__name = "ioq.multishot (emulated)"
+Emulated.__name = "ioq.multishot"
 
 local function check_emulated(h, name)
-  if getmetatable(h) ~= Emulated then
-    argerror(0, name, "ioq.multishot expected, got " .. type(h), 3)
-  end
+  return args.check_self(h, Emulated, name)  -- a tail call: the level stays right
 end
 
 function Emulated:next(timeout)

@@ -9,8 +9,8 @@ local core = require "ioq.core"
 local args = require "ioq.args"
 local loop = require "ioq.loop"
 
-local getmetatable, pcall, setmetatable, type = getmetatable, pcall, setmetatable, type
-local argerror, check_timeout, c_call = args.argerror, args.check_timeout, args.c_call
+local pcall, setmetatable = pcall, setmetatable
+local check_timeout, c_call = args.check_timeout, args.c_call
 local current_queue, wait_for = loop.current_queue, loop.wait_for
 
 local q_read = core.classes.queue.read
@@ -20,9 +20,7 @@ Signals.__index = Signals
 Signals.__name = "ioq.signals"
 
 local function check_signals(sigs, name)
-  if getmetatable(sigs) ~= Signals then
-    argerror(0, name, "ioq.signals expected, got " .. type(sigs), 3)
-  end
+  return args.check_self(sigs, Signals, name)  -- a tail call: the level stays right
 end
 
 --- ioq.signals(name, ...): delivers the named signals ("INT", "TERM",

@@ -150,9 +150,7 @@ local function wait_task(me, task, timeout)
 end
 
 local function check_task(t, name)
-  if getmetatable(t) ~= Task then
-    argerror(0, name, "ioq.task expected, got " .. type(t), 3)
-  end
+  return args.check_self(t, Task, name)  -- a tail call: the level stays right
 end
 
 --- task:join([timeout]): the task's results; re-raises its error (with the
