@@ -2,6 +2,21 @@
 ** lioq.h: what the binding's files share. The binding turns Lua calls into
 ** ioq_ops for a backend (see ioq.h) and turns completed ops back into Lua
 ** values; it checks every argument before any state changes.
+**
+** One error contract, for every file of the binding:
+**   - C helpers return 0 or -errno (never +errno, 1/0 or a message); the
+**     errno is saved before any call that could change it.
+**   - A failed op resolves, through its handle, to nil, "<op>: <text>",
+**     errno: a real errno with a name in ioq.errno, ECANCELED and
+**     ETIMEDOUT included ("read: canceled", "sleep: timed out"); an op
+**     that cannot even start (an address that does not resolve, a
+**     multishot op the backend lacks) is a handle that resolves so too.
+**   - The end of a stream: 0 from a read or receive; nil alone from
+**     h:take (as io.read at the end of a file).
+**   - Misuse raises through luaL_argerror and friends (lioq_checkudata,
+**     lioq_checkopen, lioq_checkidle...), naming the argument of the call
+**     the script made; a synchronous call that fails returns lioq_fail's
+**     nil, "<what>: <strerror>", errno.
 */
 #ifndef LIOQ_H
 #define LIOQ_H
