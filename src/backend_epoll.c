@@ -1030,9 +1030,12 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
   return k;
 }
 
-static const char *epoll_features(ioq_backend *b) {
-  return b->caps & IOQ_CAP_MULTISHOT_ACCEPT ? "workers multishot_accept"
-                                            : "workers";
+static int epoll_features(ioq_backend *b, const char **names, int max) {
+  int n = 0;
+  if (n < max) names[n++] = "workers";
+  if (n < max && (b->caps & IOQ_CAP_MULTISHOT_ACCEPT))
+    names[n++] = "multishot_accept";
+  return n;
 }
 
 const ioq_backend_class ioq_epoll_backend = {

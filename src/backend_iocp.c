@@ -895,9 +895,12 @@ static int iocp_reap(ioq_backend *base, ioq_event *ev, int max,
   }
 }
 
-static const char *iocp_features(ioq_backend *base) {
+static int iocp_features(ioq_backend *base, const char **names, int max) {
   (void)base;
-  return "threadpool";
+  if (max < 1)
+    return 0;
+  names[0] = "threadpool";
+  return 1;
 }
 
 static int iocp_create(ioq_backend **out, unsigned entries) {

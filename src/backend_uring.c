@@ -53,7 +53,6 @@ typedef struct uring_backend {
   pid_t pid;               /* the process that made the ring */
   unsigned long forks;     /* the fork count when pid was last checked */
   ioq_heap timed;          /* ops with a timeout, through op->be.timeout */
-  char describe[128];
 } uring_backend;
 
 /* The buffer group of the pool (a ring has at most one pool here). */
@@ -228,30 +227,6 @@ static size_t first_setup(void) {
       if (strcmp(setups[i].name, want) == 0)
         return i;
   return 0;
-}
-
-static void describe(uring_backend *u) {
-  static const struct { unsigned flag; const char *word; } words[] = {
-    {IORING_SETUP_SINGLE_ISSUER, "single_issuer"},
-    {IORING_SETUP_DEFER_TASKRUN, "defer_taskrun"},
-    {IORING_SETUP_COOP_TASKRUN, "coop_taskrun"},
-    {IORING_SETUP_SUBMIT_ALL, "submit_all"},
-  };
-  size_t i, n = 0;
-  u->describe[0] = '\0';
-  for (i = 0; i < sizeof words / sizeof words[0]; i++)
-    if (u->setup & words[i].flag)
-      n += (size_t)snprintf(u->describe + n, sizeof u->describe - n, "%s%s",
-                            n ? " " : "", words[i].word);
-  if (u->features & IORING_FEAT_NODROP)
-    n += (size_t)snprintf(u->describe + n, sizeof u->describe - n, "%snodrop",
-                          n ? " " : "");
-  if (u->base.caps & IOQ_CAP_MULTISHOT_ACCEPT)
-    n += (size_t)snprintf(u->describe + n, sizeof u->describe - n,
-                          "%smultishot_accept", n ? " " : "");
-  if (u->base.caps & IOQ_CAP_POOL)
-    snprintf(u->describe + n, sizeof u->describe - n,
-             "%sprovided_buffers", n ? " " : "");
 }
 
 /*
@@ -431,7 +406,6 @@ static int uring_create(ioq_backend **out, unsigned entries) {
     pthread_once(&probe_once, probe_caps);
     u->base.caps |= probed_caps;
   }
-  describe(u);
   u->base.cls = &ioq_uring_backend;
   *out = &u->base;
   return 0;
@@ -768,8 +742,26 @@ static int uring_reap(ioq_backend *b, ioq_event *done, int max,
   return r;
 }
 
-static const char *uring_features(ioq_backend *b) {
-  return ((uring_backend *)b)->describe;
+static int uring_features(ioq_backend *b, const char **names, int max) {
+  static const struct { unsigned flag; const char *name; } flags[] = {
+    {IORING_SETUP_SINGLE_ISSUER, "single_issuer"},
+    {IORING_SETUP_DEFER_TASKRUN, "defer_taskrun"},
+    {IORING_SETUP_COOP_TASKRUN, "coop_taskrun"},
+    {IORING_SETUP_SUBMIT_ALL, "submit_all"},
+  };
+  uring_backend *u = (uring_backend *)b;
+  size_t i;
+  int n = 0;
+  for (i = 0; i < sizeof flags / sizeof flags[0]; i++)
+    if ((u->setup & flags[i].flag) && n < max)
+      names[n++] = flags[i].name;
+  if ((u->features & IORING_FEAT_NODROP) && n < max)
+    names[n++] = "nodrop";
+  if ((b->caps & IOQ_CAP_MULTISHOT_ACCEPT) && n < max)
+    names[n++] = "multishot_accept";
+  if ((b->caps & IOQ_CAP_POOL) && n < max)
+    names[n++] = "provided_buffers";
+  return n;
 }
 
 const ioq_backend_class ioq_uring_backend = {

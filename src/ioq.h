@@ -170,8 +170,9 @@ typedef struct ioq_backend_class {
   ** (0 on timeout or when only internal events arrived), -EINTR when a
   ** signal interrupted the wait, or another -errno. */
   int (*reap)(ioq_backend *b, ioq_event *ev, int max, int64_t timeout_ns);
-  /* The optional features in use, as space-separated words (may be ""). */
-  const char *(*features)(ioq_backend *b);
+  /* The optional features in use: stores the names (static strings) of
+  ** up to `max` of them in `names`, returns how many. */
+  int (*features)(ioq_backend *b, const char **names, int max);
   /* With IOQ_CAP_POOL: makes the backend's one pool of `count` (a power of
   ** two) buffers of `size` bytes. Returns 0 or -errno. */
   int (*pool)(ioq_backend *b, unsigned count, unsigned size, ioq_pool **out);

@@ -3,6 +3,7 @@
 ** Linux: Windows error codes as errno values, messages for the errno values
 ** the C runtime has no text for, Winsock started once per process, and the
 ** process's record of which completion port each handle is tied to.
+** Used by backend_iocp.c and ioq_os.h; knows nothing of Lua.
 */
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,7 @@
 /*
 ** lioq_buffer.c: ioq.buffer, fixed-size byte buffers whose memory the kernel
-** may write into while Lua goes on running.
+** may write into while Lua goes on running. Touches only its own blocks,
+** and pool buffers through ioq_pool_release (ioq.h); uses lioq_util.c.
 */
 #include <stdlib.h>
 #include <string.h>

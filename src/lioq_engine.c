@@ -53,67 +53,6 @@ const char *const lioq_op_names[IOQ_NOPCODES] = {
   "recv", "send", "recvfrom", "sendto", "shutdown"
 };
 
-#ifdef _WIN32
-#define checkprocess(L, q) ((void)0)  /* Windows has no fork */
-#define forked_child(q) 0
-#else
-/*
-** Forks, counted by an atfork handler, so that noticing one costs a load
-** rather than a getpid() system call on every wait. (glibc drops the
-** handler if this module is ever unloaded.)
-*/
-static volatile unsigned long forks;
-
-static void count_fork(void) {
-  forks++;
-}
-
-static void watch_forks(void) {
-  pthread_atfork(NULL, NULL, count_fork);
-}
-
-/*
-** A forked child must not drive its parent's queue: the ring (or the
-** epoll set and its worker threads) works for the parent. Checked where
-** ops reach the kernel, not on every call.
-*/
-static void checkprocess(lua_State *L, lqueue *q) {
-  if (q->forks != forks && getpid() != q->owner)
-    luaL_error(L, "this queue belongs to the process that created it "
-                  "(make a new queue after fork)");
-}
-
-#define forked_child(q) (getpid() != (q)->owner)
-#endif
-
-/*
-** A queue is driven by the thread that created it: io_uring refuses any
-** other (single issuer), and a rule that holds on every backend is one a
-** script can rely on. Checked wherever the backend is called.
-*/
-void lioq_checkowner(lua_State *L, lqueue *q) {
-  checkprocess(L, q);
-  if (!lioq_on_owner_thread(q))
-    luaL_error(L, "this queue belongs to the thread that created it "
-                  "(make a queue in each thread)");
-}
-
-/* Is this the thread that may drive q? */
-int lioq_on_owner_thread(const lqueue *q) {
-  return same_thread(q->thread, this_thread());
-}
-
-/* Records who owns a new queue: this process and this thread. */
-void lioq_owner_init(lqueue *q) {
-#ifndef _WIN32
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, watch_forks);
-  q->owner = getpid();
-  q->forks = forks;
-#endif
-  q->thread = this_thread();
-}
-
 /* ---------------------------------------------------------------- items */
 
 /* Queues an item of a multishot op for Lua to take. 0 if out of memory. */
@@ -566,10 +505,10 @@ int lioq_destroy(lqueue *q, int from_gc) {
   }
   for (op = q->unsent.head; op != NULL; op = next) {
     next = op->link.next;
-    if (!lioq_is_output(op) || forked_child(q))
+    if (!lioq_is_output(op) || lioq_forked_child(q))
       settle_unsent(&q->unsent, op, -ECANCELED, from_gc);
   }
-  if (forked_child(q)) {
+  if (lioq_forked_child(q)) {
     /* The kernel works for the parent, not for us: leave its ops be. */
     while ((op = q->inflight.head) != NULL)
       settle_unsent(&q->inflight, op, -ECANCELED, from_gc);
@@ -622,7 +561,7 @@ int lioq_destroy(lqueue *q, int from_gc) {
 
 /* May this thread call the queue's backend? */
 static int may_drive(lqueue *q) {
-  return q->backend != NULL && !forked_child(q) &&
+  return q->backend != NULL && !lioq_forked_child(q) &&
          lioq_on_owner_thread(q);
 }
 

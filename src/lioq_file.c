@@ -1,6 +1,8 @@
 /*
 ** lioq_file.c: ioq.file objects (descriptors that ioq opened) and the one
-** place that turns an argument into a descriptor.
+** place that turns an argument into a descriptor. Closing an object ends
+** the ops pending on it through lioq_end_ops (lioq_engine.c, the one call
+** up into the queue's files); uses lioq_util.c and ioq_os.h.
 */
 #include <errno.h>
 #include <stdio.h>

@@ -91,16 +91,12 @@ static int queue_cancel_all(lua_State *L) {
 /* q:features(): the backend's optional features in use, as a list. */
 static int queue_features(lua_State *L) {
   lqueue *q = lioq_checkopenqueue(L);
-  const char *s = q->backend->cls->features(q->backend);
-  int n = 0;
-  lua_newtable(L);
-  while (*s) {
-    const char *end = strchr(s, ' ');
-    size_t len = end ? (size_t)(end - s) : strlen(s);
-    lua_pushlstring(L, s, len);
-    lua_rawseti(L, -2, ++n);
-    s += len;
-    while (*s == ' ') s++;
+  const char *names[16];
+  int i, n = q->backend->cls->features(q->backend, names, 16);
+  lua_createtable(L, n, 0);
+  for (i = 0; i < n; i++) {
+    lua_pushstring(L, names[i]);
+    lua_rawseti(L, -2, i + 1);
   }
   return 1;
 }

@@ -135,7 +135,9 @@ extern const char *const lioq_op_names[IOQ_NOPCODES];
 ** kernel can ever complete: waiting would be forever. */
 #define LIOQ_STUCK (-ENOBUFS)
 
+/* lioq_owner.c */
 void lioq_owner_init(lqueue *q);
+int lioq_forked_child(const lqueue *q);
 void lioq_checkowner(lua_State *L, lqueue *q);
 int lioq_on_owner_thread(const lqueue *q);
 void lioq_items_free(lhandle *h);

@@ -4,7 +4,8 @@
 ** place that turns a (host, port) or a path into a socket address.
 **
 ** Only setup lives here; the I/O (accept, connect, recv, send...) is an op
-** on a queue, in lioq_queue.c.
+** on a queue, in lioq_ops.c. Uses lioq_file.c (a socket is a file object
+** with a family), lioq_util.c and ioq_os.h; knows nothing of queues.
 */
 #include <errno.h>
 #include <string.h>
