@@ -131,7 +131,7 @@ static inline void ioq_aligned_free(void *p) {
 
 /*
 ** Closes a descriptor ioq made: a socket if `is_socket`, else a file.
-** Returns 0 or an errno value; the descriptor is gone either way (Linux
+** Returns 0 or -errno; the descriptor is gone either way (Linux
 ** closes it even when close reports EINTR).
 */
 static inline int ioq_close(ioq_fd fd, int is_socket) {
@@ -144,11 +144,11 @@ static inline int ioq_close(ioq_fd fd, int is_socket) {
   CancelIoEx((HANDLE)fd, NULL);
   ioq_win_untie(fd);
   if (is_socket)
-    return closesocket((SOCKET)fd) == 0 ? 0 : ioq_sockerr();
-  return CloseHandle((HANDLE)fd) ? 0 : ioq_oserr();
+    return closesocket((SOCKET)fd) == 0 ? 0 : -ioq_sockerr();
+  return CloseHandle((HANDLE)fd) ? 0 : -ioq_oserr();
 #else
   (void)is_socket;
-  return close(fd) == 0 || errno == EINTR ? 0 : errno;
+  return close(fd) == 0 || errno == EINTR ? 0 : -errno;
 #endif
 }
 

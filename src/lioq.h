@@ -140,8 +140,8 @@ void lioq_open_socket(lua_State *L);
 int lioq_socket_new(lua_State *L);
 int lioq_socketpair(lua_State *L);
 lioq_file *lioq_socket_prepare(lua_State *L, int family, int type);
-const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
-                        struct sockaddr_storage *ss, uint32_t *len, int *err);
+int lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
+                struct sockaddr_storage *ss, uint32_t *len);
 int lioq_pushaddr(lua_State *L, const struct sockaddr_storage *ss,
                   uint32_t len);
 int lioq_checkhow(lua_State *L, int arg);

@@ -118,7 +118,7 @@ ioq_fd lioq_checkfd(lua_State *L, int arg) {
 ** Closes the object for Lua at once. Ops pending on it end first (see
 ** lioq_end_ops); while any is still in the kernel the descriptor stays
 ** open, and lioq_file_release closes it when the last one is handed back.
-** Returns 0 or the errno of a close made now.
+** Returns 0 or -errno from a close made now.
 */
 static int close_object(lioq_file *f) {
   ioq_fd fd = f->fd;
@@ -139,7 +139,7 @@ static int close_object(lioq_file *f) {
 int lioq_closefd(lua_State *L, lioq_file *f) {
   int err = close_object(f);
   if (err != 0)
-    return lioq_fail(L, "close", err);
+    return lioq_fail(L, "close", -err);
   lua_pushboolean(L, 1);
   return 1;
 }

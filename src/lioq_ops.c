@@ -365,14 +365,13 @@ static int queue_accept(lua_State *L) {
 */
 static int resolve(lua_State *L, lhandle *h, int hostarg) {
   lioq_file *s = checksocketarg(L);
-  int err = 0;
-  const char *msg = lioq_toaddr(L, s->family, hostarg, hostarg + 1,
-                                h->op.addr, &h->op.addrlen, &err);
-  if (msg == NULL)
+  int err = lioq_toaddr(L, s->family, hostarg, hostarg + 1, h->op.addr,
+                        &h->op.addrlen);
+  if (err == 0)
     return 0;
-  lua_pushfstring(L, "%s: %s", lioq_op_names[h->op.code], msg);
+  lua_pushfstring(L, "%s: %s", lioq_op_names[h->op.code], lua_tostring(L, -1));
   lua_remove(L, -2);  /* lioq_toaddr's own message */
-  return err;
+  return -err;
 }
 
 /* q:connect(s, host, port) or q:connect(s, path): resolves to true. */

@@ -236,7 +236,7 @@ static int ours(int k) {
 ** first watcher, and for a later one when something replaced our handler
 ** since (the script, or fall_back in a forked child), so that the newest
 ** watcher gets the signal and the last one gives back the newest other
-** disposition. 0 or an errno value.
+** disposition. 0 or -errno.
 */
 static int take(int k) {
   int signo = signals[k].signo;
@@ -246,14 +246,14 @@ static int take(int k) {
   /* Read first, then replace: the handler may run (in another thread) as
   ** soon as it is in place, and reads `saved`. */
   if (sigaction(signo, NULL, &kinds[k].saved) != 0)
-    return errno;
+    return -errno;
   if (kinds[k].watchers == 0)
     kinds[k].unblocked = 0;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_signal;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
   sigfillset(&sa.sa_mask);
-  return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
+  return sigaction(signo, &sa, NULL) == 0 ? 0 : -errno;
 }
 
 /* Gives signal k back as it was before we took it. */
@@ -348,7 +348,7 @@ static int watch(unsigned set, int wfd, int keep) {
         uninstall((int)k);
     w->set = 0;
     pthread_mutex_unlock(&updating);
-    return -err;
+    return err;
   }
   for (k = 0; k < NSIGNALS; k++)
     if ((set & (1u << k)) && kinds[k].watchers == 1)

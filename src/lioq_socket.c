@@ -58,23 +58,23 @@ lioq_file *lioq_socket_prepare(lua_State *L, int family, int type) {
 /*
 ** A new socket: non-blocking and close-on-exec on POSIX systems, where the
 ** queue's backends need readiness; overlapped and not inheritable on
-** Windows, where IOCP needs overlapped handles. 0 or an errno value.
+** Windows, where IOCP needs overlapped handles. 0 or -errno.
 */
 static int new_socket(int family, int type, ioq_fd *out) {
 #ifdef _WIN32
   SOCKET fd;
   int err = ioq_win_startup();
   if (err != 0)
-    return err;
+    return -err;
   fd = WSASocketW(family, type, 0, NULL, 0,
                   WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
   if (fd == INVALID_SOCKET)
-    return ioq_sockerr();
+    return -ioq_sockerr();
   *out = (ioq_fd)fd;
 #else
   int fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
-    return errno;
+    return -errno;
   *out = fd;
 #endif
   return 0;
@@ -86,7 +86,7 @@ int lioq_socket_new(lua_State *L) {
   lioq_file *s = lioq_socket_prepare(L, kinds[k].family, kinds[k].type);
   int err = new_socket(kinds[k].family, kinds[k].type, &s->fd);
   if (err != 0)
-    return lioq_fail(L, "socket", err);
+    return lioq_fail(L, "socket", -err);
   return 1;
 }
 
@@ -94,8 +94,8 @@ int lioq_socket_new(lua_State *L) {
 /*
 ** Windows has no socketpair: connect two loopback sockets of `type`
 ** instead (TCP through a listener that lives only for this; UDP by
-** connecting each to the other's address). 0 or an errno value; on
-** failure nothing stays open.
+** connecting each to the other's address). 0 or -errno; on failure
+** nothing stays open.
 */
 static int loopback_pair(int type, ioq_fd fds[2]) {
   struct sockaddr_in addr[2];
@@ -140,7 +140,7 @@ static int loopback_pair(int type, ioq_fd fds[2]) {
   ioq_close(lst, 1);
   return 0;
 sockfail:
-  err = ioq_sockerr();
+  err = -ioq_sockerr();
 fail:
   for (i = 0; i < 2; i++)
     if (fds[i] != IOQ_NOFD)
@@ -174,13 +174,13 @@ int lioq_socketpair(lua_State *L) {
   {
     int sv[2];
     err = socketpair(AF_UNIX, kinds[k].type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
-                     sv) == 0 ? 0 : errno;
+                     sv) == 0 ? 0 : -errno;
     fds[0] = sv[0];
     fds[1] = sv[1];
   }
 #endif
   if (err != 0)
-    return lioq_fail(L, "socketpair", err);
+    return lioq_fail(L, "socketpair", -err);
   a->fd = fds[0];
   b->fd = fds[1];
   return 2;
@@ -223,11 +223,12 @@ static int lookup_errno(int r) {
 ** at hostarg (a leading '@' names an abstract socket); otherwise the host at
 ** hostarg ("*" or "" for any address, "localhost", a numeric address, or a
 ** name for getaddrinfo, which blocks) and the port at portarg. Bad
-** arguments raise; a name that does not resolve returns a message and sets
-** *err (the caller turns it into fail, msg, errno). Returns NULL on success.
+** arguments raise. Returns 0; or, for a name that does not resolve,
+** -errno with the message pushed (the caller turns it into fail, msg,
+** errno).
 */
-const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
-                        struct sockaddr_storage *ss, uint32_t *len, int *err) {
+int lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
+                struct sockaddr_storage *ss, uint32_t *len) {
   size_t hlen;
   const char *host = luaL_checklstring(L, hostarg, &hlen);
   lua_Integer port;
@@ -247,7 +248,7 @@ const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
       un->sun_path[0] = '\0';
     *len = (uint32_t)(offsetof(struct sockaddr_un, sun_path) + hlen +
                       (host[0] == '@' ? 0 : 1));
-    return NULL;
+    return 0;
   }
   port = luaL_checkinteger(L, portarg);
   luaL_argcheck(L, port >= 0 && port <= 65535, portarg,
@@ -263,7 +264,7 @@ const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
       in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     else if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
       goto resolve;
-    return NULL;
+    return 0;
   } else {
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
     in6->sin6_family = AF_INET6;
@@ -275,7 +276,7 @@ const char *lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
       in6->sin6_addr.s6_addr[15] = 1;  /* ::1 */
     else if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
       goto resolve;
-    return NULL;
+    return 0;
   }
 resolve: {
     struct addrinfo hints, *res = NULL;
@@ -286,14 +287,14 @@ resolve: {
     hints.ai_flags = AI_ADDRCONFIG;
     r = getaddrinfo(host, NULL, &hints, &res);
     if (r != 0 || res == NULL) {
-      *err = lookup_errno(r);
+      int err = lookup_errno(r);
 #ifdef EAI_SYSTEM
       if (r == EAI_SYSTEM)
-        return lua_pushfstring(L, "cannot resolve '%s': %s", host,
-                               strerror(*err));
+        lua_pushfstring(L, "cannot resolve '%s': %s", host, strerror(err));
+      else
 #endif
-      return lua_pushfstring(L, "cannot resolve '%s': %s", host,
-                             gai_strerror(r));
+      lua_pushfstring(L, "cannot resolve '%s': %s", host, gai_strerror(r));
+      return -err;
     }
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     *len = (uint32_t)res->ai_addrlen;
@@ -302,7 +303,7 @@ resolve: {
     else
       ((struct sockaddr_in6 *)ss)->sin6_port = nport;
     freeaddrinfo(res);
-    return NULL;
+    return 0;
   }
 }
 
@@ -349,12 +350,11 @@ static int socket_bind(lua_State *L) {
   lioq_file *s = checksocket(L, 1);
   struct sockaddr_storage ss;
   uint32_t len;
-  int err = 0;
-  const char *msg = lioq_toaddr(L, s->family, 2, 3, &ss, &len, &err);
-  if (msg != NULL) {
+  int err = lioq_toaddr(L, s->family, 2, 3, &ss, &len);
+  if (err != 0) {
     luaL_pushfail(L);
-    lua_pushfstring(L, "bind: %s", msg);
-    lua_pushinteger(L, err);
+    lua_pushfstring(L, "bind: %s", lua_tostring(L, -2));
+    lua_pushinteger(L, -err);
     return 3;
   }
   if (bind(s->fd, (struct sockaddr *)&ss, (IOQ_SOCKLEN)len) != 0)
