@@ -347,6 +347,24 @@ local function canceled_result(task, what, v, msg, err)
   return v, msg, err
 end
 
+--- Suspends `task` as a waiter of h, with `timer` (if any) armed to run
+-- `on_fire` after `seconds`. The timer is armed after the waiter is in
+-- place; if that fails (out of memory) the waiter goes again, so nothing
+-- is left to wake the task later.
+local function suspend_on(task, h, timer, seconds, on_fire)
+  if waiters[h] == nil then waiters[h] = task else add_waiter(h, task) end
+  if timer then
+    local ok, e = pcall(arm_timer, timer, seconds, on_fire)
+    if not ok then
+      remove_waiter(h, task)
+      error(e, 0)
+    end
+  end
+  task.waiting_on = h
+  suspend(task)
+  task.waiting_on = nil
+end
+
 --- h:await in a task: yields until h resolves.
 local function task_await(task, h, timeout)
   if h_done(h) then
@@ -374,20 +392,8 @@ local function task_await(task, h, timeout)
       end
     end
   end
-  if waiters[h] == nil then waiters[h] = task else add_waiter(h, task) end
-  if timer then
-    -- Armed after the waiter is in place; if that fails (out of memory)
-    -- the waiter goes again, so nothing is left to wake the task later.
-    timer.h, timer.timed_out = h, false
-    local ok, e = pcall(arm_timer, timer, timeout, await_timed_out)
-    if not ok then
-      remove_waiter(h, task)
-      error(e, 0)
-    end
-  end
-  task.waiting_on = h
-  suspend(task)
-  task.waiting_on = nil
+  if timer then timer.h, timer.timed_out = h, false end
+  suspend_on(task, h, timer, timeout, await_timed_out)
   if waiters[h] ~= nil then remove_waiter(h, task) end  -- woken by something else than h
   local timed_out = false
   if timer then
@@ -585,6 +591,7 @@ local loop = {
   current_task = current_task, suspend = suspend, wake = wake,
   add_waiter = add_waiter, remove_waiter = remove_waiter,    -- waits
   give_up = give_up, drive_until = drive_until, wait_for = wait_for,
+  suspend_on = suspend_on,
   add_timer = add_timer, arm_timer = arm_timer, cancel_timer = cancel_timer,
   dispatch = dispatch, drive = drive,                        -- the run
   blocking_queue = blocking_queue, current_queue = current_queue,

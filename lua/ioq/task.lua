@@ -21,9 +21,10 @@ local argerror, check_timeout, check_handle, c_call, is_handle =
 local Task, ended, current_task, suspend, wake = loop.Task,
   loop.ended, loop.current_task, loop.suspend, loop.wake
 local fail_canceled, fail_timed_out = loop.fail_canceled, loop.fail_timed_out
-local add_waiter, remove_waiter = loop.add_waiter, loop.remove_waiter
+local add_waiter, remove_waiter, suspend_on =
+  loop.add_waiter, loop.remove_waiter, loop.suspend_on
 local finish, give_up = loop.finish, loop.give_up
-local add_timer, arm_timer, cancel_timer = loop.add_timer, loop.arm_timer, loop.cancel_timer
+local add_timer, cancel_timer = loop.add_timer, loop.cancel_timer
 local loop_queue, drive_until = loop.queue, loop.drive_until
 
 local handle_methods = core.classes.handle
@@ -87,17 +88,7 @@ function handle_methods.next(h, timeout)
   end
   while true do
     local timer = timeout and { timed_out = false }
-    add_waiter(h, task)
-    if timer then
-      local ok, e = pcall(arm_timer, timer, math.max(deadline - now(), 0), timed_out_fn)
-      if not ok then
-        remove_waiter(h, task)
-        error(e, 0)
-      end
-    end
-    task.waiting_on = h
-    suspend(task)
-    task.waiting_on = nil
+    suspend_on(task, h, timer, timer and math.max(deadline - now(), 0), timed_out_fn)
     remove_waiter(h, task)
     if timer then cancel_timer(timer) end
     v, msg, err = h_take(h)
