@@ -310,7 +310,7 @@ static int64_t try_rw(ioq_op *op) {
   }
   if (e->io == IO_SOCK)  /* the offset means nothing here, as on io_uring */
     r = reading ? recv(op->fd, op->buf, op->len, MSG_DONTWAIT)
-                : send(op->fd, op->buf, op->len, MSG_DONTWAIT);
+                : send(op->fd, op->buf, op->len, MSG_DONTWAIT | MSG_NOSIGNAL);
   else if (reading)
     r = op->offset < 0 ? read(op->fd, op->buf, op->len)
                        : pread(op->fd, op->buf, op->len, op->offset);

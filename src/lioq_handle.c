@@ -77,8 +77,13 @@ static int handle_result(lua_State *L) {
 static int handle_cancel(lua_State *L) {
   lhandle *h = checkhandle(L);
   int r;
-  if (h->state == ST_INFLIGHT)
+  if (h->state == ST_INFLIGHT) {
+    if (h->q->backend == NULL) {  /* left with a broken backend at close */
+      lua_pushboolean(L, 0);
+      return 1;
+    }
     lioq_checkowner(L, h->q);
+  }
   r = lioq_cancel(h);
   if (r == -EALREADY) {
     lua_pushboolean(L, 0);
@@ -121,6 +126,13 @@ static int handle_wait(lua_State *L) {
       }
     }
     n = lioq_pump(L, h->q, 2, left, 0);
+    if (n == LIOQ_STUCK && h->paused) {  /* an accept waits for its error */
+      luaL_pushfail(L);
+      lua_pushfstring(L, "%s: paused on an error that h:take() hands over",
+                      lioq_op_names[h->op.code]);
+      lua_pushinteger(L, EAGAIN);
+      return 3;
+    }
     if (n == LIOQ_STUCK) {
       luaL_pushfail(L);
       lua_pushfstring(L, "%s: every buffer of the queue's pool is held by "

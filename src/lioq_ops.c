@@ -248,6 +248,10 @@ static int queue_write(lua_State *L) {
   h->op.offset = lioq_checkoffset(L, 4);
   h->op.len = checklength(L, 5, size);
   keepdata(L, 3);  /* a string stays alive while the kernel reads it */
+  /* On a socket a write is a send: write(2) would raise SIGPIPE once the
+  ** peer has gone, where a send says EPIPE (the offset means nothing). */
+  if (lioq_toudata(L, 2, TAG_SOCKET) != NULL)
+    h->op.code = IOQ_SEND;
   commit(L, h, b, 2);
   return 1;
 }
@@ -301,11 +305,13 @@ static int mode_flags(const char *mode) {
 
 /* q:open(path [, mode [, perm]]): resolves to an ioq.file. */
 static int queue_open(lua_State *L) {
-  lhandle *h = newop(L, IOQ_OPEN, 0, 0, 0);
+  /* The arguments first: a number path becomes a string here, which can
+  ** run a finalizer; newop then makes the objects and checks the queue. */
   size_t plen;
   const char *path = luaL_checklstring(L, 2, &plen);
   int flags = mode_flags(luaL_optstring(L, 3, "r"));
   lua_Integer perm = luaL_optinteger(L, 4, 0666);
+  lhandle *h = newop(L, IOQ_OPEN, 0, 0, 0);
   luaL_argcheck(L, strlen(path) == plen, 2, "path contains a zero byte");
   luaL_argcheck(L, flags != -1, 3, "invalid mode");
   luaL_argcheck(L, perm >= 0 && perm <= 07777, 4, "invalid permissions");
@@ -543,8 +549,11 @@ int lioq_handle_resubmit(lua_State *L) {
   ioq_fd fd = h->op.fd;
   luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
   luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
-                   code != IOQ_CONNECT && code != IOQ_SHUTDOWN, 1,
+                   code != IOQ_CONNECT && code != IOQ_SHUTDOWN &&
+                   !h->op.multishot, 1,
                 "only data transfers, fsync, nop and sleep can be resubmitted");
+  /* One that failed before it started never had its op filled in. */
+  luaL_argcheck(L, !h->has_msg, 1, "the op never started: make a new one");
   if (!lua_isnoneornil(L, 2)) {
     luaL_argcheck(L, code == IOQ_READ || code == IOQ_WRITE, 2,
                   "only reads and writes take an offset");

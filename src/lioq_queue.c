@@ -80,8 +80,12 @@ static int queue_cancel_all(lua_State *L) {
       next = op->link.next;  /* lioq_cancel() may move op to another list */
       if (inputs && lioq_is_output(op))
         continue;
-      if (!op->cancel_requested && lioq_cancel((lhandle *)op) == 0)
+      if (op->cancel_requested)
+        continue;
+      if (lioq_cancel((lhandle *)op) == 0)
         n++;
+      else  /* not asked after all: a later cancel or close asks again */
+        op->cancel_requested = 0;
     }
   }
   lua_pushinteger(L, n);

@@ -35,9 +35,8 @@ local queue_methods = core.classes.queue
 -- The loop calls these directly: a handle's __index is a C function (its
 -- fields live in the userdata), so h:done() would cost two C calls. They
 -- are the C functions, taken before this module puts Lua ones in front.
-local h_done, h_result, h_cancel, h_timeout, h_wait = handle_methods.done,
-  handle_methods.result, handle_methods.cancel, handle_methods.timeout,
-  handle_methods.wait
+local h_done, h_result, h_cancel, h_wait = handle_methods.done,
+  handle_methods.result, handle_methods.cancel, handle_methods.wait
 local q_pending = queue_methods.pending
 local queue_of = core.queue_of
 
@@ -306,16 +305,6 @@ end
 
 ---------------------------------------------------------------- awaiting
 
--- Timeouts up to this long on an op not yet handed to the backend go to
--- the backend (h:timeout: on io_uring a deadline heap in C plus an async
--- cancel, since a kernel linked timeout never fires for an op blocked in
--- an io-wq worker). Longer ones are mostly deadlines that never fire
--- ("give up if the peer is silent for 30 s"); they use the loop's own
--- timer heap. The split was measured when short ones were kernel linked
--- timeouts (bench/net/run.sh: 106k against 141k requests/s for the HTTP
--- example with a 30 s timeout); it is kept, as both ways now cost a heap
--- entry and a cancel.
-local LINKED_TIMEOUT_MAX = 1.0
 
 --- Ends `task`'s wait for `h` early (its cancel or timeout): if others
 -- wait for the same op it goes on for them and only this task wakes;
@@ -380,16 +369,13 @@ local function task_await(task, h, timeout)
     task.canceled = true
     h_cancel(h)
   elseif timeout then
-    -- A short timeout on an op still in user space, that nobody else
-    -- waits for: the kernel enforces it. Otherwise the task's timer record
-    -- gives up on the op when it fires.
-    if timeout == 0 or timeout > LINKED_TIMEOUT_MAX or waiters[h] ~= nil
-        or not h_timeout(h, timeout) then
-      timer = task.timer
-      if not timer then
-        timer = { task = task, h = false, timed_out = false }
-        task.timer = timer
-      end
+    -- The task's timer record gives up on the op when it fires: only this
+    -- task's wait ends, and the op goes on for any other awaiter. (A
+    -- timeout armed on the op itself, h:timeout, would end it for all.)
+    timer = task.timer
+    if not timer then
+      timer = { task = task, h = false, timed_out = false }
+      task.timer = timer
     end
   end
   if timer then timer.h, timer.timed_out = h, false end
@@ -418,13 +404,22 @@ end
 
 --- Drives the running loop's queue from code that is not a task but runs
 -- inside the loop (a plain coroutine inside a task, a finalizer) until
--- `until_fn()` is true or `deadline` passes (then false). This blocks the
--- whole loop, but every completion and due timer goes to its waiter, so no
--- task loses its wake-up. It polls the queue at least once, even when the
--- deadline has passed already.
+-- `until_fn()` is true or `deadline` passes (then false). The task whose
+-- coroutine waits is held up, but every completion and due timer goes to
+-- its waiter, so no task loses its wake-up, and the other tasks run
+-- meanwhile (the one whose
+-- coroutine waits is running, so it is not among them): one of them may
+-- be what this wait waits for. It polls the queue at least once, even
+-- when the deadline has passed already.
+local run_ready  -- below
+
 local function drive_until(until_fn, deadline)
   local got, polled = {}, false
   while not until_fn() do
+    if rhead <= rtail then
+      run_ready()
+      if until_fn() then break end
+    end
     local wait
     if deadline then
       wait = deadline - now()
@@ -438,6 +433,7 @@ local function drive_until(until_fn, deadline)
       if t < 0 then t = 0 end
       if not wait or t < wait then wait = t end
     end
+    if rhead <= rtail then wait = 0 end  -- tasks to run: only a look
     local n, msg, err = q_wait(loop_q, wait, got)
     if not n then return nil, msg, err end
     polled = true
@@ -455,7 +451,7 @@ end
 local function loop_wait(h, timeout)
   local function done() return h_done(h) end
   local ok, msg, err = drive_until(done, timeout and now() + timeout)
-  if ok == nil then return nil, "wait: " .. msg, err end
+  if ok == nil then return nil, msg, err end
   local timed_out = not ok
   if timed_out then
     if others_wait(h, nil) then  -- leave the op to the tasks awaiting it
@@ -463,7 +459,7 @@ local function loop_wait(h, timeout)
     end
     h_cancel(h)
     ok, msg, err = drive_until(done)
-    if ok == nil then return nil, "wait: " .. msg, err end
+    if ok == nil then return nil, msg, err end
   end
   claim(h)
   local v
@@ -512,15 +508,17 @@ end
 
 ---------------------------------------------------------------- the loop
 
-local function run_ready()
+function run_ready()
   -- Tasks made ready while this runs wait for the next round, so a task
-  -- that keeps yielding cannot starve the queue.
+  -- that keeps yielding cannot starve the queue. (A blocking wait in a
+  -- task's nested coroutine runs this too, from inside a round: then an
+  -- entry may be gone already.)
   local last = rtail
   while rhead <= last do
     local task = ready[rhead]
     ready[rhead] = nil
     rhead = rhead + 1
-    if task.status == "ready" then step(task) end
+    if task and task.status == "ready" then step(task) end
   end
   if rhead > rtail then rhead, rtail = 1, 0 end
 end

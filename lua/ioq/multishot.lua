@@ -11,7 +11,8 @@ local core = require "ioq.core"
 local args = require "ioq.args"
 local loop = require "ioq.loop"
 
-local error, ipairs, pcall, setmetatable = error, ipairs, pcall, setmetatable
+local error, getmetatable, ipairs, pcall, setmetatable, type =
+  error, getmetatable, ipairs, pcall, setmetatable, type
 local E = core.errno
 local check_timeout, check_handle, c_call =
   args.check_timeout, args.check_handle, args.c_call
@@ -37,6 +38,15 @@ function Emulated:next(timeout)
   if self.ended then
     if self.err then return nil, self.msg, self.err end
     return nil  -- the end of the stream, as often as it is asked
+  end
+  if self.h then
+    -- One op at a time, and (for receives) one buffer: a second task
+    -- waits its turn rather than sharing the op.
+    error("next: another next() waits on this handle already", 2)
+  end
+  if self.cancelled then
+    self.ended, self.msg, self.err = true, self.kind .. ": canceled", E.ECANCELED
+    return nil, self.msg, self.err
   end
   self.h = self.start()
   local v, msg, err = wait_for("next", self.h, timeout)
@@ -107,8 +117,12 @@ local function has_native(q, kind)
 end
 
 local function multishot(kind, s, start_one)
-  local q = current_queue()
   local name = kind .. "_multi"
+  local mt = type(s) == "userdata" and getmetatable(s)
+  if not (mt and mt.__name == "ioq.socket") then
+    args.argerror(0, name, "ioq.socket expected, got " .. type(s))
+  end
+  local q = current_queue()
   if has_native(q, kind) then
     return c_call(name, 2, pcall(queue_methods[name], q, s))
   end

@@ -97,6 +97,14 @@ local function loop_queues(q)
     end
     return c_call("wait", 1, pcall(c_wait, self, timeout, into_))
   end
+  local c_close = methods.close
+  methods.close = function(self)
+    if loops[self] then
+      error("close: a running loop drives this queue; it is closed when " ..
+            "ioq.run ends (or pass your own with opts.queue)", 2)
+    end
+    return c_close(self)
+  end
   mt.__ioq_wait = c_wait
   mt.__ioq_loops = loops
   return loops, c_wait

@@ -28,7 +28,7 @@ local add_timer, cancel_timer = loop.add_timer, loop.cancel_timer
 local loop_queue, drive_until = loop.queue, loop.drive_until
 
 local handle_methods = core.classes.handle
-local h_take = handle_methods.take
+local h_take, h_cancel = handle_methods.take, handle_methods.cancel
 local q_wait = core.classes.queue.wait
 
 -- What h:take says while a multishot op is armed and nothing has come.
@@ -62,7 +62,7 @@ function handle_methods.next(h, timeout)
       local left = deadline and deadline - now()
       if left and left <= 0 then return fail_timed_out(h.op) end
       local n, wmsg, werr = q_wait(q, left)
-      if not n then return nil, "wait: " .. wmsg, werr end
+      if not n then return nil, wmsg, werr end
       v, msg, err = h_take(h)
       if not nothing_yet(v, err) then return taken(v, msg, err) end
     end
@@ -73,7 +73,7 @@ function handle_methods.next(h, timeout)
       v, msg, err = h_take(h)
       return not nothing_yet(v, err)
     end, deadline)
-    if ok == nil then return nil, "wait: " .. wmsg, werr end
+    if ok == nil then return nil, wmsg, werr end
     if not ok then return fail_timed_out(h.op) end
     return taken(v, msg, err)
   end
@@ -188,6 +188,7 @@ end
 function Task:cancel()
   check_task(self, "cancel")
   if ended(self) then return false end
+  self.cancels = (self.cancels or 0) + 1  -- what ioq.gather watches
   if self.fn then
     -- It never ran: end it now, with the result a canceled await gives.
     coroutine.close(self.co)
@@ -234,11 +235,26 @@ end
 local M = {}
 
 --- ioq.gather(...): awaits every task or handle; returns, in order, one
--- table.pack of results per item. A failed task's error is raised.
+-- table.pack of results per item. A failed task's error is raised. When
+-- the task that gathers is canceled, the items it has not waited for yet
+-- are given up (handles canceled, tasks left running) and their results
+-- are fail, "gather: canceled", ECANCELED.
 function M.gather(...)
   local out = pack(...)
   check_items("gather", out)
-  for i = 1, out.n do out[i] = pack(await_item(out[i])) end
+  local me = current_task()
+  local cancels = me and me.cancels or 0
+  local function canceled() return me and (me.cancels or 0) ~= cancels end
+  for i = 1, out.n do
+    local item = out[i]
+    if canceled() then
+      if getmetatable(item) ~= Task then h_cancel(item) end
+      out[i] = pack(fail_canceled("gather"))
+    else
+      out[i] = pack(await_item(item))
+    end
+  end
+  if canceled() then me.cancel_pending = nil end
   return unpack(out, 1, out.n)
 end
 
@@ -272,6 +288,9 @@ end
 -- tasks may wait for the same items, and an item may be given twice.
 function M.first(...)
   local items = pack(...)
+  if items.n == 0 then  -- nothing could ever wake the task
+    argerror(1, "first", "ioq.task or ioq.handle expected, got no value")
+  end
   check_items("first", items)
   local me = current_task()
   for i = 1, items.n do
