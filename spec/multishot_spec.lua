@@ -13,11 +13,6 @@ local function listener()
   return s, select(2, s:getsockname())
 end
 
-local function has(list, word)
-  for _, w in ipairs(list) do if w == word then return true end end
-  return false
-end
-
 -- Each spec runs twice: natively, and with the multishot ops turned off
 -- (IOQ_NO_MULTISHOT=1), where s:accept_multi and s:recv_multi emulate.
 for _, mode in ipairs { "native", "emulated" } do
@@ -31,12 +26,12 @@ for _, mode in ipairs { "native", "emulated" } do
     end)
 
     local function check_native(q, feature)
-      if mode == "native" and not has(q:features(), feature) then
+      if mode == "native" and not util.has_feature(q, feature) then
         pending(q.backend .. " here has no " .. feature .. " (io_uring on a recent kernel only)")
         return false
       end
       if mode == "emulated" then
-        assert.is_false(has(q:features(), feature))
+        assert.is_false(util.has_feature(q, feature))
       end
       return true
     end
@@ -160,7 +155,7 @@ describe("multishot lifetime", function()
     local view
     do
       local q <close> = ioq.queue()
-      if not has(q:features(), "provided_buffers") then
+      if not util.has_feature(q, "provided_buffers") then
         pending("no provided buffers here")
         return
       end

@@ -4,15 +4,8 @@ local ioq = require "ioq"
 local util = require "support.util"
 local E = ioq.errno
 
-local function has_feature(q, feature)
-  for _, name in ipairs(q:features()) do
-    if name == feature then return true end
-  end
-  return false
-end
-
 local function has_pool(q)
-  return has_feature(q, "provided_buffers")
+  return util.has_feature(q, "provided_buffers")
 end
 
 -- An object whose finalizer runs `fn`, left for the collector.
@@ -292,7 +285,7 @@ describe("regress: binding", function()
     assert(l:bind("127.0.0.1", 0))
     assert(l:listen())
     local _, port = l:getsockname()
-    if not has_feature(q, "multishot_accept") then
+    if not util.has_feature(q, "multishot_accept") then
       l:close()
       return pending("no multishot accept on " .. q.backend)
     end

@@ -95,6 +95,14 @@ function util.run_lua(code, env, wrapper)
   return ok == true, code_, out
 end
 
+--- Whether queue q's backend uses optional feature `name` (q:features()).
+function util.has_feature(q, name)
+  for _, f in ipairs(q:features()) do
+    if f == name then return true end
+  end
+  return false
+end
+
 --- A path that root, too, may not open for writing (sysfs refuses), or a
 -- mode-000 file when not root.
 function util.denied_path()
