@@ -9,6 +9,14 @@
 -- machine and the run. What each benchmark is, its contenders' names, the
 -- baselines its ratios are taken against and its targets are below; the
 -- numbers all come from RESULTS.
+--
+-- Every ratio reads "higher is better": a rate's is contender / baseline;
+-- a CPU time per request's (the servers' extra "cpu_us") is baseline /
+-- contender, so 1.2 means the contender needs 1/1.2 of the baseline's CPU
+-- per request. A target is { contender, baseline, ratio } on the rates,
+-- the same with kind = "cpu" on the CPU per request, or { contender,
+-- max = V } for a benchmark whose figure is lower-is-better (memory).
+-- Targets with issue = 14 are those of the speed issue.
 
 local BENCHES = {
   {
@@ -20,8 +28,11 @@ local BENCHES = {
       { "ioq-tasks", "ioq coroutines", "ioq coroutines: 64 tasks, q:nop():await()" },
     },
     vs = { "c" },
-    targets = { { "ioq", "c", 0.25 }, { "ioq-reuse", "c", 0.25 } },
-    chart = { { "ioq", "c" }, { "ioq-reuse", "c" }, { "ioq-tasks", "c" } },
+    targets = {
+      { "ioq", "c", 0.30, issue = 14 }, { "ioq-reuse", "c", 0.25 },
+      { "ioq-tasks", "ioq", 0.6, issue = 14 },
+    },
+    chart = { { "ioq", "c" }, { "ioq-reuse", "c" }, { "ioq-tasks", "c" }, { "ioq-tasks", "ioq" } },
   },
   {
     id = "randread", title = "4 KiB random reads, cached 256 MiB file, QD 64", unit = "reads/s",
@@ -35,7 +46,7 @@ local BENCHES = {
     },
     vs = { "c", "fio", "luv" },
     targets = {
-      { "ioq", "c", 0.75 }, { "ioq", "luv", 2 },
+      { "ioq", "c", 0.80, issue = 14 }, { "ioq", "luv", 2 },
       { "ioq-reuse", "c", 0.75 }, { "ioq-reuse", "luv", 2 },
     },
     chart = { { "ioq", "c" }, { "ioq", "fio" }, { "ioq", "luv" }, { "ioq-reuse", "c" },
@@ -74,21 +85,53 @@ local BENCHES = {
       { "luv", "luv", "luv: bench/net/echo_luv.lua" },
       { "cqueues", "cqueues", "cqueues: bench/net/echo_cqueues.lua" },
     },
-    vs = { "c", "luv", "cqueues" },
-    targets = { { "ioq", "c", 0.8 }, { "ioq", "luv", 1.5 } },
-    chart = { { "ioq", "c" }, { "ioq", "luv" }, { "ioq", "cqueues" }, { "ioq-epoll", "c" } },
+    vs = { "c", "luv", "cqueues", "ioq" },
+    cpu = true,
+    targets = {
+      { "ioq", "c", 0.9, issue = 14 }, { "ioq", "c", 0.9, kind = "cpu", issue = 14 },
+      { "ioq", "luv", 1.2, issue = 14 }, { "ioq", "luv", 1.2, kind = "cpu", issue = 14 },
+      { "ioq-epoll", "ioq", 0.95, issue = 14 },
+      { "ioq-epoll", "ioq", 0.95, kind = "cpu", issue = 14 },
+    },
+    chart = { { "ioq", "c" }, { "ioq", "luv" }, { "ioq", "cqueues" }, { "ioq-epoll", "ioq" },
+              { "ioq", "c", kind = "cpu" }, { "ioq", "luv", kind = "cpu" },
+              { "ioq-epoll", "ioq", kind = "cpu" } },
   },
   {
     id = "http", title = "HTTP hello, wrk -t1 -c100, keep-alive", unit = "requests/s",
     rows = {
       { "nginx", "nginx", "nginx, 1 worker, `return 200` from its config" },
+      { "nginx-lua", "nginx+Lua", "nginx, 1 worker, Lua handler (ngx_lua `content_by_lua_block`)" },
       { "ioq", "ioq", "ioq: examples/http_hello.lua" },
       { "ioq-epoll", "ioq epoll", "ioq on epoll: examples/http_hello.lua" },
       { "luv", "luv", "luv: bench/net/http_luv.lua" },
     },
-    vs = { "luv", "nginx" },
-    targets = { { "ioq", "luv", 1.5 } },
-    chart = { { "ioq", "luv" }, { "ioq", "nginx" }, { "ioq-epoll", "luv" } },
+    vs = { "luv", "nginx-lua", "nginx", "ioq" },
+    cpu = true,
+    targets = {
+      { "ioq", "luv", 1.3, issue = 14 }, { "ioq", "luv", 1.3, kind = "cpu", issue = 14 },
+      { "ioq", "nginx-lua", 1.2, issue = 14 },
+      { "ioq", "nginx-lua", 1.2, kind = "cpu", issue = 14 },
+      { "ioq", "nginx", 0.8, kind = "cpu", issue = 14 },
+      { "ioq-epoll", "ioq", 0.95, issue = 14 },
+      { "ioq-epoll", "ioq", 0.95, kind = "cpu", issue = 14 },
+    },
+    chart = { { "ioq", "luv" }, { "ioq", "nginx-lua" }, { "ioq", "nginx" }, { "ioq-epoll", "ioq" },
+              { "ioq", "luv", kind = "cpu" }, { "ioq", "nginx-lua", kind = "cpu" },
+              { "ioq", "nginx", kind = "cpu" }, { "ioq-epoll", "ioq", kind = "cpu" } },
+  },
+  {
+    id = "idle", title = "Memory per idle connection, echo servers",
+    unit = "KiB per connection", lower = true,
+    rows = {
+      { "c", "C", "C liburing echo server (bench/net/echo_uring.c)" },
+      { "ioq", "ioq", "ioq: examples/echo_server.lua" },
+      { "ioq-epoll", "ioq epoll", "ioq on epoll: examples/echo_server.lua" },
+      { "luv", "luv", "luv: bench/net/echo_luv.lua" },
+    },
+    vs = { "c", "luv" },
+    targets = { { "ioq", max = 2, issue = 14 }, { "ioq-epoll", max = 2, issue = 14 } },
+    chart = {},  -- its own panel: the figures themselves, not ratios
   },
 }
 
@@ -169,27 +212,60 @@ local function row_of(bench, id)
   error("no contender " .. id .. " in " .. bench.id)
 end
 
--- ratio(bench, a, b): a's median over b's, or nil and why not.
-local function ratio(bench, a, b)
-  local ra, rb = results[bench.id][a], results[bench.id][b]
-  if not ra or not rb then return nil, "not run" end
-  if not ra.median then return nil, row_of(bench, a).short .. " n/a" end
-  if not rb.median then return nil, row_of(bench, b).short .. " n/a" end
-  return ra.median / rb.median
+-- The figure a ratio is taken of: the median rate, or the median CPU time
+-- per request (kind "cpu").
+local function figure(m, kind)
+  if kind == "cpu" then return m.extras.cpu_us end
+  return m.median
 end
 
-local function target_of(bench, a, b)
+-- ratio(bench, a, b, kind): a over b, higher is better (see the top); nil
+-- and why not when one of them is missing.
+local function ratio(bench, a, b, kind)
+  local ra, rb = results[bench.id][a], results[bench.id][b]
+  if not ra or not rb then return nil, "not run" end
+  local fa, fb = ra.median and figure(ra, kind), rb.median and figure(rb, kind)
+  local what = kind == "cpu" and " CPU time n/a" or " n/a"
+  if not fa then return nil, row_of(bench, a).short .. what end
+  if not fb then return nil, row_of(bench, b).short .. what end
+  if kind == "cpu" then
+    if fa <= 0 then return nil, row_of(bench, a).short .. " used no measurable CPU" end
+    return fb / fa
+  end
+  return fa / fb  -- for a lower-is-better figure: "x of the baseline"
+end
+
+local function target_of(bench, a, b, kind)
   for _, t in ipairs(bench.targets) do
-    if t[1] == a and t[2] == b then return t[3] end
+    if t[1] == a and t[2] == b and (t.kind or "rate") == (kind or "rate") then return t[3] end
   end
 end
 
 local function target_text(bench, t)
-  local a, b = row_of(bench, t[1]), row_of(bench, t[2])
+  local a = row_of(bench, t[1])
+  if t.max then return string.format("%s <= %g %s", a.short, t.max, bench.unit) end
+  local b = row_of(bench, t[2])
+  local text
   if t[3] >= 1 then
-    return string.format("%s >= %gx %s", a.short, t[3], b.short)
+    text = string.format("%s >= %gx %s", a.short, t[3], b.short)
+  else
+    text = string.format("%s >= %d%% of %s", a.short, math.floor(t[3] * 100 + 0.5), b.short)
   end
-  return string.format("%s >= %d%% of %s", a.short, math.floor(t[3] * 100 + 0.5), b.short)
+  return text .. (t.kind == "cpu" and ", CPU per request" or "")
+end
+
+-- evaluate(bench, t): the measured figure of a target, whether it is met,
+-- and why it is n/a.
+local function evaluate(bench, t)
+  if t.max then
+    local m = results[bench.id][t[1]]
+    if not m then return nil, nil, "not run" end
+    if not m.median then return nil, nil, row_of(bench, t[1]).short .. " n/a" end
+    return m.median, m.median <= t.max
+  end
+  local r, why = ratio(bench, t[1], t[2], t.kind)
+  if not r then return nil, nil, why end
+  return r, r >= t[3]
 end
 
 local out = {}
@@ -215,22 +291,32 @@ end
 put("")
 put("## Targets")
 put("")
-put("| benchmark | target | measured | |")
-put("|---|---|---:|---|")
+put("Ratios read higher is better: for rates contender / baseline, for CPU time per ",
+    "request baseline / contender (1.2x luv means 1/1.2 of luv's CPU per request). ",
+    "\"#14\" marks the speed issue's targets.")
+put("")
+put("| benchmark | target | measured | | |")
+put("|---|---|---:|---|---|")
 local ran = {}
 for _, bench in ipairs(BENCHES) do
   if results[bench.id] then
     ran[#ran + 1] = bench
     for _, t in ipairs(bench.targets) do
-      local r, why = ratio(bench, t[1], t[2])
-      local verdict = not r and ("n/a: " .. why) or (r >= t[3] and "met" or "**missed**")
+      local r, met, why = evaluate(bench, t)
+      local verdict = not r and ("n/a: " .. why) or (met and "met" or "**missed**")
       put("| ", bench.title, " | ", target_text(bench, t), " | ",
-          r and string.format("%.2f", r) or "-", " | ", verdict, " |")
+          r and string.format("%.2f", r) or "-", " | ", verdict, " | ",
+          t.issue and ("#" .. t.issue) or "", " |")
     end
   end
 end
 put("")
 put("![ratios of ioq to each baseline](", (out_path:match("([^/]+)%.md$") or "latest"), ".png)")
+
+local function cpu_cell(us)
+  if not us then return "-" end
+  return string.format(us >= 10 and "%.1f" or "%.2f", us)
+end
 
 -- One table per benchmark.
 for _, bench in ipairs(ran) do
@@ -238,12 +324,30 @@ for _, bench in ipairs(ran) do
   put("")
   put("## ", bench.title)
   put("")
-  put("Higher is better; ", bench.unit, ", median of the rounds.")
+  if bench.lower then
+    put("Lower is better; ", bench.unit, ", median of the rounds; \"x C\" is the ",
+        "contender's figure over the baseline's.")
+  else
+    put("Higher is better; ", bench.unit, ", median of the rounds.")
+  end
+  if bench.cpu then
+    put("CPU µs/req: the server's CPU time (utime + stime of its processes, from ",
+        "/proc/PID/stat over the measured window) per request, median of the rounds; ",
+        "\"CPU vs X\" is X's CPU per request over this one's (higher is better).")
+  end
   put("")
   local head, rule = { "| contender | ", bench.unit, " | rounds" }, { "|---|---:|---" }
   for _, b in ipairs(bench.vs) do
-    head[#head + 1] = " | vs " .. row_of(bench, b).short
+    head[#head + 1] = (bench.lower and " | x " or " | vs ") .. row_of(bench, b).short
     rule[#rule + 1] = "|---:"
+  end
+  if bench.cpu then
+    head[#head + 1] = " | CPU µs/req"
+    rule[#rule + 1] = "|---:"
+    for _, b in ipairs(bench.vs) do
+      head[#head + 1] = " | CPU vs " .. row_of(bench, b).short
+      rule[#rule + 1] = "|---:"
+    end
   end
   head[#head + 1] = " | note |"
   rule[#rule + 1] = "|---|"
@@ -256,23 +360,43 @@ for _, bench in ipairs(ran) do
       local cells = { "| ", row.label, " | " }
       if m.median then
         local rounds = {}
-        for i, v in ipairs(m.samples) do rounds[i] = short(v) end
-        cells[#cells + 1] = rate(m.median) .. " | " .. table.concat(rounds, " ")
+        for i, v in ipairs(m.samples) do rounds[i] = bench.lower and string.format("%.2f", v) or short(v) end
+        cells[#cells + 1] = (bench.lower and string.format("%.2f", m.median) or rate(m.median)) ..
+          " | " .. table.concat(rounds, " ")
       else
         cells[#cells + 1] = "n/a | -"
       end
-      for _, b in ipairs(bench.vs) do
-        local x = m.median and ratio(bench, row.id, b)
-        local cell = x and string.format("%.2f", x) or "-"
-        local t = x and target_of(bench, row.id, b)
-        if t then cell = cell .. (x >= t and " (met)" or " (**missed**)") end
-        cells[#cells + 1] = " | " .. cell
+      local function ratio_cells(kind)
+        for _, b in ipairs(bench.vs) do
+          local x = m.median and b ~= row.id and ratio(bench, row.id, b, kind)
+          local cell = x and string.format("%.2f", x) or "-"
+          local t = x and target_of(bench, row.id, b, kind)
+          if t then cell = cell .. (x >= t and " (met)" or " (**missed**)") end
+          cells[#cells + 1] = " | " .. cell
+        end
+      end
+      ratio_cells("rate")
+      if bench.cpu then
+        cells[#cells + 1] = " | " .. cpu_cell(m.median and m.extras.cpu_us)
+        ratio_cells("cpu")
       end
       local notes = {}
       if m.why then notes[#notes + 1] = "n/a: " .. m.why end
       if m.extras.server_cpu then
-        notes[#notes + 1] = string.format("CPU: server %.0f%%, client %.0f%%",
-          m.extras.server_cpu, m.extras.client_cpu or 0)
+        notes[#notes + 1] = m.extras.client_cpu
+          and string.format("CPU: server %.0f%%, client %.0f%%", m.extras.server_cpu,
+                            m.extras.client_cpu)
+          or string.format("server used %.0f%% of a CPU", m.extras.server_cpu)
+      end
+      if m.extras.rss0_kib then
+        notes[#notes + 1] = string.format("RSS %.1f MiB idle, %.1f MiB with the connections",
+          m.extras.rss0_kib / 1024, m.extras.rss1_kib / 1024)
+      end
+      for _, t in ipairs(bench.targets) do
+        if t.max and t[1] == row.id and m.median then
+          notes[#notes + 1] = string.format("target <= %g: %s", t.max,
+            m.median <= t.max and "met" or "**missed**")
+        end
       end
       cells[#cells + 1] = " | " .. table.concat(notes, "; ") .. " |"
       put(table.concat(cells))
@@ -284,20 +408,47 @@ local f = assert(io.open(out_path, "w"))
 f:write(table.concat(out, "\n"), "\n")
 f:close()
 
--- The chart: one bar per (ioq contender, baseline) pair. Columns: label,
--- ratio (NaN when n/a), target (NaN when none), status (0 no target,
--- 1 met, 2 missed, 3 n/a), text above the bar, and that text's height
--- (above the bar or its target's dash, whichever is higher; 0 for n/a).
+-- The chart: one bar per (ioq contender, baseline) pair, rates and CPU
+-- per request. Columns: label, ratio (NaN when n/a), target (NaN when
+-- none), status (0 no target, 1 met, 2 missed, 3 n/a), text above the
+-- bar, and that text's height (above the bar or its target's dash,
+-- whichever is higher; 0 for n/a).
 local chart = assert(io.open(chart_path, "w"))
 for _, bench in ipairs(ran) do
   for _, pair in ipairs(bench.chart) do
-    local r = ratio(bench, pair[1], pair[2])
-    local t = target_of(bench, pair[1], pair[2])
+    local r = ratio(bench, pair[1], pair[2], pair.kind)
+    local t = target_of(bench, pair[1], pair[2], pair.kind)
     local status = not r and 3 or not t and 0 or r >= t and 1 or 2
-    chart:write(string.format("%s: %s / %s\t%s\t%s\t%d\t%s\t%.3f\n", bench.id,
+    chart:write(string.format("%s%s: %s / %s\t%s\t%s\t%d\t%s\t%.3f\n", bench.id,
+      pair.kind == "cpu" and " CPU/req" or "",
       row_of(bench, pair[1]).short, row_of(bench, pair[2]).short,
       r and string.format("%.3f", r) or "NaN", t and string.format("%g", t) or "NaN", status,
       r and string.format("%.2f", r) or "n/a", r and math.max(r, t or 0) or 0))
   end
 end
 chart:close()
+
+-- The idle-memory panel, when that benchmark ran: one bar per server, in
+-- its unit, with the same columns (the target is the absolute one).
+local idle_path = chart_path:gsub("%.dat$", "") .. "-idle.dat"
+os.remove(idle_path)
+for _, bench in ipairs(ran) do
+  if bench.lower then
+    local g = assert(io.open(idle_path, "w"))
+    for _, r in ipairs(bench.rows) do
+      local m = results[bench.id][r[1]]
+      if m then
+        local t
+        for _, tt in ipairs(bench.targets) do
+          if tt.max and tt[1] == r[1] then t = tt.max end
+        end
+        local v = m.median
+        local status = not v and 3 or not t and 0 or v <= t and 1 or 2
+        g:write(string.format("%s\t%s\t%s\t%d\t%s\t%.3f\n", r[2],
+          v and string.format("%.3f", v) or "NaN", t and string.format("%g", t) or "NaN",
+          status, v and string.format("%.1f", v) or "n/a", v and math.max(v, t or 0) or 0))
+      end
+    end
+    g:close()
+  end
+end

@@ -7,7 +7,7 @@
 #   bash bench/run.sh echo http          some of them; the report goes to
 #                                        bench/results/tmp/partial.md/.png
 #
-# Benchmarks: nop randread direct copy echo http. Each runs all of its
+# Benchmarks: nop randread direct copy echo http idle. Each runs all of its
 # contenders in the same run, REPS rounds (5; QUICK: 3); round r starts
 # with the r-th contender and goes round from there, so drift in a noisy
 # machine hits every contender alike and none always runs first. The report gives each
@@ -18,13 +18,14 @@
 # Knobs: LUA (lua5.4), CC (cc), REPS (5; QUICK: 3), QUICK, DATA_DIR
 # (where the test files live: bench/results/tmp, or /var/tmp/ioq-bench
 # when that filesystem refuses O_DIRECT), SERVER_CPU (0), CLIENT_CPU (1),
-# BASE_PORT (19701: the servers use BASE_PORT..BASE_PORT+8).
+# BASE_PORT (19701: the servers use BASE_PORT..BASE_PORT+13), IDLE_CONNS
+# (10000: the idle connections of the memory benchmark).
 set -euo pipefail
 export LC_ALL=C  # decimal points, sort order and tool output as parsed here
 
 cd "$(dirname "$0")/.."
 
-ALL=(nop randread direct copy echo http)
+ALL=(nop randread direct copy echo http idle)
 LUA=${LUA:-lua5.4}
 CC=${CC:-cc}
 QUICK=${QUICK:-0}
@@ -49,6 +50,9 @@ else
 fi
 CACHED_MIB=256  # the cached random-read file, also in QUICK runs
 CONNS=100 MSG=128
+# The idle-connection memory benchmark opens this many in QUICK runs too:
+# its target is per connection at 10,000.
+IDLE_CONNS=${IDLE_CONNS:-10000}
 
 die() {
   echo "bench/run.sh: $*" >&2
@@ -85,6 +89,15 @@ want() {  # want COMMAND PACKAGE
 want fio fio
 want gnuplot gnuplot-nox
 want nginx nginx-light
+# Where this nginx looks for its dynamic modules (Debian: /usr/lib/nginx/modules).
+nginx_modules() {
+  local dir
+  dir=$(nginx -V 2>&1 | sed -nE 's/.*--modules-path=([^ ]+).*/\1/p')
+  echo "${dir:-/usr/lib/nginx/modules}"
+}
+if command -v nginx >/dev/null && [ ! -f "$(nginx_modules)/ngx_http_lua_module.so" ]; then
+  missing_pkgs+=(libnginx-mod-http-lua)
+fi
 want wrk wrk
 want taskset util-linux
 "$LUA" -e 'require "luv"' 2>/dev/null || missing_pkgs+=(lua-luv)
@@ -113,6 +126,7 @@ build() {  # build OUTPUT SOURCE [LIBS]: the suite's C programs, warnings as err
 build uring_bench bench/uring_bench.c "$URING_FLAGS"
 build echo_uring bench/net/echo_uring.c "$URING_FLAGS"
 build load bench/net/load.c
+build idle_client bench/net/idle_client.c
 
 export LUA_CPATH="$PWD/build/?.so;;"
 export LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;"
@@ -358,7 +372,8 @@ port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 port_of() {
   local i=0 s
   for s in echo-c echo-ioq echo-ioq-epoll echo-luv echo-cqueues \
-    http-ioq http-ioq-epoll http-luv http-nginx; do
+    http-ioq http-ioq-epoll http-luv http-nginx http-nginx-lua \
+    idle-c idle-ioq idle-ioq-epoll idle-luv; do
     [ "$s" != "$1" ] || { echo $((BASE_PORT + i)); return; }
     i=$((i + 1))
   done
@@ -372,33 +387,42 @@ server_cmd() {
   local port
   port=$(port_of "$1")
   ready='ready$'
-  case $1 in
-    echo-c) cmd=("$TMP/echo_uring" "$port") ;;
-    echo-ioq) ready='(io_uring backend), ready$'
+  case $1 in  # the idle benchmark runs the echo servers
+    echo-c | idle-c) cmd=("$TMP/echo_uring" "$port") ;;
+    echo-ioq | idle-ioq) ready='(io_uring backend), ready$'
       cmd=(env IOQ_BACKEND=io_uring "$LUA" examples/echo_server.lua "$port" "$HOST") ;;
-    echo-ioq-epoll) ready='(epoll backend), ready$'
+    echo-ioq-epoll | idle-ioq-epoll) ready='(epoll backend), ready$'
       cmd=(env IOQ_BACKEND=epoll "$LUA" examples/echo_server.lua "$port" "$HOST") ;;
-    echo-luv) cmd=("$LUA" bench/net/echo_luv.lua "$port") ;;
+    echo-luv | idle-luv) cmd=("$LUA" bench/net/echo_luv.lua "$port") ;;
     echo-cqueues) cmd=("$LUA" bench/net/echo_cqueues.lua "$port") ;;
     http-ioq) ready='(io_uring backend), ready$'
       cmd=(env IOQ_BACKEND=io_uring "$LUA" examples/http_hello.lua "$port" "$HOST") ;;
     http-ioq-epoll) ready='(epoll backend), ready$'
       cmd=(env IOQ_BACKEND=epoll "$LUA" examples/http_hello.lua "$port" "$HOST") ;;
     http-luv) cmd=("$LUA" bench/net/http_luv.lua "$port") ;;
-    http-nginx) ready=
-      nginx_conf "$port"
-      cmd=(nginx -p "$PWD/$TMP/nginx" -e "$PWD/$TMP/nginx/error.log" -c "$PWD/$TMP/nginx/nginx.conf") ;;
+    http-nginx | http-nginx-lua) ready=
+      local dir=$PWD/$TMP/${1#http-}
+      nginx_conf "$port" "$dir" "${1#http-}"
+      cmd=(nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;') ;;
   esac
 }
 
-# nginx in the foreground with one worker, answering every request from
-# its configuration; everything it writes stays in $TMP/nginx.
-nginx_conf() {
-  local dir=$PWD/$TMP/nginx
+# nginx in the foreground with one worker; everything it writes stays in
+# DIR. nginx answers every request from its configuration; nginx-lua runs
+# a Lua handler (ngx_lua, as OpenResty users write them) for each.
+nginx_conf() {  # nginx_conf PORT DIR nginx|nginx-lua
+  local dir=$2 modules='' handler='return 200 "Hello, world\n";'
+  if [ "$3" = nginx-lua ]; then
+    # Debian's Lua module needs the development kit module loaded first.
+    [ ! -f "$(nginx_modules)/ndk_http_module.so" ] ||
+      modules="load_module $(nginx_modules)/ndk_http_module.so;"$'\n'
+    modules+="load_module $(nginx_modules)/ngx_http_lua_module.so;"
+    handler='content_by_lua_block { ngx.print("Hello, world\n") }'
+  fi
   mkdir -p "$dir"
   cat >"$dir/nginx.conf" <<EOF
+$modules
 worker_processes 1;
-daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 1024; }
@@ -412,10 +436,30 @@ http {
   scgi_temp_path $dir/scgi;
   server {
     listen $HOST:$1;
-    location / { default_type text/plain; return 200 "Hello, world\n"; }
+    location / { default_type text/plain; $handler }
   }
 }
 EOF
+}
+
+# CPU time, for the servers' cost per request: utime + stime (fields 14
+# and 15 of /proc/PID/stat, every thread of the process) of PID and all
+# its descendants (nginx's worker), in clock ticks.
+CLK_TCK=$(getconf CLK_TCK)
+tree_ticks() {  # tree_ticks PID
+  local total=0 pid line children
+  local -a todo=("$1") f
+  while [ ${#todo[@]} -gt 0 ]; do
+    pid=${todo[0]}
+    todo=("${todo[@]:1}")
+    read -r line <"/proc/$pid/stat" 2>/dev/null || continue
+    read -ra f <<<"${line##*) }"  # f[0] is field 3, the state
+    total=$((total + f[11] + f[12]))
+    children=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
+    # shellcheck disable=SC2206  # the list is meant to split
+    todo+=($children)
+  done
+  echo "$total"
 }
 
 # start_server SERVER: runs it on SERVER_CPU and waits until it serves.
@@ -493,6 +537,7 @@ measure_echo() {
   value=$(sed -nE 's/^.* rate=([0-9.]+).*$/\1/p' <<<"$line")
   extra="server_cpu=$(sed -nE "s/^.* cpu$SERVER_CPU=([0-9.]+).*\$/\\1/p" <<<"$line")"
   extra+=";client_cpu=$(sed -nE "s/^.* cpu$CLIENT_CPU=([0-9.]+).*\$/\\1/p" <<<"$line")"
+  extra+=";cpu_us=$(sed -nE 's/^.* server_us=([0-9.]+).*$/\1/p' <<<"$line")"
 }
 
 ################################################################ http
@@ -503,6 +548,9 @@ available_http() {
   case $1 in
     luv) needs_luv ;;
     nginx) needs_cmd nginx nginx-light ;;
+    nginx-lua) needs_cmd nginx nginx-light || return 1
+      [ -f "$(nginx_modules)/ngx_http_lua_module.so" ] ||
+        { reason="nginx's Lua module not installed (libnginx-mod-http-lua)"; return 1; } ;;
   esac
 }
 
@@ -522,12 +570,12 @@ http_exchange() (
 http_expected=
 http_check() {
   local port=$2 got
-  if [ "$1" = nginx ]; then
+  if [ "${1%-lua}" = nginx ]; then
     got=$(printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' |
       timeout 5 bash -c "exec 3<>/dev/tcp/$HOST/$port; cat >&3; cat <&3") || true
-    case $got in
-      "HTTP/1.1 200 OK"*"Hello, world") return 0 ;;
-      *) reason="nginx answered: $(head -n1 <<<"$got")"; return 1 ;;
+    case $got in  # nginx-lua's body comes chunked
+      "HTTP/1.1 200 OK"*"Hello, world"*) return 0 ;;
+      *) reason="$1 answered: $(head -n1 <<<"$got")"; return 1 ;;
     esac
   fi
   got=$(http_exchange "$port" | od -An -c) || { reason="the HTTP check failed"; return 1; }
@@ -537,24 +585,102 @@ http_check() {
 
 declare -A http_checked=()
 measure_http() {
-  local port out
+  local port out ticks0 ticks1 requests
   port=$(port_of "http-$1")
   start_server "http-$1" || return 1
   if [ -z "${http_checked[$1]:-}" ]; then
     http_check "$1" "$port" || { cleanup; return 1; }
     http_checked[$1]=1
   fi
+  ticks0=$(tree_ticks "$server_pid")
   if ! out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c100 -d"${HTTP_SECS}s" "http://$HOST:$port/" 2>&1); then
     reason="wrk failed: $(grep -m1 . <<<"$out")"
     cleanup
     return 1
   fi
+  ticks1=$(tree_ticks "$server_pid")
   stop_server || return 1
+  requests=$(sed -nE 's/^ *([0-9]+) requests in .*/\1/p' <<<"$out")
+  if [ -n "$requests" ] && [ "$requests" -gt 0 ]; then
+    extra="cpu_us=$(awk -v t=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v n="$requests" \
+      'BEGIN { printf "%.3f", 1e6 * t / hz / n }')"
+    extra+=";server_cpu=$(awk -v t=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v s="$HTTP_SECS" \
+      'BEGIN { printf "%.0f", 100 * t / hz / s }')"
+  fi
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
     reason="wrk saw errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | head -n1)"
     return 1
   fi
   value=$(sed -nE 's/^Requests\/sec: *([0-9.]+).*/\1/p' <<<"$out")
+}
+
+################################################################ idle
+
+# Both the server and the idle client hold IDLE_CONNS descriptors: raise
+# the soft limit (and, as root, the hard one) for this shell and its
+# children, once.
+IDLE_FDS=$((IDLE_CONNS + 256))
+idle_limits=''
+available_idle() {
+  local lo hi
+  needs_cpus || return 1
+  if [ -z "$idle_limits" ]; then
+    idle_limits=raised
+    [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$IDLE_FDS" ] ||
+      ulimit -Hn "$IDLE_FDS" 2>/dev/null || true
+    [ "$(ulimit -Sn)" = unlimited ] || [ "$(ulimit -Sn)" -ge "$IDLE_FDS" ] ||
+      ulimit -Sn "$IDLE_FDS" 2>/dev/null || true
+  fi
+  if [ "$(ulimit -Sn)" != unlimited ] && [ "$(ulimit -Sn)" -lt "$IDLE_FDS" ]; then
+    reason="needs ulimit -n >= $IDLE_FDS (the hard limit is $(ulimit -Hn))"
+    return 1
+  fi
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+  [ $((hi - lo)) -gt "$IDLE_CONNS" ] ||
+    { reason="needs more than $IDLE_CONNS local ports (net.ipv4.ip_local_port_range is $lo-$hi)"; return 1; }
+  case $1 in
+    luv) needs_luv ;;
+  esac
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# Resident memory of the echo server before and after the idle client
+# opened IDLE_CONNS connections (and checked every tenth is served); the
+# value is the growth per connection, in KiB. The server closes them
+# (SIGTERM), and the client exits when its first connection ends.
+measure_idle() {
+  local rss0 rss1 client_pid log=$TMP/idle-client.log i
+  start_server "idle-$1" || return 1
+  sleep 0.2  # anything the server does right after "ready" is not per connection
+  rss0=$(rss_kib "$server_pid")
+  : >"$log"
+  taskset -c "$CLIENT_CPU" "$TMP/idle_client" -n "$IDLE_CONNS" -e 10 "$HOST" \
+    "$(port_of "idle-$1")" >"$log" 2>&1 &
+  client_pid=$!
+  for ((i = 0; i < 600; i++)); do  # a minute at most
+    grep -q 'ready$' "$log" && break
+    kill -0 "$client_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! grep -q 'ready$' "$log"; then
+    reason="idle client: $(grep -m1 . "$log" || echo 'no answer in 60 s')"
+    kill "$client_pid" 2>/dev/null || true
+    wait "$client_pid" 2>/dev/null || true
+    cleanup
+    return 1
+  fi
+  sleep 0.5  # let the server settle (the last accepts, its own timers)
+  rss1=$(rss_kib "$server_pid")
+  stop_server || { kill "$client_pid" 2>/dev/null || true; wait "$client_pid" 2>/dev/null || true; return 1; }
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$client_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$client_pid" 2>/dev/null || true
+  wait "$client_pid" 2>/dev/null || true
+  value=$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_CONNS" 'BEGIN { printf "%.2f", (b - a) / n }')
+  extra="rss0_kib=$rss0;rss1_kib=$rss1"
 }
 
 ################################################################ the run
@@ -593,7 +719,7 @@ meta gcc "$("$CC" --version | head -n1)"
 meta fio "$(tool_version fio fio)"
 meta luv "$(pkg_version lua-luv)$("$LUA" -e 'print(", libuv " .. require("luv").version_string())' 2>/dev/null || true)"
 meta cqueues "$(pkg_version lua-cqueues) (run under $("$LUA" -v 2>&1 | cut -d' ' -f1-2))"
-meta nginx "$(tool_version nginx nginx-light)"
+meta nginx "$(tool_version nginx nginx-light), Lua module $(pkg_version libnginx-mod-http-lua)"
 meta wrk "$(tool_version wrk wrk)"
 meta gnuplot "$(tool_version gnuplot gnuplot-nox)"
 if [ -n "$BIG_FILE$CACHED_FILE" ]; then
@@ -601,7 +727,8 @@ if [ -n "$BIG_FILE$CACHED_FILE" ]; then
 fi
 meta sizes "NOP: $NOP_OPS ops; cached reads: $READ_OPS ops of 4 KiB on $CACHED_MIB MiB; \
 O_DIRECT reads: $DIRECT_OPS ops on $BIG_MIB MiB (fio: ${FIO_SECS} s); copy: $BIG_MIB MiB; \
-echo: $CONNS connections, $MSG B, ${ECHO_SECS} s after ${WARMUP} s; http: wrk -t1 -c100 -d${HTTP_SECS}s"
+echo: $CONNS connections, $MSG B, ${ECHO_SECS} s after ${WARMUP} s; http: wrk -t1 -c100 -d${HTTP_SECS}s; \
+idle: $IDLE_CONNS connections, a round trip on every tenth"
 meta servers "pinned to CPU $SERVER_CPU, load generators (load.c, wrk) to CPU $CLIENT_CPU"
 
 for bench in "${selected[@]}"; do
@@ -616,7 +743,8 @@ for bench in "${selected[@]}"; do
       cat "$BIG_FILE" >/dev/null  # every contender copies from the page cache
       run_rounds copy cp ioq luv ;;
     echo) run_rounds echo c ioq ioq-epoll luv cqueues ;;
-    http) run_rounds http nginx ioq ioq-epoll luv ;;
+    http) run_rounds http nginx nginx-lua ioq ioq-epoll luv ;;
+    idle) run_rounds idle c ioq ioq-epoll luv ;;
   esac
 done
 
@@ -630,7 +758,10 @@ wrote="$OUT.md"
 if command -v gnuplot >/dev/null; then
   subtitle="$(sed -n 's/^date\t//p' "$META"), $(nproc) vCPUs, Linux $(uname -r)"
   [ "$QUICK" = 0 ] || subtitle+=", QUICK=1 (smoke test)"
-  gnuplot -e "data='$TMP/chart.dat'; out='$OUT.png'; subtitle='$subtitle'" bench/chart.gp
+  data='' idle=''  # '' for a panel with nothing to show (a partial run)
+  [ ! -s "$TMP/chart.dat" ] || data=$TMP/chart.dat
+  [ ! -s "$TMP/chart-idle.dat" ] || idle=$TMP/chart-idle.dat
+  gnuplot -e "data='$data'; idle='$idle'; out='$OUT.png'; subtitle='$subtitle'" bench/chart.gp
   wrote+=" and $OUT.png"
 else
   note "gnuplot not installed: no chart (apt-get install -y gnuplot-nox)"

@@ -15,11 +15,15 @@
 ** After WARMUP seconds (default 1) it counts the round trips completed in
 ** the next SECS seconds (default 5) and prints one line:
 **
-**   requests=N secs=S rate=R mismatches=0 cpu0=B0 cpu1=B1 [server_cpu=C]
+**   requests=N secs=S rate=R mismatches=0 cpu0=B0 cpu1=B1 [server_cpu=C
+**   server_us=U]
 **
 ** cpuN is how busy each CPU was during the window (from /proc/stat, in %),
 ** server_cpu the share of one CPU the process PID (-p) used: they tell
-** whether the server or the client was the bottleneck. Exits 1 if any echo
+** whether the server or the client was the bottleneck. server_us is that
+** process's CPU time (utime + stime from /proc/PID/stat, all its threads)
+** per round trip, in microseconds: the server's cost, which does not
+** depend on how fast the client is. Exits 1 if any echo
 ** differed or a connection failed.
 **
 ** Build: cc -O2 -Wall -Wextra -Werror load.c -o load
@@ -314,9 +318,11 @@ int main(int argc, char **argv) {
              dt ? 100.0 * (double)(busy1[i] - busy0[i]) / (double)dt : 0.0);
     }
     if (server_pid) {
+      double cpu_secs;
       ticks1 = proc_ticks(server_pid);
-      printf(" server_cpu=%.0f", 100.0 * (double)(ticks1 - ticks0) /
-                                   (double)sysconf(_SC_CLK_TCK) / elapsed);
+      cpu_secs = (double)(ticks1 - ticks0) / (double)sysconf(_SC_CLK_TCK);
+      printf(" server_cpu=%.0f server_us=%.3f", 100.0 * cpu_secs / elapsed,
+             requests ? 1e6 * cpu_secs / (double)requests : 0.0);
     }
     printf("\n");
     fflush(stdout);
