@@ -384,9 +384,12 @@ for _, bench in ipairs(ran) do
       if m.why then notes[#notes + 1] = "n/a: " .. m.why end
       if m.extras.server_cpu then
         notes[#notes + 1] = m.extras.client_cpu
-          and string.format("CPU: server %.0f%%, client %.0f%%", m.extras.server_cpu,
+          and string.format("CPU: server's %.0f%%, client's %.0f%%", m.extras.server_cpu,
                             m.extras.client_cpu)
           or string.format("server used %.0f%% of a CPU", m.extras.server_cpu)
+      end
+      if m.extras.server_own then
+        notes[#notes + 1] = string.format("server process %.0f%%", m.extras.server_own)
       end
       if m.extras.rss0_kib then
         notes[#notes + 1] = string.format("RSS %.1f MiB idle, %.1f MiB with the connections",

@@ -537,6 +537,7 @@ measure_echo() {
   value=$(sed -nE 's/^.* rate=([0-9.]+).*$/\1/p' <<<"$line")
   extra="server_cpu=$(sed -nE "s/^.* cpu$SERVER_CPU=([0-9.]+).*\$/\\1/p" <<<"$line")"
   extra+=";client_cpu=$(sed -nE "s/^.* cpu$CLIENT_CPU=([0-9.]+).*\$/\\1/p" <<<"$line")"
+  extra+=";server_own=$(sed -nE 's/^.* server_cpu=([0-9.]+).*$/\1/p' <<<"$line")"
   extra+=";cpu_us=$(sed -nE 's/^.* server_us=([0-9.]+).*$/\1/p' <<<"$line")"
 }
 
