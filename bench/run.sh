@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh                    every benchmark; writes
 #                                        bench/results/latest.md and .png
-#   QUICK=1 bash bench/run.sh            the same, short (under 2 minutes)
+#   QUICK=1 bash bench/run.sh            the same, short (about 2 minutes)
 #   bash bench/run.sh echo http          some of them; the report goes to
 #                                        bench/results/tmp/partial.md/.png
 #
