@@ -50,6 +50,7 @@ if (data ne '') {
 if (idle ne '') {
   if (data ne '') { set size 0.20, 1; set origin 0.80, 0 }
   set title "memory per idle connection"
+  unset key
   set ylabel "KiB per connection (lower is better)"
   set yrange [0:*]
   set ytics autofreq nomirror
