@@ -48,8 +48,10 @@ build = {
           sources = {
             "src/lioq_core.c", "src/lioq_util.c", "src/lioq_queue.c",
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
+            "src/lioq_fs.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/backend_uring.c", "src/backend_epoll.c",
+            "src/ioq_fs_posix.c",
           },
           defines = { "_GNU_SOURCE", "IOQ_HAVE_URING", "IOQ_HAVE_EPOLL" },
           libraries = { "uring", "pthread" },
@@ -64,6 +66,7 @@ build = {
           sources = {
             "src/lioq_core.c", "src/lioq_util.c", "src/lioq_queue.c",
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
+            "src/lioq_fs.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/backend_iocp.c", "src/ioq_win.c",
           },

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "ioq_os.h"
+#include "ioq_fs_posix.h"
 #include "ioq_heap.h"
 #include "ioq_list.h"
 #include "ioq_ring.h"
@@ -433,6 +434,11 @@ static int aborted(epoll_backend *b, ioq_op *op) {
   return res;
 }
 
+/* For ioq_fs_run: stop a long op (a copy) between its steps. */
+static int fs_stopped(void *ctx, ioq_op *op) {
+  return aborted(ctx, op) != 0;
+}
+
 /* A connect on a socket in blocking mode, in a worker. */
 static int64_t connect_blocking(epoll_backend *b, ioq_op *op) {
   if (connect(op->fd, op->addr, op->addrlen) == 0)
@@ -495,7 +501,12 @@ static int64_t do_blocking(epoll_backend *b, ioq_op *op) {
       case IOQ_CONNECT:
         return connect_blocking(b, op);
       default:
-        return -EINVAL;
+        if (op->code < IOQ_STAT)
+          return -EINVAL;
+        r = ioq_fs_run(op, fs_stopped, b);
+        if (r < 0)
+          errno = (int)-r;
+        break;
     }
     if (r >= 0)
       return r;
@@ -679,7 +690,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
   eop_of(op)->want = 0;
   eop_of(op)->blocking = 0;
   eop_of(op)->io = IO_PLAIN;
-  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
+  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && op->code != IOQ_CLOSE &&
       timer_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
     finish(b, op, -ENOMEM);
     return;
@@ -701,6 +712,14 @@ static void issue(epoll_backend *b, ioq_op *op) {
       return;
     case IOQ_FSYNC:
     case IOQ_OPEN:
+      to_worker(b, op);
+      return;
+    case IOQ_STAT: case IOQ_UNLINK: case IOQ_MKDIR: case IOQ_RENAME:
+    case IOQ_LINK: case IOQ_SYMLINK: case IOQ_READLINK: case IOQ_TRUNCATE:
+    case IOQ_ALLOCATE: case IOQ_DATASYNC: case IOQ_CLOSE: case IOQ_READV:
+    case IOQ_WRITEV: case IOQ_COPY:
+      /* The file system has no readiness to wait for: a worker does it
+      ** (vectored I/O on a pipe or socket too, which may then block it). */
       to_worker(b, op);
       return;
     case IOQ_READ:

@@ -53,7 +53,16 @@ typedef struct uring_backend {
   pid_t pid;               /* the process that made the ring */
   unsigned long forks;     /* the fork count when pid was last checked */
   ioq_heap timed;          /* ops with a timeout, through op->be.timeout */
+  uint64_t ops;            /* bit n: the ring has IORING_OP n (n < 64) */
 } uring_backend;
+
+/* IORING_OP_FTRUNCATE (Linux 6.9), newer than liburing 2.3's headers. */
+#define OP_FTRUNCATE 55
+
+/* Whether the ring has io_uring opcode `code` (from its probe). */
+static int has_op(const uring_backend *u, unsigned code) {
+  return code < 64 && (u->ops >> code) & 1;
+}
 
 /* The buffer group of the pool (a ring has at most one pool here). */
 #define POOL_GROUP 0
@@ -247,7 +256,8 @@ static const unsigned char required_ops[] = {
   IORING_OP_SHUTDOWN, IORING_OP_ASYNC_CANCEL,
 };
 
-static int has_required(struct io_uring *ring, unsigned features) {
+static int has_required(struct io_uring *ring, unsigned features,
+                        uint64_t *ops) {
   struct io_uring_probe *probe;
   size_t i;
   int ok = 1;
@@ -259,6 +269,11 @@ static int has_required(struct io_uring *ring, unsigned features) {
   for (i = 0; i < sizeof required_ops; i++)
     if (!io_uring_opcode_supported(probe, required_ops[i]))
       ok = 0;
+  /* The optional ones too (the file system's), for uring_start. */
+  *ops = 0;
+  for (i = 0; i < 64; i++)
+    if (io_uring_opcode_supported(probe, (int)i))
+      *ops |= (uint64_t)1 << i;
   io_uring_free_probe(probe);
   return ok;
 }
@@ -391,7 +406,7 @@ static int uring_create(ioq_backend **out, unsigned entries) {
     if (r != -EINVAL)
       break;
   }
-  if (r == 0 && !has_required(&u->ring, u->features)) {
+  if (r == 0 && !has_required(&u->ring, u->features, &u->ops)) {
     io_uring_queue_exit(&u->ring);
     r = -ENOSYS;
   }
@@ -509,6 +524,29 @@ static int uring_pool_create(ioq_backend *b, unsigned count, unsigned size,
 }
 
 /*
+** Whether the ring does file-system op `op` itself. What it lacks (a
+** readlink, a copy, anything an older kernel has no opcode for) goes to
+** a worker thread instead.
+*/
+static int fs_native(const uring_backend *u, const ioq_op *op) {
+  switch (op->code) {
+    case IOQ_STAT: return has_op(u, IORING_OP_STATX);
+    case IOQ_UNLINK: return has_op(u, IORING_OP_UNLINKAT);
+    case IOQ_MKDIR: return has_op(u, IORING_OP_MKDIRAT);
+    case IOQ_RENAME: return has_op(u, IORING_OP_RENAMEAT);
+    case IOQ_LINK: return has_op(u, IORING_OP_LINKAT);
+    case IOQ_SYMLINK: return has_op(u, IORING_OP_SYMLINKAT);
+    case IOQ_TRUNCATE: return has_op(u, OP_FTRUNCATE);
+    case IOQ_ALLOCATE: return has_op(u, IORING_OP_FALLOCATE);
+    case IOQ_DATASYNC: return 1;  /* IORING_OP_FSYNC is required */
+    case IOQ_CLOSE: return has_op(u, IORING_OP_CLOSE);
+    case IOQ_READV: return has_op(u, IORING_OP_READV);
+    case IOQ_WRITEV: return has_op(u, IORING_OP_WRITEV);
+    default: return 0;  /* IOQ_READLINK, IOQ_COPY: no opcode */
+  }
+}
+
+/*
 ** One SQE per op, whatever the op and its timeout, so a ring of any size
 ** (entries = 1 included) can always take the next op once it has been
 ** submitted. The timeout goes into the heap before the SQE is taken, so a
@@ -525,7 +563,9 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
     return -EAGAIN;
   op->be.timeout.slot = 0;
   op->be.timeout.deadline = TIMER_NONE;
-  if (op->timeout_ns > 0 &&
+  if (op->code >= IOQ_STAT && !fs_native(u, op))
+    return -EOPNOTSUPP;
+  if (op->timeout_ns > 0 && op->code != IOQ_CLOSE &&
       timer_add(u, op, ioq_now_ns() + op->timeout_ns) < 0)
     return -ENOMEM;
   sqe = io_uring_get_sqe(&u->ring);
@@ -582,6 +622,54 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
       break;
     case IOQ_SHUTDOWN:
       io_uring_prep_shutdown(sqe, op->fd, op->flags);
+      break;
+    case IOQ_STAT:
+      io_uring_prep_statx(sqe, op->buf ? AT_FDCWD : op->fd,
+                          op->buf ? op->buf : "",
+                          ((op->flags & IOQ_NOFOLLOW) ? AT_SYMLINK_NOFOLLOW
+                                                      : 0) |
+                          (op->buf ? 0 : AT_EMPTY_PATH),
+                          STATX_BASIC_STATS | STATX_BTIME, op->addr);
+      break;
+    case IOQ_UNLINK:
+      io_uring_prep_unlinkat(sqe, AT_FDCWD, op->buf,
+                             op->flags & IOQ_RMDIR ? AT_REMOVEDIR : 0);
+      break;
+    case IOQ_MKDIR:
+      io_uring_prep_mkdirat(sqe, AT_FDCWD, op->buf, (mode_t)op->mode);
+      break;
+    case IOQ_RENAME:
+      io_uring_prep_renameat(sqe, AT_FDCWD, op->buf, AT_FDCWD, op->addr,
+                             op->flags & IOQ_NOREPLACE ? RENAME_NOREPLACE : 0);
+      break;
+    case IOQ_LINK:
+      io_uring_prep_linkat(sqe, AT_FDCWD, op->buf, AT_FDCWD, op->addr, 0);
+      break;
+    case IOQ_SYMLINK:
+      io_uring_prep_symlinkat(sqe, op->buf, AT_FDCWD, op->addr);
+      break;
+    case IOQ_TRUNCATE:
+      /* liburing 2.3 has no helper: as io_uring_prep_ftruncate fills it,
+      ** the new size in `off`, and everything else zero. */
+      io_uring_prep_rw(OP_FTRUNCATE, sqe, op->fd, NULL, 0,
+                       (uint64_t)op->offset);
+      break;
+    case IOQ_ALLOCATE:
+      io_uring_prep_fallocate(sqe, op->fd, op->mode, op->offset, op->ns);
+      break;
+    case IOQ_DATASYNC:
+      io_uring_prep_fsync(sqe, op->fd, IORING_FSYNC_DATASYNC);
+      break;
+    case IOQ_CLOSE:
+      io_uring_prep_close(sqe, op->fd);
+      break;
+    case IOQ_READV:
+      io_uring_prep_readv(sqe, op->fd, op->buf, (unsigned)op->flags,
+                          (uint64_t)op->offset);
+      break;
+    case IOQ_WRITEV:
+      io_uring_prep_writev(sqe, op->fd, op->buf, (unsigned)op->flags,
+                           (uint64_t)op->offset);
       break;
     default:  /* not reached: checked above */
       io_uring_prep_nop(sqe);

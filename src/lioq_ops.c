@@ -61,15 +61,18 @@ static lhandle *newop(lua_State *L, int code, size_t extra, int family,
                       int type) {
   /* How many arguments each op takes, the queue included: the handle is
   ** pushed above them, where an absent optional argument reads as nil. */
-  static const int nargs[IOQ_NOPCODES] = {
+  static const int nargs[] = {
     1, 5, 5, 2, 4, 2, 2, 4, 4, 4, 4, 5, 3
   };
   lqueue *q = lioq_checkqueue(L);
-  /* Only the user values the op needs (reading a missing one gives nil). */
+  /* Only the user values the op needs (reading a missing one gives nil);
+  ** the file-system ops keep a second path or object in HVAL_RESULT. */
   int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? HVAL_QUEUE
-          : (code == IOQ_OPEN || code == IOQ_ACCEPT) ? HVAL_RESULT : HVAL_FD;
+          : (code == IOQ_OPEN || code == IOQ_ACCEPT || code >= IOQ_STAT)
+          ? HVAL_RESULT : HVAL_FD;
   lhandle *h;
-  lua_settop(L, nargs[code]);
+  if (code < (int)(sizeof nargs / sizeof nargs[0]))
+    lua_settop(L, nargs[code]);  /* lioq_fs.c sets its own */
   h = lua_newuserdatauv(L, sizeof *h + extra, nuv);
   memset(h, 0, sizeof *h + extra);
   if (extra > 0)
@@ -124,7 +127,8 @@ static void lioq_enqueue(lua_State *L, lhandle *h, lioq_block *block, int fidx) 
   }
   if (fidx != 0) {
     link_file(L, h, fidx);
-    if (h->op.code == IOQ_READ || h->op.code == IOQ_WRITE)
+    if (h->op.code == IOQ_READ || h->op.code == IOQ_WRITE ||
+        h->op.code == IOQ_READV || h->op.code == IOQ_WRITEV)
       use_position(L, q, h, fidx);
   }
   h->state = ST_UNSENT;
@@ -550,7 +554,7 @@ int lioq_handle_resubmit(lua_State *L) {
   luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
   luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
                    code != IOQ_CONNECT && code != IOQ_SHUTDOWN &&
-                   !h->op.multishot, 1,
+                   code < IOQ_STAT && !h->op.multishot, 1,
                 "only data transfers, fsync, nop and sleep can be resubmitted");
   /* One that failed before it started never had its op filled in. */
   luaL_argcheck(L, !h->has_msg, 1, "the op never started: make a new one");
@@ -586,6 +590,15 @@ int lioq_handle_resubmit(lua_State *L) {
   h->op.cancel_requested = 0;
   lioq_enqueue(L, h, b, 4);
   return 1;
+}
+
+/* For lioq_fs.c, whose ops are made by the same steps. */
+lhandle *lioq_newop(lua_State *L, int code, size_t extra) {
+  return newop(L, code, extra, 0, 0);
+}
+
+void lioq_commit(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
+  commit(L, h, block, fidx);
 }
 
 const luaL_Reg lioq_op_methods[] = {

@@ -165,6 +165,16 @@ static inline size_t lioq_pending(const lqueue *q) {
 
 extern const luaL_Reg lioq_op_methods[];
 int lioq_handle_resubmit(lua_State *L);
+/* The steps of making an op (see lioq_ops.c), for lioq_fs.c. */
+lhandle *lioq_newop(lua_State *L, int code, size_t extra);
+void lioq_commit(lua_State *L, lhandle *h, lioq_block *block, int fidx);
+
+/* ---------------------------------------------------------------- fs */
+
+/* lioq_fs.c: the file-system ops (IOQ_STAT and after). */
+extern const luaL_Reg lioq_fs_methods[];
+void lioq_fs_settle(lhandle *h, int started, int from_gc);
+int lioq_fs_push_result(lua_State *L, lhandle *h);
 
 /* ---------------------------------------------------------------- handle */
 
