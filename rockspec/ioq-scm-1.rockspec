@@ -37,6 +37,7 @@ build = {
     ["ioq.objects"] = "lua/ioq/objects.lua",
     ["ioq.multishot"] = "lua/ioq/multishot.lua",
     ["ioq.signals"] = "lua/ioq/signals.lua",
+    ["ioq.fs"] = "lua/ioq/fs.lua",
     ["ioq.stream"] = "lua/ioq/stream.lua",
   },
   -- The Makefile reads these source lists too (mk/sources.lua): a new C
