@@ -50,6 +50,7 @@ build = {
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/backend_uring.c", "src/backend_epoll.c",
+            "src/ioq_workers.c", "src/ioq_blocking.c",
           },
           defines = { "_GNU_SOURCE", "IOQ_HAVE_URING", "IOQ_HAVE_EPOLL" },
           libraries = { "uring", "pthread" },
