@@ -13,7 +13,8 @@
 **   open, fsync        CreateFileW, FlushFileBuffers on the system thread
 **                      pool (they block), which posts the packet; so are
 **                      reads and writes on handles not opened for
-**                      overlapped I/O (Lua io files, consoles)
+**                      overlapped I/O (Lua io files, consoles), and the
+**                      binding's IOQ_CALL functions
 **   sleep, timeouts    a timer heap that bounds the port's wait; a timed
 **                      out op is canceled with CancelIoEx
 **   shutdown, UDP      done at once (they never block); reported by the
@@ -43,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ioq_blocking.h"
 #include "ioq_heap.h"
 #include "ioq_os.h"
 
@@ -76,6 +78,7 @@ typedef struct pool_job {
   rec *r;                   /* the op's record; NULL once abandoned */
   HANDLE thread;            /* the thread in the op's call, while it is */
   int started, done;
+  int aborted;              /* a cancel or a timeout came while it ran */
 } pool_job;
 
 struct rec {
@@ -734,9 +737,27 @@ static void run_blocking(rec *r) {
     r->res = h == INVALID_HANDLE_VALUE ? -ioq_win_errno(err) : (int64_t)(intptr_t)h;
   } else if (op->code == IOQ_FSYNC) {
     r->res = FlushFileBuffers((HANDLE)op->fd) ? 0 : -ioq_oserr();
+  } else if (op->code == IOQ_CALL) {
+    r->res = op->call(op->buf);
   } else {
     r->res = sync_transfer(r);
   }
+}
+
+/* On a pool thread: the job whose call it runs (ioq_blocking_aborted). */
+static _Thread_local pool_job *my_job;
+
+/* A cancel or a timeout asks to end the call this thread runs: then
+** -ECANCELED (finish turns it into -ETIMEDOUT for a timeout), else 0. */
+int ioq_blocking_aborted(void) {
+  pool_job *job = my_job;
+  int aborted;
+  if (job == NULL)
+    return 0;
+  AcquireSRWLockExclusive(&job->lock);
+  aborted = job->aborted;
+  ReleaseSRWLockExclusive(&job->lock);
+  return aborted ? -ECANCELED : 0;
 }
 
 /*
@@ -765,7 +786,9 @@ static void CALLBACK pool_work(PTP_CALLBACK_INSTANCE inst, void *arg) {
   AcquireSRWLockExclusive(&job->lock);
   job->thread = self;
   ReleaseSRWLockExclusive(&job->lock);
+  my_job = job;
   run_blocking(r);
+  my_job = NULL;
   AcquireSRWLockExclusive(&job->lock);
   job->thread = NULL;
   job->done = 1;
@@ -789,8 +812,12 @@ static int pool_cancel(iocp_backend *b, rec *r) {
     job->r = NULL;
     abandon = settled = 1;
   } else {
+    /* A call (IOQ_CALL) may be in no I/O that CancelSynchronousIo could
+    ** end (a name lookup): it is told to stop, and ends when it returns. */
+    job->aborted = 1;
     settled = job->done ||
-              (job->thread != NULL && CancelSynchronousIo(job->thread));
+              (job->thread != NULL && CancelSynchronousIo(job->thread)) ||
+              r->op->code == IOQ_CALL;
   }
   ReleaseSRWLockExclusive(&job->lock);
   if (abandon) {
@@ -913,7 +940,7 @@ static int start_io(iocp_backend *b, rec *r) {
       timer_add(b, r, ioq_now_ns() + ns);
       return 0;
     }
-    case IOQ_OPEN: case IOQ_FSYNC:
+    case IOQ_OPEN: case IOQ_FSYNC: case IOQ_CALL:
       return start_blocking(b, r);
     case IOQ_STAT: case IOQ_UNLINK: case IOQ_MKDIR: case IOQ_RENAME:
     case IOQ_LINK: case IOQ_SYMLINK: case IOQ_READLINK: case IOQ_TRUNCATE:

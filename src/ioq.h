@@ -36,6 +36,8 @@ typedef enum ioq_opcode {
   IOQ_RECVFROM, /* fd, buf, len; the sender's address lands in addr/addrlen */
   IOQ_SENDTO,   /* fd, buf, len, addr, addrlen */
   IOQ_SHUTDOWN, /* fd, flags (SHUT_RD, SHUT_WR, SHUT_RDWR) */
+  IOQ_CALL,     /* call, buf: res = call(buf), run on a worker thread (see
+                   below); for blocking work no kernel op does */
   /* The file system (paths are NUL-terminated UTF-8 on Windows). */
   IOQ_STAT,     /* buf: path, or NULL for fd's own file; flags: IOQ_NOFOLLOW
                    (lstat); addr: the ioq_statx the op fills */
@@ -144,6 +146,15 @@ struct ioq_op {
                                (the backend arms it at `start`) */
   void *addr;               /* a struct sockaddr_storage, for socket ops */
   uint32_t addrlen;         /* its length in use (in and out) */
+  /* IOQ_CALL: the blocking work, called with op->buf on a worker thread
+  ** (the epoll and io_uring backends' pool, IOCP's system thread pool).
+  ** Returns >= 0 or -errno, and must touch nothing another thread uses
+  ** (no Lua). A cancel or a timeout interrupts a system call it is in
+  ** (EINTR) or, before it starts, ends the op without it; a function may
+  ** also ask ioq_blocking_aborted() (ioq_blocking.h) between steps. When
+  ** it returns -EINTR and no cancel or timeout asked for that, it is
+  ** called again, as a system call restarts. */
+  int64_t (*call)(void *ctx);
 
   /* The outcome: set by the backend before `reap` returns the op. */
   int64_t res;              /* >= 0 on success, else -errno */

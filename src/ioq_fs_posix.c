@@ -1,8 +1,9 @@
 /*
 ** ioq_fs_posix.c: the file-system ops (IOQ_STAT and after, see ioq.h) as
-** blocking POSIX calls, for the threads that run what the kernel's queue
-** cannot: the epoll backend's workers, and io_uring's for the ops its
-** ring lacks. Touches only the op it is given.
+** blocking POSIX calls, for ioq_blocking_run on the worker threads of
+** ioq_workers.c: every one on epoll, and on io_uring those its ring lacks
+** (readlink, copy, and whatever an older kernel has no opcode for).
+** Touches only the op it is given and the memory it names.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "ioq_blocking.h"
 #include "ioq_fs_posix.h"
 
 /* How much one step of a copy moves, so that a cancel is seen between
@@ -74,14 +76,14 @@ static ssize_t copy_rw(int src, int dst, ioq_copyspec *c, size_t want) {
 ** buffer as the last way. Goes on from c->done, so a call interrupted
 ** by a signal can be made again.
 */
-static int64_t copy_run(ioq_op *op, ioq_stop_fn stopped, void *ctx) {
+static int64_t copy_run(ioq_op *op) {
   ioq_copyspec *c = op->addr;
   while (c->done < c->len) {
     size_t want = (size_t)(c->len - c->done);
     ssize_t r;
     if (want > COPY_STEP)
       want = COPY_STEP;
-    if (c->done > 0 && stopped != NULL && stopped(ctx, op))
+    if (c->done > 0 && ioq_blocking_aborted() != 0)
       return -EINTR;
     if (c->how == COPY_RANGE) {
       loff_t so = c->src_off, dof = c->dst_off;
@@ -112,7 +114,7 @@ static int64_t copy_run(ioq_op *op, ioq_stop_fn stopped, void *ctx) {
   return c->done;
 }
 
-int64_t ioq_fs_run(ioq_op *op, ioq_stop_fn stopped, void *ctx) {
+int64_t ioq_fs_run(ioq_op *op) {
   const char *path = op->buf;
   ssize_t r;
   switch (op->code) {
@@ -167,7 +169,7 @@ int64_t ioq_fs_run(ioq_op *op, ioq_stop_fn stopped, void *ctx) {
                          : pwritev(op->fd, op->buf, op->flags, op->offset);
       break;
     case IOQ_COPY:
-      return copy_run(op, stopped, ctx);
+      return copy_run(op);
     default:
       return -EINVAL;
   }

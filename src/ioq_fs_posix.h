@@ -7,15 +7,13 @@
 
 #include "ioq.h"
 
-/* Asked between the steps of a long op (a copy): whether the op was
-** canceled or timed out, so that it stops there. */
-typedef int (*ioq_stop_fn)(void *ctx, ioq_op *op);
-
 /*
-** Runs file-system op `op` (IOQ_STAT and after) with blocking calls.
-** Returns its result, >= 0 or -errno; -EINTR when a signal (or `stopped`)
-** cut it short, after which it may be called again and goes on.
+** Runs file-system op `op` (IOQ_STAT and after) with blocking calls, for
+** ioq_blocking_run. Returns its result, >= 0 or -errno; -EINTR when a
+** signal cut it short (or, between the steps of a copy, a cancel or a
+** timeout, which ioq_blocking_aborted tells), after which it may be
+** called again and goes on where it was.
 */
-int64_t ioq_fs_run(ioq_op *op, ioq_stop_fn stopped, void *ctx);
+int64_t ioq_fs_run(ioq_op *op);
 
 #endif

@@ -88,7 +88,7 @@ static lhandle *path_op(lua_State *L, int code, int nargs, int npaths,
   a = checkpath(L, 2);
   if (npaths == 2)
     b = checkpath(L, 3);
-  h = lioq_newop(L, code, extra);
+  h = lioq_newop(L, code, nargs, extra);
   h->op.buf = (void *)a;
   keep(L, 2, HVAL_DATA);
   if (b != NULL) {
@@ -119,7 +119,7 @@ static int queue_lstat(lua_State *L) {
 static int queue_fstat(lua_State *L) {
   lhandle *h;
   lua_settop(L, 2);
-  h = lioq_newop(L, IOQ_STAT, sizeof(ioq_statx));
+  h = lioq_newop(L, IOQ_STAT, 2, sizeof(ioq_statx));
   setfd(L, h, 2);
   h->op.buf = NULL;
   lioq_commit(L, h, NULL, 2);
@@ -194,7 +194,7 @@ static int queue_truncate(lua_State *L) {
   lhandle *h;
   lua_settop(L, 3);
   luaL_checkinteger(L, 3);
-  h = lioq_newop(L, IOQ_TRUNCATE, 0);
+  h = lioq_newop(L, IOQ_TRUNCATE, 3, 0);
   setfd(L, h, 2);
   h->op.offset = checkoffset(L, 3, "size");
   lioq_commit(L, h, NULL, 2);
@@ -213,7 +213,7 @@ static int queue_allocate(lua_State *L) {
   luaL_argcheck(L, len > 0, 4, "length must be positive");
   mode = luaL_optinteger(L, 5, 0);
   luaL_argcheck(L, mode >= 0 && mode <= 0x7fffffff, 5, "invalid mode");
-  h = lioq_newop(L, IOQ_ALLOCATE, 0);
+  h = lioq_newop(L, IOQ_ALLOCATE, 5, 0);
   setfd(L, h, 2);
   h->op.offset = checkoffset(L, 3, "offset");
   h->op.ns = len;
@@ -226,7 +226,7 @@ static int queue_allocate(lua_State *L) {
 static int queue_datasync(lua_State *L) {
   lhandle *h;
   lua_settop(L, 2);
-  h = lioq_newop(L, IOQ_DATASYNC, 0);
+  h = lioq_newop(L, IOQ_DATASYNC, 2, 0);
   setfd(L, h, 2);
   lioq_commit(L, h, NULL, 2);
   return 1;
@@ -272,7 +272,7 @@ static int queue_close_file(lua_State *L) {
   lqueue *q;
   ioq_fd fd;
   lua_settop(L, 2);
-  h = lioq_newop(L, IOQ_CLOSE, sizeof(close_extra));
+  h = lioq_newop(L, IOQ_CLOSE, 2, sizeof(close_extra));
   q = h->q;
   f = lioq_checkopen(L, 2, TAG_FILE);
   keep(L, 2, HVAL_FD);
@@ -345,7 +345,7 @@ static int vec_op(lua_State *L, int code) {
   luaL_argcheck(L, n >= 1, 3, "empty list of buffers");
   if (n > MAX_VEC)
     luaL_argerror(L, 3, lua_pushfstring(L, "more than %d buffers", MAX_VEC));
-  h = lioq_newop(L, code, (size_t)n * (sizeof *iov + sizeof *blocks));
+  h = lioq_newop(L, code, 4, (size_t)n * (sizeof *iov + sizeof *blocks));
   h->op.flags = n;
   lua_createtable(L, n, 0);  /* the list as it is now, kept by the handle */
   for (i = 1; i <= n; i++) {
@@ -462,7 +462,7 @@ static int queue_copy(lua_State *L) {
   lua_settop(L, 6);
   len = luaL_checkinteger(L, 4);
   luaL_argcheck(L, len >= 0, 4, "length must be non-negative");
-  h = lioq_newop(L, IOQ_COPY, sizeof(copy_extra));
+  h = lioq_newop(L, IOQ_COPY, 6, sizeof(copy_extra));
   keep(L, 3, HVAL_RESULT);
   c = copy_of(h);
   setfd(L, h, 2);

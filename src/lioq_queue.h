@@ -165,9 +165,9 @@ static inline size_t lioq_pending(const lqueue *q) {
 
 extern const luaL_Reg lioq_op_methods[];
 int lioq_handle_resubmit(lua_State *L);
-/* The steps of making an op (see lioq_ops.c), for lioq_fs.c. */
-lhandle *lioq_newop(lua_State *L, int code, size_t extra);
+lhandle *lioq_newop(lua_State *L, int code, int nargs, size_t extra);
 void lioq_commit(lua_State *L, lhandle *h, lioq_block *block, int fidx);
+int lioq_commit_failed(lua_State *L, lhandle *h, int msgidx, int err);
 
 /* ---------------------------------------------------------------- fs */
 
