@@ -443,7 +443,8 @@ static void issue(epoll_backend *b, ioq_op *op) {
     case IOQ_CALL:
       to_worker(b, op);
       return;
-    case IOQ_STAT: case IOQ_UNLINK: case IOQ_MKDIR: case IOQ_RENAME:
+    case IOQ_STAT: case IOQ_UNLINK: case IOQ_RMDIR: case IOQ_MKDIR:
+    case IOQ_RENAME:
     case IOQ_LINK: case IOQ_SYMLINK: case IOQ_READLINK: case IOQ_TRUNCATE:
     case IOQ_ALLOCATE: case IOQ_DATASYNC: case IOQ_CLOSE: case IOQ_READV:
     case IOQ_WRITEV: case IOQ_COPY:

@@ -665,7 +665,10 @@ static int64_t win_path_op(ioq_op *op) {
   }
   switch (op->code) {
     case IOQ_UNLINK:
-      ok = op->flags & IOQ_RMDIR ? RemoveDirectoryW(a) : DeleteFileW(a);
+      ok = DeleteFileW(a);
+      break;
+    case IOQ_RMDIR:
+      ok = RemoveDirectoryW(a);
       break;
     case IOQ_MKDIR:
       ok = CreateDirectoryW(a, NULL);
@@ -704,7 +707,8 @@ static int64_t win_fs_run(ioq_op *op) {
   switch (op->code) {
     case IOQ_STAT:
       return win_stat(op);
-    case IOQ_UNLINK: case IOQ_MKDIR: case IOQ_RENAME: case IOQ_LINK:
+    case IOQ_UNLINK: case IOQ_RMDIR: case IOQ_MKDIR: case IOQ_RENAME:
+    case IOQ_LINK:
     case IOQ_SYMLINK:
       return win_path_op(op);
     case IOQ_READLINK:
@@ -942,7 +946,8 @@ static int start_io(iocp_backend *b, rec *r) {
     }
     case IOQ_OPEN: case IOQ_FSYNC: case IOQ_CALL:
       return start_blocking(b, r);
-    case IOQ_STAT: case IOQ_UNLINK: case IOQ_MKDIR: case IOQ_RENAME:
+    case IOQ_STAT: case IOQ_UNLINK: case IOQ_RMDIR: case IOQ_MKDIR:
+    case IOQ_RENAME:
     case IOQ_LINK: case IOQ_SYMLINK: case IOQ_READLINK: case IOQ_TRUNCATE:
     case IOQ_ALLOCATE: case IOQ_DATASYNC: case IOQ_CLOSE: case IOQ_READV:
     case IOQ_WRITEV: case IOQ_COPY:

@@ -377,6 +377,7 @@ static int ring_opcode(int code) {
     case IOQ_SHUTDOWN: return IORING_OP_SHUTDOWN;
     case IOQ_STAT: return IORING_OP_STATX;
     case IOQ_UNLINK: return IORING_OP_UNLINKAT;
+    case IOQ_RMDIR: return IORING_OP_UNLINKAT;
     case IOQ_MKDIR: return IORING_OP_MKDIRAT;
     case IOQ_RENAME: return IORING_OP_RENAMEAT;
     case IOQ_LINK: return IORING_OP_LINKAT;
@@ -744,8 +745,10 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
                           STATX_BASIC_STATS | STATX_BTIME, op->addr);
       break;
     case IOQ_UNLINK:
-      io_uring_prep_unlinkat(sqe, AT_FDCWD, op->buf,
-                             op->flags & IOQ_RMDIR ? AT_REMOVEDIR : 0);
+      io_uring_prep_unlinkat(sqe, AT_FDCWD, op->buf, 0);
+      break;
+    case IOQ_RMDIR:
+      io_uring_prep_unlinkat(sqe, AT_FDCWD, op->buf, AT_REMOVEDIR);
       break;
     case IOQ_MKDIR:
       io_uring_prep_mkdirat(sqe, AT_FDCWD, op->buf, (mode_t)op->mode);

@@ -41,7 +41,8 @@ typedef enum ioq_opcode {
   /* The file system (paths are NUL-terminated UTF-8 on Windows). */
   IOQ_STAT,     /* buf: path, or NULL for fd's own file; flags: IOQ_NOFOLLOW
                    (lstat); addr: the ioq_statx the op fills */
-  IOQ_UNLINK,   /* buf: path; flags: IOQ_RMDIR removes a directory */
+  IOQ_UNLINK,   /* buf: path (not a directory) */
+  IOQ_RMDIR,    /* buf: path of an empty directory */
   IOQ_MKDIR,    /* buf: path, mode */
   IOQ_RENAME,   /* buf: old path, addr: new path; flags: IOQ_NOREPLACE */
   IOQ_LINK,     /* buf: existing path, addr: new path (a hard link) */
@@ -71,9 +72,8 @@ typedef int ioq_fd;
 #endif
 #define IOQ_NOFD ((ioq_fd)-1)
 
-/* IOQ_STAT, IOQ_UNLINK, IOQ_RENAME flags. */
+/* IOQ_STAT, IOQ_RENAME flags. */
 #define IOQ_NOFOLLOW  1   /* stat the link itself (lstat) */
-#define IOQ_RMDIR     1   /* unlink a directory (rmdir) */
 #define IOQ_NOREPLACE 1   /* rename fails with EEXIST if the target exists */
 
 /*

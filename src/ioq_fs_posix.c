@@ -125,7 +125,10 @@ int64_t ioq_fs_run(ioq_op *op) {
                 op->addr);
       break;
     case IOQ_UNLINK:
-      r = unlinkat(AT_FDCWD, path, op->flags & IOQ_RMDIR ? AT_REMOVEDIR : 0);
+      r = unlinkat(AT_FDCWD, path, 0);
+      break;
+    case IOQ_RMDIR:
+      r = unlinkat(AT_FDCWD, path, AT_REMOVEDIR);
       break;
     case IOQ_MKDIR:
       r = mkdirat(AT_FDCWD, path, (mode_t)op->mode);

@@ -133,9 +133,7 @@ static int queue_unlink(lua_State *L) {
 }
 
 static int queue_rmdir(lua_State *L) {
-  lhandle *h = path_op(L, IOQ_UNLINK, 2, 1, 0);
-  h->op.flags = IOQ_RMDIR;
-  lioq_commit(L, h, NULL, 0);
+  lioq_commit(L, path_op(L, IOQ_RMDIR, 2, 1, 0), NULL, 0);
   return 1;
 }
 
