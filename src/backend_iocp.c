@@ -553,7 +553,10 @@ static int64_t win_transfer(ioq_op *op, HANDLE h, int writing, void *buf,
   if (off < 0 && is_synchronous(h)) {
     ok = writing ? WriteFile(h, buf, len, &n, NULL)
                  : ReadFile(h, buf, len, &n, NULL);
-    return ok ? (int64_t)n : failed_transfer(op, GetLastError(), n);
+    err = ok ? 0 : GetLastError();
+    if (!ok && !writing && (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
+      return 0;
+    return ok ? (int64_t)n : failed_transfer(op, err, n);
   }
   if ((ev = CreateEventW(NULL, TRUE, FALSE, NULL)) == NULL)
     return -ioq_oserr();
@@ -569,6 +572,8 @@ static int64_t win_transfer(ioq_op *op, HANDLE h, int writing, void *buf,
     ok = GetOverlappedResult(h, &ov, &n, TRUE);
   err = ok ? 0 : GetLastError();
   CloseHandle(ev);
+  if (!ok && !writing && (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
+    return 0;  /* the end of the file, whatever the op (a readv, a copy) */
   return ok ? (int64_t)n : failed_transfer(op, err, n);
 }
 

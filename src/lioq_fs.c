@@ -408,6 +408,7 @@ static int queue_writev(lua_State *L) {
 typedef struct copy_extra {
   ioq_copyspec spec;
   lioq_file *src_pos, *dst_pos;  /* files whose kept position it uses */
+  int64_t src_start, dst_start;  /* where it started in them */
 } copy_extra;
 
 static copy_extra *copy_of(lhandle *h) {
@@ -470,6 +471,8 @@ static int queue_copy(lua_State *L) {
   c->spec.dst_off = checkoffset(L, 6, "offset");
   c->src_pos = kept_position(L, h->q, 2, &c->spec.src_off);
   c->dst_pos = kept_position(L, h->q, 3, &c->spec.dst_off);
+  c->src_start = c->spec.src_off;
+  c->dst_start = c->spec.dst_off;
   h->op.addr = &c->spec;
   /* Last, as nothing after it can fail: the duplicate the op owns. */
   if ((err = dup_fd(c->spec.dst, &c->spec.dst)) != 0) {
@@ -515,8 +518,8 @@ void lioq_fs_settle(lhandle *h, int started, int from_gc) {
         ioq_close(c->spec.dst, 0);
       c->spec.dst = IOQ_NOFD;
       if (!from_gc) {
-        advance(c->src_pos, c->spec.src_off, h->op.res);
-        advance(c->dst_pos, c->spec.dst_off, h->op.res);
+        advance(c->src_pos, c->src_start, h->op.res);
+        advance(c->dst_pos, c->dst_start, h->op.res);
       }
       c->src_pos = c->dst_pos = NULL;
       break;
