@@ -255,7 +255,8 @@ describe("file-system ops", function()
       write(a, "two")
       assert.is_true(q:rename(a, b):wait(5))  -- replaces b
       assert.are.equal("two", util.readfile(b))
-      local ok, msg, err = q:link(b, a):wait(5)
+      local ok, msg = q:link(b, a):wait(5)
+      local err
       assert.is_true(ok, msg)
       assert.are.equal(2, assert(q:stat(b):wait(5)).nlink)
       ok, msg, err = q:rename(a, b, { noreplace = true }):wait(5)
@@ -423,6 +424,7 @@ describe("file-system ops", function()
         h = q:copy(src, dst, 10)
         assert.is_true(h:timeout(0.05))
         v, msg, err = h:wait(5)
+        assert.is_nil(v)
         assert.are.equal(E.ETIMEDOUT, err, msg)
         assert.are.equal("copy: timed out", msg)
         ioq.run(function()
@@ -528,7 +530,8 @@ describe("file-system ops", function()
       end
     end)
 
-    it("writefile atomic: the new content replaces the old whole, no temporary file is left, the mode is kept", function()
+    it("writefile atomic: the new content replaces the old whole, no temporary is left, the mode is kept",
+      function()
       local d = tmpdir()
       local p = d .. sep .. "a"
       write(p, "old content")
