@@ -1,19 +1,24 @@
 #!/usr/bin/env lua5.4
--- examples/copy.lua: copy a file with many reads and writes in flight,
--- then check the copy byte for byte.
+-- examples/copy.lua: copy a file with many copies in flight, then check
+-- the copy byte for byte.
 --
---   lua5.4 examples/copy.lua [SOURCE [DEST]]
+--   lua5.4 examples/copy.lua [--buffers] [SOURCE [DEST]]
 --
 -- With no SOURCE it makes a 32 MiB file of pseudo-random bytes to copy. The
--- copy runs as a pool of tasks in ioq.run: each task owns one buffer, reads
--- the next free chunk at its offset and writes it to the same offset of the
--- destination, so up to DEPTH chunks are in the kernel at once. Then it
--- checksums both files (Adler-32, also through the queue) and prints what it
--- did and which backend did it.
+-- copy runs as a pool of tasks in ioq.run: each task takes the next free
+-- chunk and copies it to the same offset of the destination, so up to
+-- DEPTH chunks are in the kernel at once. By default each chunk is one
+-- q:copy, which stays in the kernel (copy_file_range on a worker thread):
+-- no byte comes up to Lua. With --buffers each task owns a buffer and
+-- reads the chunk into it, then writes it out. Then it checksums both
+-- files (Adler-32, through the queue) and prints what it did and which
+-- backend did it.
 local ioq = require "ioq"
 
 local CHUNK = 256 * 1024
 local DEPTH = 16
+local KERNEL_CHUNK = 8 * 1024 * 1024  -- per q:copy: no buffer to bound it
+local KERNEL_DEPTH = 4
 
 --- Adler-32 of a string, continuing from (a, b).
 local function adler32(s, a, b)
@@ -70,7 +75,12 @@ local function make_source(path, size)
   f:close()
 end
 
-local source, dest = arg[1], arg[2]
+local source, dest, buffers
+for _, a in ipairs(arg) do
+  if a == "--buffers" then buffers = true
+  elseif not source then source = a
+  else dest = a end
+end
 local made
 if not source then
   source = os.tmpname()
@@ -95,6 +105,24 @@ ioq.run(function()
   local copied, reads = 0, 0
   local t0 = ioq.now()
 
+  -- Each worker takes the next chunk and copies it where it was, in the
+  -- kernel: a copy moves fewer bytes than asked only at the end.
+  local function kernel_worker()
+    while next_offset < size do
+      local offset = next_offset
+      next_offset = next_offset + KERNEL_CHUNK
+      local want = math.min(KERNEL_CHUNK, size - offset)
+      local done = 0
+      while done < want do
+        local n = assert(q:copy(src, dst, want - done, offset + done, offset + done):await())
+        reads = reads + 1
+        if n == 0 then break end
+        done = done + n
+      end
+      copied = copied + done
+    end
+  end
+
   -- Each worker takes the next chunk, reads it and writes it where it was.
   local function worker()
     local buf = ioq.buffer(CHUNK)
@@ -111,13 +139,15 @@ ioq.run(function()
     end
   end
   local workers = {}
-  for i = 1, DEPTH do workers[i] = ioq.spawn(worker) end
-  for i = 1, DEPTH do workers[i]:join() end
+  local depth = buffers and DEPTH or KERNEL_DEPTH
+  for i = 1, depth do workers[i] = ioq.spawn(buffers and worker or kernel_worker) end
+  for i = 1, depth do workers[i]:join() end
   assert(dst:fsync():await())
   local dt = ioq.now() - t0
 
-  print(string.format("copied %s -> %s: %d bytes in %d reads, %d in flight, %.3f s (%.0f MiB/s)",
-    source, dest, copied, reads, DEPTH, dt, copied / dt / 2^20))
+  print(string.format("copied %s -> %s: %d bytes in %d %s, %d in flight, %.3f s (%.0f MiB/s)",
+    source, dest, copied, reads, buffers and "reads" or "kernel copies", depth, dt,
+    copied / dt / 2^20))
   local sum_src, n_src = checksum(source)
   local sum_dst, n_dst = checksum(dest)
   print(string.format("adler32 source %s (%d bytes), copy %s (%d bytes): %s",

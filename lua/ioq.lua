@@ -17,6 +17,8 @@
 --                      ioq.open, ioq.sleep
 --   ioq/multishot.lua  s:accept_multi, s:recv_multi (emulated where the
 --                      backend has no multishot op), h:each
+--   ioq/fs.lua         ioq.fs: stat, rename, readfile, writefile...; the
+--                      file methods f:stat, f:truncate, f:readv...
 --   ioq/signals.lua    ioq.signals
 --   ioq/stream.lua     ioq.stream, buffered reads and full writes
 --
@@ -30,6 +32,7 @@ local task = require "ioq.task"
 local objects = require "ioq.objects"
 require "ioq.multishot"
 local signals = require "ioq.signals"
+local fs = require "ioq.fs"
 
 return {
   -- the core
@@ -53,6 +56,7 @@ return {
   -- files, signals, streams
   open = objects.open,           -- ioq.open(path [, mode [, perm]]): an ioq.file
   signals = signals,             -- ioq.signals(name, ...): signals delivered through the queue
+  fs = fs,                       -- ioq.fs.stat(path), ioq.fs.readfile(path)...: the file system
   -- ioq.stream(obj [, opts]): a buffered stream over a socket or file
   stream = function(obj, opts) return require("ioq.stream").new(obj, opts) end,
 }

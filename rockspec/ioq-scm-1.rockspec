@@ -37,6 +37,7 @@ build = {
     ["ioq.objects"] = "lua/ioq/objects.lua",
     ["ioq.multishot"] = "lua/ioq/multishot.lua",
     ["ioq.signals"] = "lua/ioq/signals.lua",
+    ["ioq.fs"] = "lua/ioq/fs.lua",
     ["ioq.stream"] = "lua/ioq/stream.lua",
   },
   -- The Makefile reads these source lists too (mk/sources.lua): a new C
@@ -48,8 +49,11 @@ build = {
           sources = {
             "src/lioq_core.c", "src/lioq_util.c", "src/lioq_queue.c",
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
+            "src/lioq_fs.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/backend_uring.c", "src/backend_epoll.c",
+            "src/ioq_workers.c", "src/ioq_blocking.c",
+            "src/ioq_fs_posix.c",
           },
           defines = { "_GNU_SOURCE", "IOQ_HAVE_URING", "IOQ_HAVE_EPOLL" },
           libraries = { "uring", "pthread" },
@@ -64,6 +68,7 @@ build = {
           sources = {
             "src/lioq_core.c", "src/lioq_util.c", "src/lioq_queue.c",
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
+            "src/lioq_fs.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/backend_iocp.c", "src/ioq_win.c",
           },

@@ -16,18 +16,14 @@
 ** per-call flag (a tty, or accept and connect on a socket another library
 ** left in blocking mode) waits for readiness and then goes to a worker.
 ** A worker blocked in a system call is ended by a cancel or a timeout with
-** SIGURG, sent to that thread only (see `kick`).
+** SIGURG, sent to that thread only (see ioq_workers.c).
 */
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -38,6 +34,8 @@
 #include "ioq_heap.h"
 #include "ioq_list.h"
 #include "ioq_ring.h"
+#include "ioq_blocking.h"
+#include "ioq_workers.h"
 
 /* Where an op is, inside this backend. Only the loop's thread uses it. */
 enum {
@@ -59,7 +57,8 @@ typedef struct watch watch;
 
 /* The per-op state, kept in the op's private space. */
 typedef struct eop {
-  ioq_link link;           /* first: in the list the op is on */
+  ioq_job job;             /* first: its link is the op's in any list here
+                              (the worker pool's too) */
   watch *w;                /* EOP_WAITING: its watch */
   ioq_heap_node timer;     /* in the heap until a sleep's end or a timeout */
   int state;
@@ -67,9 +66,6 @@ typedef struct eop {
   uint8_t io;              /* IO_*, for READ and WRITE */
   uint8_t blocking;        /* no call does it without blocking: once the
                               descriptor is ready, a worker does it */
-  uint8_t taken;           /* under `lock`: a worker has it */
-  int abort_res;           /* under `lock`: the -ECANCELED or -ETIMEDOUT
-                              asked for while a worker had it */
 } eop;
 
 _Static_assert(sizeof(eop) <= sizeof(((ioq_op *)0)->be.op),
@@ -96,49 +92,25 @@ struct watch {
   elist readers, writers;
 };
 
-struct epoll_backend;
-
-typedef struct worker {
-  pthread_t thread;
-  struct epoll_backend *b;
-  ioq_op *current;         /* under `lock`: the op it runs, or NULL */
-} worker;
-
 typedef struct epoll_backend {
   ioq_backend base;
   int epfd;
-  int evfd;                /* workers post here when they finish */
   elist staged;
   watch **watches;         /* by descriptor */
   int nwatches;
   ioq_heap timers;         /* sleeps and timeouts, through eop_of(op)->timer */
   ioq_ring done;           /* ioq_events finished, in order */
   int live;                /* ops taken whose final event is not posted */
-  pid_t owner;             /* the process whose threads these are */
-  int interrupts;          /* ops whose worker is being interrupted */
-  int64_t kick_at, kick_gap;  /* when to interrupt them again, how often */
-  /* The worker pool, started on first use. */
-  pthread_mutex_t lock;
-  pthread_cond_t wake;
-  elist jobs;              /* waiting for a worker, under lock */
-  elist finished;          /* back from workers, under lock */
-  worker *workers;
-  int nthreads;
-  int stopping;
+  ioq_workers pool;        /* threads started on first use; its eventfd
+                              is in the epoll set from the start */
 } epoll_backend;
 
-#define WORKERS 4
 #define MAX_EVENTS 256
 
 /* try_op's answer when the descriptor is not ready: wait for it. Not an
 ** errno value, so that an EAGAIN which is an op's real result (a Unix
 ** connect to a listener whose backlog is full) stays a result. */
 #define NOT_READY INT64_MIN
-
-/* Interrupting a worker: first after 1 ms, then twice as long each time,
-** up to 100 ms (a call the kernel does not interrupt ends by itself). */
-#define KICK_FIRST 1000000
-#define KICK_MAX 100000000
 
 /* Set once epoll_pwait2 (Linux 5.11) turned out to be missing. */
 static _Atomic int no_pwait2;
@@ -263,19 +235,6 @@ static int arm(epoll_backend *b, watch *w) {
 
 /* ---------------------------------------------------------------- doing */
 
-/* Errors of accept that end one connection, not the listener: accept(2)
-** says to take them as EAGAIN and accept again. */
-static int accept_goes_on(int err) {
-  switch (err) {
-    case ECONNABORTED: case EPROTO: case EINTR: case ENETDOWN:
-    case ENOPROTOOPT: case EHOSTDOWN: case ENONET: case EHOSTUNREACH:
-    case ENETUNREACH:
-      return 1;
-    default:
-      return 0;
-  }
-}
-
 /* A READ or WRITE, tried without blocking (see try_op). */
 static int64_t try_rw(ioq_op *op) {
   eop *e = eop_of(op);
@@ -386,233 +345,13 @@ static int64_t try_op(ioq_op *op) {
 
 /* ---------------------------------------------------------------- workers */
 
-/*
-** A worker's blocking call is ended by a signal sent to its thread alone,
-** caught by a handler installed without SA_RESTART, so that the call fails
-** with EINTR. SIGURG: ignored by default, so one that reaches another
-** thread (from a socket's out-of-band data, with F_SETOWN) does no harm,
-** and seldom used otherwise (Go's runtime chose it for the same reason).
-** A handler that was there before is still called for the signals that do
-** not reach one of our workers.
-*/
-#define KICK_SIGNAL SIGURG
-
-static _Thread_local int is_worker;
-static struct sigaction chained;
-static pthread_once_t kick_once = PTHREAD_ONCE_INIT;
-
-static void on_kick(int sig, siginfo_t *info, void *ctx) {
-  if (is_worker)
-    return;  /* the interrupted call is all it was for */
-  if (chained.sa_flags & SA_SIGINFO) {
-    if (chained.sa_sigaction != NULL)
-      chained.sa_sigaction(sig, info, ctx);
-  } else if (chained.sa_handler != SIG_DFL && chained.sa_handler != SIG_IGN &&
-             chained.sa_handler != NULL) {
-    chained.sa_handler(sig);
-  }
-}
-
-static void install_kick(void) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = on_kick;
-  sa.sa_flags = SA_SIGINFO;  /* and no SA_RESTART */
-  sigemptyset(&sa.sa_mask);
-  sigaction(KICK_SIGNAL, &sa, &chained);
-}
-
-/* What a cancel or a timeout asked for while a worker ran `op`: 0 when
-** nothing (an EINTR then came from a stray signal, or from a signal meant
-** for the op the worker ran before, and the call is made again). */
-static int aborted(epoll_backend *b, ioq_op *op) {
-  int res;
-  pthread_mutex_lock(&b->lock);
-  res = eop_of(op)->abort_res;
-  pthread_mutex_unlock(&b->lock);
-  return res;
-}
-
-/* A connect on a socket in blocking mode, in a worker. */
-static int64_t connect_blocking(epoll_backend *b, ioq_op *op) {
-  if (connect(op->fd, op->addr, op->addrlen) == 0)
-    return 0;
-  for (;;) {
-    struct pollfd p;
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    int err = 0, res;
-    if (errno != EINTR)
-      return -errno;
-    if ((res = aborted(b, op)) != 0)
-      return res;
-    /* A TCP connect goes on after the signal: wait for its outcome. */
-    p.fd = op->fd;
-    p.events = POLLOUT;
-    p.revents = 0;
-    if (poll(&p, 1, -1) < 0)
-      continue;
-    len = sizeof err;
-    if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-      return -errno;
-    if (err != 0)
-      return -err;
-    len = sizeof ss;
-    if (getpeername(op->fd, (struct sockaddr *)&ss, &len) == 0)
-      return 0;
-    /* Neither connected nor failed (a Unix connect stops at a signal):
-    ** ask again. */
-    if (connect(op->fd, op->addr, op->addrlen) == 0 || errno == EISCONN)
-      return 0;
-  }
-}
-
-/* The blocking work of an op, run by a worker. */
-static int64_t do_blocking(epoll_backend *b, ioq_op *op) {
-  for (;;) {
-    ssize_t r;
-    int res;
-    switch (op->code) {
-      case IOQ_READ:
-        r = op->offset < 0 ? read(op->fd, op->buf, op->len)
-                           : pread(op->fd, op->buf, op->len, op->offset);
-        break;
-      case IOQ_WRITE:
-        r = op->offset < 0 ? write(op->fd, op->buf, op->len)
-                           : pwrite(op->fd, op->buf, op->len, op->offset);
-        break;
-      case IOQ_FSYNC:
-        r = fsync(op->fd);
-        break;
-      case IOQ_OPEN:
-        r = openat(AT_FDCWD, op->buf, op->flags, (mode_t)op->mode);
-        break;
-      case IOQ_ACCEPT:
-        r = accept4(op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (r < 0 && op->multishot && accept_goes_on(errno))
-          errno = EINTR;  /* that connection died: wait for the next */
-        break;
-      case IOQ_CONNECT:
-        return connect_blocking(b, op);
-      default:
-        return -EINVAL;
-    }
-    if (r >= 0)
-      return r;
-    if (errno != EINTR)
-      return -errno;
-    if ((res = aborted(b, op)) != 0)
-      return res;
-  }
-}
-
-static void *worker_main(void *arg) {
-  worker *me = arg;
-  epoll_backend *b = me->b;
-  is_worker = 1;
-  pthread_mutex_lock(&b->lock);
-  for (;;) {
-    ioq_op *op;
-    while (b->jobs.head == NULL && !b->stopping)
-      pthread_cond_wait(&b->wake, &b->lock);
-    if (b->jobs.head == NULL)
-      break;
-    op = b->jobs.head;
-    unlink_op(&b->jobs, op);
-    eop_of(op)->taken = 1;
-    me->current = op;
-    pthread_mutex_unlock(&b->lock);
-    op->res = do_blocking(b, op);
-    pthread_mutex_lock(&b->lock);
-    me->current = NULL;
-    /* Only the first finished op since the loop last looked needs to wake
-    ** it: the loop reads the eventfd, then takes the whole list. */
-    if (b->finished.head == NULL) {
-      uint64_t one = 1;
-      ssize_t w = write(b->evfd, &one, sizeof one);
-      (void)w;  /* a full counter still wakes the loop */
-    }
-    push(&b->finished, op);
-  }
-  pthread_mutex_unlock(&b->lock);
-  return NULL;
-}
-
-/*
-** Starts the workers. They block every signal but the faults a thread
-** causes itself and KICK_SIGNAL, so that a signal sent to the process
-** (SIGINT, SIGCHLD, one that ioq.signals reads...) goes to a thread of the
-** program's own; they are made with that mask, so it holds from their
-** first instruction.
-*/
-static int start_workers(epoll_backend *b) {
-  sigset_t mask, old;
-  int i;
-  pthread_once(&kick_once, install_kick);
-  b->workers = calloc(WORKERS, sizeof *b->workers);
-  if (b->workers == NULL) return -ENOMEM;
-  sigfillset(&mask);
-  sigdelset(&mask, KICK_SIGNAL);
-  sigdelset(&mask, SIGSEGV);
-  sigdelset(&mask, SIGBUS);
-  sigdelset(&mask, SIGFPE);
-  sigdelset(&mask, SIGILL);
-  sigdelset(&mask, SIGTRAP);
-  sigdelset(&mask, SIGSYS);
-  pthread_sigmask(SIG_SETMASK, &mask, &old);
-  for (i = 0; i < WORKERS; i++) {
-    b->workers[i].b = b;
-    if (pthread_create(&b->workers[i].thread, NULL, worker_main,
-                       &b->workers[i]) != 0)
-      break;
-    b->nthreads++;
-  }
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (b->nthreads == 0) {
-    free(b->workers);
-    b->workers = NULL;
-    return -EAGAIN;
-  }
-  return 0;
-}
-
-/* Hands an op to the worker pool, starting the workers on first use. */
-static int queue_job(epoll_backend *b, ioq_op *op) {
-  if (b->workers == NULL) {
-    int r = start_workers(b);
-    if (r < 0) return r;
-  }
-  pthread_mutex_lock(&b->lock);
-  eop_of(op)->state = EOP_WORKER;
-  eop_of(op)->taken = 0;
-  eop_of(op)->abort_res = 0;
-  push(&b->jobs, op);
-  pthread_cond_signal(&b->wake);
-  pthread_mutex_unlock(&b->lock);
-  return 0;
-}
-
+/* Hands an op to the worker pool (ioq_workers.c); it fails at once if no
+** worker thread could be started. */
 static void to_worker(epoll_backend *b, ioq_op *op) {
-  int r = queue_job(b, op);
+  int r;
+  eop_of(op)->state = EOP_WORKER;
+  r = ioq_workers_push(&b->pool, op);
   if (r < 0) finish(b, op, r);
-}
-
-/*
-** Interrupts the call of each worker whose op was canceled or timed out.
-** The signal may come before the call starts, and then interrupts nothing:
-** reap sends it again, less and less often, until the worker hands the op
-** back. Sent under the lock, so never to a worker that has moved on to its
-** next op (one that comes late is an EINTR the next op's call retries).
-*/
-static void kick(epoll_backend *b) {
-  int i;
-  pthread_mutex_lock(&b->lock);
-  for (i = 0; i < b->nthreads; i++) {
-    ioq_op *op = b->workers[i].current;
-    if (op != NULL && eop_of(op)->abort_res != 0)
-      pthread_kill(b->workers[i].thread, KICK_SIGNAL);
-  }
-  pthread_mutex_unlock(&b->lock);
 }
 
 /* ---------------------------------------------------------------- issuing */
@@ -662,7 +401,7 @@ static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
   for (;;) {
     if (res >= 0) {
       if (!post(b, op, res, 1)) close((int)res);  /* out of memory: drop it */
-    } else if (res == NOT_READY || !accept_goes_on((int)-res)) {
+    } else if (res == NOT_READY || !ioq_accept_goes_on((int)-res)) {
       return res;
     } else if (++skipped > 64) {
       return NOT_READY;
@@ -679,7 +418,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
   eop_of(op)->want = 0;
   eop_of(op)->blocking = 0;
   eop_of(op)->io = IO_PLAIN;
-  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
+  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && op->code != IOQ_CLOSE &&
       timer_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
     finish(b, op, -ENOMEM);
     return;
@@ -701,6 +440,16 @@ static void issue(epoll_backend *b, ioq_op *op) {
       return;
     case IOQ_FSYNC:
     case IOQ_OPEN:
+    case IOQ_CALL:
+      to_worker(b, op);
+      return;
+    case IOQ_STAT: case IOQ_UNLINK: case IOQ_RMDIR: case IOQ_MKDIR:
+    case IOQ_RENAME:
+    case IOQ_LINK: case IOQ_SYMLINK: case IOQ_READLINK: case IOQ_TRUNCATE:
+    case IOQ_ALLOCATE: case IOQ_DATASYNC: case IOQ_CLOSE: case IOQ_READV:
+    case IOQ_WRITEV: case IOQ_COPY:
+      /* The file system has no readiness to wait for: a worker does it
+      ** (vectored I/O on a pipe or socket too, which may then block it). */
       to_worker(b, op);
       return;
     case IOQ_READ:
@@ -780,6 +529,7 @@ static void run_waiters(epoll_backend *b, elist *l) {
 static int epoll_create_backend(ioq_backend **out, unsigned entries) {
   epoll_backend *b = calloc(1, sizeof *b);
   struct epoll_event ev;
+  int r;
   (void)entries;  /* no ring to size: ops wait in lists */
   if (b == NULL) return -ENOMEM;
   b->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -788,26 +538,22 @@ static int epoll_create_backend(ioq_backend **out, unsigned entries) {
     free(b);
     return -err;
   }
-  b->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (b->evfd < 0) {
-    int err = errno;
+  r = ioq_workers_init(&b->pool, ELINK);
+  if (r < 0) {
     close(b->epfd);
     free(b);
-    return -err;
+    return r;
   }
   memset(&ev, 0, sizeof ev);
   ev.events = EPOLLIN;
   ev.data.ptr = NULL;  /* NULL: the workers' eventfd */
-  if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, b->evfd, &ev) != 0) {
+  if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, b->pool.evfd, &ev) != 0) {
     int err = errno;
-    close(b->evfd);
+    ioq_workers_free(&b->pool);
     close(b->epfd);
     free(b);
     return -err;
   }
-  pthread_mutex_init(&b->lock, NULL);
-  pthread_cond_init(&b->wake, NULL);
-  b->owner = getpid();
   b->base.cls = &ioq_epoll_backend;
   /* Multishot accept is cheap to emulate here: take every connection
   ** that is there at each readiness. (IOQ_NO_MULTISHOT=1 turns it off,
@@ -820,24 +566,12 @@ static int epoll_create_backend(ioq_backend **out, unsigned entries) {
 static void epoll_destroy(ioq_backend *base) {
   epoll_backend *b = (epoll_backend *)base;
   int i;
-  /* After a fork the workers stayed in the parent: nothing to join. */
-  if (b->workers != NULL && getpid() == b->owner) {
-    pthread_mutex_lock(&b->lock);
-    b->stopping = 1;
-    pthread_cond_broadcast(&b->wake);
-    pthread_mutex_unlock(&b->lock);
-    for (i = 0; i < b->nthreads; i++)
-      pthread_join(b->workers[i].thread, NULL);
-  }
-  free(b->workers);
-  pthread_mutex_destroy(&b->lock);
-  pthread_cond_destroy(&b->wake);
+  ioq_workers_free(&b->pool);
   for (i = 0; i < b->nwatches; i++)
     free(b->watches[i]);
   free(b->watches);
   ioq_heap_free(&b->timers);
   ioq_ring_free(&b->done);
-  close(b->evfd);
   close(b->epfd);
   free(b);
 }
@@ -871,7 +605,7 @@ static int epoll_submit(ioq_backend *base) {
 
 /*
 ** Ends an op early with `res` (-ECANCELED, or -ETIMEDOUT), wherever it
-** waits. One that a worker runs is interrupted (see kick) and comes back
+** waits. One that a worker runs is interrupted (ioq_workers_abort) and comes back
 ** from the worker with `res`, or with its result if the call ended first;
 ** one that is done keeps its result.
 */
@@ -891,27 +625,10 @@ static void abort_op(epoll_backend *b, ioq_op *op, int res) {
     case EOP_TIMER:
       finish(b, op, res);
       break;
-    case EOP_WORKER: {
-      int queued, first = 0;
-      pthread_mutex_lock(&b->lock);
-      queued = !e->taken;
-      if (queued) {
-        unlink_op(&b->jobs, op);
-      } else if (e->abort_res == 0) {
-        e->abort_res = res;
-        first = 1;
-      }
-      pthread_mutex_unlock(&b->lock);
-      if (queued) {
-        finish(b, op, res);
-      } else if (first) {
-        b->interrupts++;
-        b->kick_gap = KICK_FIRST;
-        b->kick_at = ioq_now_ns() + KICK_FIRST;
-        kick(b);
-      }
+    case EOP_WORKER:
+      if (ioq_workers_abort(&b->pool, op, res))
+        finish(b, op, res);  /* no worker had taken it */
       break;
-    }
     default:
       break;
   }
@@ -940,18 +657,13 @@ static void expire(epoll_backend *b) {
 
 /* Moves what the workers finished into `done`. */
 static void collect_workers(epoll_backend *b) {
-  uint64_t count;
+  ioq_list back = {NULL, NULL, 0};
   ioq_op *op;
-  ssize_t r = read(b->evfd, &count, sizeof count);
-  (void)r;
-  pthread_mutex_lock(&b->lock);
-  while ((op = b->finished.head) != NULL) {
-    unlink_op(&b->finished, op);
-    if (eop_of(op)->abort_res != 0)
-      b->interrupts--;
+  ioq_workers_collect(&b->pool, &back);
+  while ((op = back.head) != NULL) {
+    unlink_op(&back, op);
     finish(b, op, op->res);
   }
-  pthread_mutex_unlock(&b->lock);
 }
 
 /*
@@ -970,16 +682,10 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
                       int64_t timeout_ns) {
   epoll_backend *b = (epoll_backend *)base;
   struct epoll_event evs[MAX_EVENTS];
+  int64_t kick_at;
   int i, n, k;
   epoll_submit(base);
-  if (b->interrupts > 0) {  /* keep interrupting until the workers answer */
-    int64_t now = ioq_now_ns();
-    if (now >= b->kick_at) {
-      kick(b);
-      b->kick_gap = b->kick_gap * 2 < KICK_MAX ? b->kick_gap * 2 : KICK_MAX;
-      b->kick_at = now + b->kick_gap;
-    }
-  }
+  kick_at = ioq_workers_tick(&b->pool, ioq_now_ns());
   if (b->done.n == 0) {
     int64_t wait = timeout_ns;
     struct timespec ts, *tsp = NULL;
@@ -988,8 +694,8 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }
-    if (b->interrupts > 0) {
-      int64_t until = b->kick_at - ioq_now_ns();
+    if (kick_at >= 0) {  /* interrupt the workers' calls again then */
+      int64_t until = kick_at - ioq_now_ns();
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }

@@ -13,7 +13,8 @@
 **   open, fsync        CreateFileW, FlushFileBuffers on the system thread
 **                      pool (they block), which posts the packet; so are
 **                      reads and writes on handles not opened for
-**                      overlapped I/O (Lua io files, consoles)
+**                      overlapped I/O (Lua io files, consoles), and the
+**                      binding's IOQ_CALL functions
 **   sleep, timeouts    a timer heap that bounds the port's wait; a timed
 **                      out op is canceled with CancelIoEx
 **   shutdown, UDP      done at once (they never block); reported by the
@@ -43,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ioq_blocking.h"
 #include "ioq_heap.h"
 #include "ioq_os.h"
 
@@ -76,6 +78,7 @@ typedef struct pool_job {
   rec *r;                   /* the op's record; NULL once abandoned */
   HANDLE thread;            /* the thread in the op's call, while it is */
   int started, done;
+  int aborted;              /* a cancel or a timeout came while it ran */
 } pool_job;
 
 struct rec {
@@ -442,18 +445,328 @@ static int64_t sync_transfer(rec *r) {
   return ok ? (int64_t)n : failed_transfer(op, GetLastError(), n);
 }
 
+/* ---------------------------------------------------------------- files */
+
+/* A UTF-8 path as UTF-16, in memory the caller frees; NULL with *err set
+** when it is not UTF-8 or memory is short. `slashes`: '/' becomes '\\'
+** (a symbolic link's target, which Windows reads literally). */
+static wchar_t *wide(const char *s, int slashes, int64_t *err) {
+  int n = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, s, -1, NULL, 0);
+  wchar_t *w;
+  if (n <= 0) {
+    *err = -ioq_win_errno(ERROR_INVALID_NAME);
+    return NULL;
+  }
+  if ((w = malloc((size_t)n * sizeof *w)) == NULL) {
+    *err = -ENOMEM;
+    return NULL;
+  }
+  MultiByteToWideChar(CP_UTF8, 0, s, -1, w, n);
+  if (slashes) {
+    int i;
+    for (i = 0; i < n; i++)
+      if (w[i] == L'/') w[i] = L'\\';
+  }
+  return w;
+}
+
+/* A FILETIME (100 ns since 1601) as Unix seconds and nanoseconds. */
+static struct ioq_statx_time unix_time(LARGE_INTEGER t) {
+  struct ioq_statx_time u;
+  int64_t ticks = t.QuadPart - 116444736000000000LL;
+  u.tv_sec = ticks / 10000000;
+  u.tv_nsec = (uint32_t)((ticks % 10000000 + 10000000) % 10000000) * 100;
+  if (ticks % 10000000 < 0) u.tv_sec--;
+  u.pad = 0;
+  return u;
+}
+
+/*
+** IOQ_STAT: what GetFileInformationByHandle(Ex) tell, in statx's fields.
+** The mode is made up as the C runtime's stat makes it: read for all,
+** write unless read-only, and search for directories.
+*/
+static int64_t win_stat(ioq_op *op) {
+  ioq_statx *st = op->addr;
+  BY_HANDLE_FILE_INFORMATION info;
+  FILE_BASIC_INFO basic;
+  HANDLE h = (HANDLE)op->fd;
+  int64_t err = 0;
+  unsigned type;
+  if (op->buf != NULL) {
+    wchar_t *w = wide(op->buf, 0, &err);
+    if (w == NULL)
+      return err;
+    h = CreateFileW(w, FILE_READ_ATTRIBUTES,
+                    FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                    NULL, OPEN_EXISTING, FILE_FLAG_BACKUP_SEMANTICS |
+                    ((op->flags & IOQ_NOFOLLOW) ? FILE_FLAG_OPEN_REPARSE_POINT
+                                                : 0), NULL);
+    free(w);
+    if (h == INVALID_HANDLE_VALUE)
+      return -ioq_oserr();
+  }
+  if (!GetFileInformationByHandle(h, &info))
+    err = -ioq_oserr();
+  else if (!GetFileInformationByHandleEx(h, FileBasicInfo, &basic,
+                                         sizeof basic))
+    err = -ioq_oserr();
+  if (op->buf != NULL)
+    CloseHandle(h);
+  if (err != 0)
+    return err;
+  memset(st, 0, sizeof *st);
+  type = (info.dwFileAttributes & FILE_ATTRIBUTE_DIRECTORY) ? IOQ_S_IFDIR
+       : IOQ_S_IFREG;
+  if ((info.dwFileAttributes & FILE_ATTRIBUTE_REPARSE_POINT) &&
+      (op->flags & IOQ_NOFOLLOW))
+    type = IOQ_S_IFLNK;
+  st->stx_mask = STATX_BTIME;
+  st->stx_mode = (uint16_t)(type | 0444 |
+    ((info.dwFileAttributes & FILE_ATTRIBUTE_READONLY) ? 0 : 0222) |
+    (type == IOQ_S_IFDIR ? 0111 : 0));
+  st->stx_size = ((uint64_t)info.nFileSizeHigh << 32) | info.nFileSizeLow;
+  st->stx_blocks = (st->stx_size + 511) / 512;
+  st->stx_blksize = 4096;
+  st->stx_nlink = info.nNumberOfLinks;
+  st->stx_ino = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow;
+  st->stx_dev_minor = info.dwVolumeSerialNumber;
+  st->stx_atime = unix_time(basic.LastAccessTime);
+  st->stx_mtime = unix_time(basic.LastWriteTime);
+  st->stx_ctime = unix_time(basic.ChangeTime);
+  st->stx_btime = unix_time(basic.CreationTime);
+  return 0;
+}
+
+/*
+** One read or write of `len` bytes at `off` on a file handle of either
+** kind, waited for here: a synchronous handle at its file pointer when
+** off < 0; an overlapped one through an event whose low bit keeps the
+** packet off the port (the record it would name is not this op's).
+*/
+static int64_t win_transfer(ioq_op *op, HANDLE h, int writing, void *buf,
+                            DWORD len, int64_t off) {
+  OVERLAPPED ov;
+  HANDLE ev;
+  DWORD n = 0, err;
+  BOOL ok;
+  if (off < 0 && is_synchronous(h)) {
+    ok = writing ? WriteFile(h, buf, len, &n, NULL)
+                 : ReadFile(h, buf, len, &n, NULL);
+    err = ok ? 0 : GetLastError();
+    if (!ok && !writing && (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
+      return 0;
+    return ok ? (int64_t)n : failed_transfer(op, err, n);
+  }
+  if ((ev = CreateEventW(NULL, TRUE, FALSE, NULL)) == NULL)
+    return -ioq_oserr();
+  memset(&ov, 0, sizeof ov);
+  if (off < 0 && !writing)
+    off = 0;  /* no position to read at: the start, as start_io does */
+  ov.Offset = off < 0 ? 0xffffffffu : (DWORD)off;
+  ov.OffsetHigh = off < 0 ? 0xffffffffu : (DWORD)((uint64_t)off >> 32);
+  ov.hEvent = (HANDLE)((uintptr_t)ev | 1);
+  ok = writing ? WriteFile(h, buf, len, NULL, &ov)
+               : ReadFile(h, buf, len, NULL, &ov);
+  if (ok || (err = GetLastError()) == ERROR_IO_PENDING)
+    ok = GetOverlappedResult(h, &ov, &n, TRUE);
+  err = ok ? 0 : GetLastError();
+  CloseHandle(ev);
+  if (!ok && !writing && (err == ERROR_HANDLE_EOF || err == ERROR_BROKEN_PIPE))
+    return 0;  /* the end of the file, whatever the op (a readv, a copy) */
+  return ok ? (int64_t)n : failed_transfer(op, err, n);
+}
+
+/* IOQ_READV, IOQ_WRITEV: each buffer in turn, until one moves less. */
+static int64_t win_vector(ioq_op *op) {
+  ioq_iov *iov = op->buf;
+  int64_t total = 0, off = op->offset;
+  int i;
+  for (i = 0; i < op->flags && (uint64_t)total < op->len; i++) {
+    DWORD want = (DWORD)iov[i].iov_len;
+    int64_t n;
+    if (want == 0)
+      continue;
+    n = win_transfer(op, (HANDLE)op->fd, op->code == IOQ_WRITEV,
+                     iov[i].iov_base, want, off);
+    if (n < 0)
+      return total > 0 ? total : n;
+    total += n;
+    if (off >= 0) off += n;
+    if ((DWORD)n < want)
+      break;
+  }
+  return total;
+}
+
+/* IOQ_COPY: through a bounce buffer, on the pool thread. */
+static int64_t win_copy(ioq_op *op) {
+  ioq_copyspec *c = op->addr;
+  size_t room = 256 << 10;
+  char *buf = malloc(room);
+  if (buf == NULL)
+    return -ENOMEM;
+  while (c->done < c->len) {
+    DWORD want = (DWORD)((uint64_t)(c->len - c->done) < room
+                         ? (size_t)(c->len - c->done) : room);
+    int64_t n = win_transfer(op, (HANDLE)op->fd, 0, buf, want, c->src_off);
+    int64_t put = 0;
+    if (n <= 0) {
+      if (n < 0 && c->done == 0) c->done = n;
+      break;
+    }
+    while (put < n) {
+      int64_t w = win_transfer(op, (HANDLE)c->dst, 1, buf + put,
+                               (DWORD)(n - put), c->dst_off);
+      if (w <= 0) {
+        free(buf);
+        return c->done > 0 ? c->done : (w < 0 ? w : -EIO);
+      }
+      put += w;
+      if (c->dst_off >= 0) c->dst_off += w;
+    }
+    c->done += n;
+    if (c->src_off >= 0) c->src_off += n;
+  }
+  free(buf);
+  return c->done;
+}
+
+/* Sets a file's size (FileEndOfFileInfo). */
+static int64_t set_size(HANDLE h, int64_t size) {
+  FILE_END_OF_FILE_INFO eof;
+  eof.EndOfFile.QuadPart = size;
+  return SetFileInformationByHandle(h, FileEndOfFileInfo, &eof, sizeof eof)
+         ? 0 : -ioq_oserr();
+}
+
+/* IOQ_ALLOCATE, mode 0: room for the range, the file grown to reach its
+** end. Windows has no other fallocate modes. */
+static int64_t win_allocate(ioq_op *op) {
+  LARGE_INTEGER size;
+  HANDLE h = (HANDLE)op->fd;
+  if (op->mode != 0)
+    return -EOPNOTSUPP;
+  if (!GetFileSizeEx(h, &size))
+    return -ioq_oserr();
+  if (op->offset + op->ns > size.QuadPart)
+    return set_size(h, op->offset + op->ns);
+  return 0;
+}
+
+/* A path op: the Win32 call on the UTF-16 path(s). */
+static int64_t win_path_op(ioq_op *op) {
+  int64_t err = 0;
+  wchar_t *a = wide(op->buf, op->code == IOQ_SYMLINK, &err), *b = NULL;
+  BOOL ok = FALSE;
+  if (a == NULL)
+    return err;
+  if (op->code == IOQ_RENAME || op->code == IOQ_LINK ||
+      op->code == IOQ_SYMLINK) {
+    if ((b = wide(op->addr, 0, &err)) == NULL) {
+      free(a);
+      return err;
+    }
+  }
+  switch (op->code) {
+    case IOQ_UNLINK:
+      ok = DeleteFileW(a);
+      break;
+    case IOQ_RMDIR:
+      ok = RemoveDirectoryW(a);
+      break;
+    case IOQ_MKDIR:
+      ok = CreateDirectoryW(a, NULL);
+      break;
+    case IOQ_RENAME:
+      ok = MoveFileExW(a, b, op->flags & IOQ_NOREPLACE
+                             ? 0 : MOVEFILE_REPLACE_EXISTING);
+      break;
+    case IOQ_LINK:
+      ok = CreateHardLinkW(b, a, NULL);
+      break;
+    case IOQ_SYMLINK: {
+      /* A link to a directory must say so; unprivileged where the
+      ** system allows it (developer mode). */
+      DWORD attrs = GetFileAttributesW(a), flags = 0x2;
+      if (attrs != INVALID_FILE_ATTRIBUTES &&
+          (attrs & FILE_ATTRIBUTE_DIRECTORY))
+        flags |= 0x1;
+      ok = CreateSymbolicLinkW(b, a, flags);
+      if (!ok && GetLastError() == ERROR_INVALID_PARAMETER)
+        ok = CreateSymbolicLinkW(b, a, flags & ~0x2u);  /* older systems */
+      break;
+    }
+    default:
+      break;
+  }
+  err = ok ? 0 : -ioq_oserr();
+  free(a);
+  free(b);
+  return err;
+}
+
+/* The file-system ops (IOQ_STAT and after) on a pool thread. */
+static int64_t win_fs_run(ioq_op *op) {
+  HANDLE h = (HANDLE)op->fd;
+  switch (op->code) {
+    case IOQ_STAT:
+      return win_stat(op);
+    case IOQ_UNLINK: case IOQ_RMDIR: case IOQ_MKDIR: case IOQ_RENAME:
+    case IOQ_LINK:
+    case IOQ_SYMLINK:
+      return win_path_op(op);
+    case IOQ_READLINK:
+      return -ENOSYS;  /* a reparse point's data: not done yet */
+    case IOQ_TRUNCATE:
+      return set_size(h, op->offset);
+    case IOQ_ALLOCATE:
+      return win_allocate(op);
+    case IOQ_DATASYNC:
+      return FlushFileBuffers(h) ? 0 : -ioq_oserr();
+    case IOQ_CLOSE:
+      return ioq_close(op->fd, 0);
+    case IOQ_READV: case IOQ_WRITEV:
+      return win_vector(op);
+    case IOQ_COPY:
+      return win_copy(op);
+    default:
+      return -EINVAL;
+  }
+}
+
 /* Runs the blocking part of an op and sets r->res. */
 static void run_blocking(rec *r) {
   ioq_op *op = r->op;
   DWORD err = 0;
-  if (op->code == IOQ_OPEN) {
+  if (op->code >= IOQ_STAT) {
+    r->res = win_fs_run(op);
+  } else if (op->code == IOQ_OPEN) {
     HANDLE h = open_path(op, &err);
     r->res = h == INVALID_HANDLE_VALUE ? -ioq_win_errno(err) : (int64_t)(intptr_t)h;
   } else if (op->code == IOQ_FSYNC) {
     r->res = FlushFileBuffers((HANDLE)op->fd) ? 0 : -ioq_oserr();
+  } else if (op->code == IOQ_CALL) {
+    r->res = op->call(op->buf);
   } else {
     r->res = sync_transfer(r);
   }
+}
+
+/* On a pool thread: the job whose call it runs (ioq_blocking_aborted). */
+static _Thread_local pool_job *my_job;
+
+/* A cancel or a timeout asks to end the call this thread runs: then
+** -ECANCELED (finish turns it into -ETIMEDOUT for a timeout), else 0. */
+int ioq_blocking_aborted(void) {
+  pool_job *job = my_job;
+  int aborted;
+  if (job == NULL)
+    return 0;
+  AcquireSRWLockExclusive(&job->lock);
+  aborted = job->aborted;
+  ReleaseSRWLockExclusive(&job->lock);
+  return aborted ? -ECANCELED : 0;
 }
 
 /*
@@ -482,7 +795,9 @@ static void CALLBACK pool_work(PTP_CALLBACK_INSTANCE inst, void *arg) {
   AcquireSRWLockExclusive(&job->lock);
   job->thread = self;
   ReleaseSRWLockExclusive(&job->lock);
+  my_job = job;
   run_blocking(r);
+  my_job = NULL;
   AcquireSRWLockExclusive(&job->lock);
   job->thread = NULL;
   job->done = 1;
@@ -506,8 +821,12 @@ static int pool_cancel(iocp_backend *b, rec *r) {
     job->r = NULL;
     abandon = settled = 1;
   } else {
+    /* A call (IOQ_CALL) may be in no I/O that CancelSynchronousIo could
+    ** end (a name lookup): it is told to stop, and ends when it returns. */
+    job->aborted = 1;
     settled = job->done ||
-              (job->thread != NULL && CancelSynchronousIo(job->thread));
+              (job->thread != NULL && CancelSynchronousIo(job->thread)) ||
+              r->op->code == IOQ_CALL;
   }
   ReleaseSRWLockExclusive(&job->lock);
   if (abandon) {
@@ -630,7 +949,13 @@ static int start_io(iocp_backend *b, rec *r) {
       timer_add(b, r, ioq_now_ns() + ns);
       return 0;
     }
-    case IOQ_OPEN: case IOQ_FSYNC:
+    case IOQ_OPEN: case IOQ_FSYNC: case IOQ_CALL:
+      return start_blocking(b, r);
+    case IOQ_STAT: case IOQ_UNLINK: case IOQ_RMDIR: case IOQ_MKDIR:
+    case IOQ_RENAME:
+    case IOQ_LINK: case IOQ_SYMLINK: case IOQ_READLINK: case IOQ_TRUNCATE:
+    case IOQ_ALLOCATE: case IOQ_DATASYNC: case IOQ_CLOSE: case IOQ_READV:
+    case IOQ_WRITEV: case IOQ_COPY:
       return start_blocking(b, r);
     case IOQ_SHUTDOWN:
       if (shutdown(s, op->flags) != 0)
@@ -709,7 +1034,7 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
     return err;
   }
   /* A timeout for an op that can wait: cancel it when the time is up. */
-  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP &&
+  if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && op->code != IOQ_CLOSE &&
       (r->kind == K_IO || r->kind == K_POOL))
     timer_add(b, r, ioq_now_ns() + op->timeout_ns);
   b->started++;

@@ -14,6 +14,13 @@
 ** the op, which also interrupts a worker, and the op ends with ETIMEDOUT.
 ** Every op then takes exactly one SQE, however small the ring.
 **
+** What the ring cannot do (IOQ_CALL, and any op whose kernel opcode the
+** probe does not list) goes to a pool of worker threads (ioq_workers.c),
+** started on first use. A poll on the pool's eventfd, with its own
+** user_data, wakes the ring's wait when a worker finishes; reap then hands
+** the finished ops out with the CQEs. A pool op's cancel or timeout goes
+** to the pool, which ends it before it starts or interrupts its call.
+**
 ** A forked child shares the ring (and its registrations) with its parent:
 ** the child must never submit, cancel, register or unregister anything,
 ** so every entry point refuses to run there (EPERM), and destroy only lets
@@ -25,6 +32,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <poll.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -35,7 +43,9 @@
 #include <liburing.h>
 
 #include "ioq_heap.h"
+#include "ioq_list.h"
 #include "ioq_os.h"
+#include "ioq_workers.h"
 
 /* The pool: provided buffers in a ring the kernel takes them from. */
 typedef struct uring_pool {
@@ -53,13 +63,31 @@ typedef struct uring_backend {
   pid_t pid;               /* the process that made the ring */
   unsigned long forks;     /* the fork count when pid was last checked */
   ioq_heap timed;          /* ops with a timeout, through op->be.timeout */
+  unsigned char native[IOQ_NOPCODES];  /* the ring does it (else: the pool) */
+  ioq_workers workers;     /* evfd -1 until the first pool op */
+  int work_live;           /* ops on the pool, not yet reported */
+  int work_polling;        /* the poll on the pool's eventfd is armed */
+  ioq_list work_done;      /* back from the pool, to report */
 } uring_backend;
+
+/* IORING_OP_FTRUNCATE (Linux 6.9), newer than liburing 2.3's headers. */
+#define OP_FTRUNCATE 55
 
 /* The buffer group of the pool (a ring has at most one pool here). */
 #define POOL_GROUP 0
 
 /* user_data of SQEs whose completions nobody waits for. */
 #define INTERNAL_TAG ((uint64_t)0)
+
+/* user_data of the poll on the worker pool's eventfd (never an op's
+** address: ops are aligned). */
+#define WORK_TAG ((uint64_t)1)
+
+/* A pool op keeps its ioq_job in its private space (which the ring's own
+** ops use for timespecs and msghdrs, never the pool's). */
+#define WORK_LINK offsetof(ioq_op, be.op)
+_Static_assert(sizeof(ioq_job) <= sizeof(((ioq_op *)0)->be.op),
+               "an op's private space holds its ioq_job");
 
 /* Largest batch of CQEs looked at in one go. */
 #define CQE_BATCH 256
@@ -177,6 +205,81 @@ static struct io_uring_sqe *get_sqe(uring_backend *u) {
   return sqe;
 }
 
+/* ---------------------------------------------------------------- workers */
+
+/*
+** Arms the poll that wakes the ring's wait when a worker finishes. With
+** no room for it now, reap looks at the pool on each call until it is.
+*/
+static void work_arm(uring_backend *u) {
+  struct io_uring_sqe *sqe;
+  if (u->work_polling || u->work_live == 0)
+    return;
+  if ((sqe = get_sqe(u)) == NULL)
+    return;
+  io_uring_prep_poll_add(sqe, u->workers.evfd, POLLIN);
+  io_uring_sqe_set_data64(sqe, WORK_TAG);
+  u->work_polling = 1;
+}
+
+/* An op off the pool, to be reported by reap with `res`. */
+static void work_back(uring_backend *u, ioq_op *op, int64_t res) {
+  op->res = res;
+  ioq_list_push(&u->work_done, op, WORK_LINK);
+}
+
+/* Gives the op to a worker, starting the pool on first use. */
+static int work_start(uring_backend *u, ioq_op *op) {
+  int r;
+  if (u->workers.evfd < 0 &&
+      (r = ioq_workers_init(&u->workers, WORK_LINK)) < 0)
+    return r;
+  op->be.timeout.slot = 0;
+  op->be.timeout.deadline = TIMER_NONE;
+  if (op->timeout_ns > 0 && op->code != IOQ_CLOSE &&
+      timer_add(u, op, ioq_now_ns() + op->timeout_ns) < 0)
+    return -ENOMEM;
+  if ((r = ioq_workers_push(&u->workers, op)) < 0) {
+    if (timer_armed(op))
+      timer_remove(u, op, TIMER_NONE);
+    return r;
+  }
+  u->work_live++;
+  work_arm(u);
+  return 0;
+}
+
+/* A cancel or a timeout of a pool op: it ends now if no worker had it,
+** else its call is interrupted and it comes back from the worker. */
+static void work_abort(uring_backend *u, ioq_op *op, int res) {
+  if (ioq_workers_abort(&u->workers, op, res))
+    work_back(u, op, res);
+}
+
+/* Takes what the workers have finished, and arms the poll again. */
+static void work_collect(uring_backend *u) {
+  ioq_workers_collect(&u->workers, &u->work_done);
+  work_arm(u);
+}
+
+/* Reports up to `max` ops back from the pool. */
+static int work_report(uring_backend *u, ioq_event *ev, int max) {
+  ioq_op *op;
+  int k = 0;
+  while (k < max && (op = u->work_done.head) != NULL) {
+    ioq_list_remove(&u->work_done, op, WORK_LINK);
+    u->work_live--;
+    if (timer_armed(op))
+      timer_remove(u, op, TIMER_NONE);
+    ev[k].op = op;
+    ev[k].res = op->res;
+    ev[k].buf = -1;
+    ev[k].more = 0;
+    k++;
+  }
+  return k;
+}
+
 /*
 ** Asks the kernel to cancel every op whose deadline has passed. A cancel
 ** that finds no room in the ring is tried again soon after.
@@ -187,7 +290,13 @@ static void fire_timers(uring_backend *u) {
   ioq_heap_node *next;
   while ((next = ioq_heap_top(&u->timed)) != NULL && next->deadline <= now) {
     ioq_op *op = timed_op(next);
-    struct io_uring_sqe *sqe = get_sqe(u);
+    struct io_uring_sqe *sqe;
+    if (!u->native[op->code]) {
+      timer_remove(u, op, TIMER_FIRED);
+      work_abort(u, op, -ETIMEDOUT);
+      continue;
+    }
+    sqe = get_sqe(u);
     if (sqe == NULL) {
       ioq_heap_update(&u->timed, next, now + TIMER_RETRY_NS);
       break;
@@ -247,18 +356,58 @@ static const unsigned char required_ops[] = {
   IORING_OP_SHUTDOWN, IORING_OP_ASYNC_CANCEL,
 };
 
-static int has_required(struct io_uring *ring, unsigned features) {
+/*
+** The kernel opcode of each ioq op, or -1 for none (the pool does it).
+** An op whose opcode the probe does not list goes to the pool too.
+*/
+static int ring_opcode(int code) {
+  switch (code) {
+    case IOQ_NOP: return IORING_OP_NOP;
+    case IOQ_READ: return IORING_OP_READ;
+    case IOQ_WRITE: return IORING_OP_WRITE;
+    case IOQ_FSYNC: return IORING_OP_FSYNC;
+    case IOQ_OPEN: return IORING_OP_OPENAT;
+    case IOQ_SLEEP: return IORING_OP_TIMEOUT;
+    case IOQ_ACCEPT: return IORING_OP_ACCEPT;
+    case IOQ_CONNECT: return IORING_OP_CONNECT;
+    case IOQ_RECV: return IORING_OP_RECV;
+    case IOQ_SEND: return IORING_OP_SEND;
+    case IOQ_RECVFROM: return IORING_OP_RECVMSG;
+    case IOQ_SENDTO: return IORING_OP_SENDMSG;
+    case IOQ_SHUTDOWN: return IORING_OP_SHUTDOWN;
+    case IOQ_STAT: return IORING_OP_STATX;
+    case IOQ_UNLINK: return IORING_OP_UNLINKAT;
+    case IOQ_RMDIR: return IORING_OP_UNLINKAT;
+    case IOQ_MKDIR: return IORING_OP_MKDIRAT;
+    case IOQ_RENAME: return IORING_OP_RENAMEAT;
+    case IOQ_LINK: return IORING_OP_LINKAT;
+    case IOQ_SYMLINK: return IORING_OP_SYMLINKAT;
+    case IOQ_TRUNCATE: return OP_FTRUNCATE;
+    case IOQ_ALLOCATE: return IORING_OP_FALLOCATE;
+    case IOQ_DATASYNC: return IORING_OP_FSYNC;
+    case IOQ_CLOSE: return IORING_OP_CLOSE;
+    case IOQ_READV: return IORING_OP_READV;
+    case IOQ_WRITEV: return IORING_OP_WRITEV;
+    default: return -1;  /* IOQ_CALL, IOQ_READLINK, IOQ_COPY: no opcode */
+  }
+}
+
+static int has_required(uring_backend *u) {
   struct io_uring_probe *probe;
   size_t i;
-  int ok = 1;
-  if (!(features & IORING_FEAT_EXT_ARG) || !(features & IORING_FEAT_NODROP))
+  int ok = 1, code;
+  if (!(u->features & IORING_FEAT_EXT_ARG) ||
+      !(u->features & IORING_FEAT_NODROP))
     return 0;
-  probe = io_uring_get_probe_ring(ring);
+  probe = io_uring_get_probe_ring(&u->ring);
   if (probe == NULL)
     return 0;
   for (i = 0; i < sizeof required_ops; i++)
     if (!io_uring_opcode_supported(probe, required_ops[i]))
       ok = 0;
+  for (code = 0; code < IOQ_NOPCODES; code++)
+    u->native[code] = ring_opcode(code) >= 0 &&
+                      io_uring_opcode_supported(probe, ring_opcode(code));
   io_uring_free_probe(probe);
   return ok;
 }
@@ -391,7 +540,7 @@ static int uring_create(ioq_backend **out, unsigned entries) {
     if (r != -EINVAL)
       break;
   }
-  if (r == 0 && !has_required(&u->ring, u->features)) {
+  if (r == 0 && !has_required(u)) {
     io_uring_queue_exit(&u->ring);
     r = -ENOSYS;
   }
@@ -401,6 +550,7 @@ static int uring_create(ioq_backend **out, unsigned entries) {
   }
   u->pid = getpid();
   u->forks = forks;
+  u->workers.evfd = -1;
   /* IOQ_NO_MULTISHOT=1 turns both off, to test what runs without them. */
   if (getenv("IOQ_NO_MULTISHOT") == NULL) {
     pthread_once(&probe_once, probe_caps);
@@ -429,6 +579,7 @@ static void uring_destroy(ioq_backend *b) {
     ioq_pool_unref(&p->base);
   }
   io_uring_queue_exit(&u->ring);
+  ioq_workers_free(&u->workers);  /* every op on it has been reaped */
   ioq_heap_free(&u->timed);
   free(u);
 }
@@ -521,11 +672,13 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
     return -EPERM;
   if (op->code >= IOQ_NOPCODES)
     return -EINVAL;
+  if (!u->native[op->code])
+    return work_start(u, op);
   if (io_uring_sq_space_left(&u->ring) < 1)
     return -EAGAIN;
   op->be.timeout.slot = 0;
   op->be.timeout.deadline = TIMER_NONE;
-  if (op->timeout_ns > 0 &&
+  if (op->timeout_ns > 0 && op->code != IOQ_CLOSE &&
       timer_add(u, op, ioq_now_ns() + op->timeout_ns) < 0)
     return -ENOMEM;
   sqe = io_uring_get_sqe(&u->ring);
@@ -583,6 +736,56 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
     case IOQ_SHUTDOWN:
       io_uring_prep_shutdown(sqe, op->fd, op->flags);
       break;
+    case IOQ_STAT:
+      io_uring_prep_statx(sqe, op->buf ? AT_FDCWD : op->fd,
+                          op->buf ? op->buf : "",
+                          ((op->flags & IOQ_NOFOLLOW) ? AT_SYMLINK_NOFOLLOW
+                                                      : 0) |
+                          (op->buf ? 0 : AT_EMPTY_PATH),
+                          STATX_BASIC_STATS | STATX_BTIME, op->addr);
+      break;
+    case IOQ_UNLINK:
+      io_uring_prep_unlinkat(sqe, AT_FDCWD, op->buf, 0);
+      break;
+    case IOQ_RMDIR:
+      io_uring_prep_unlinkat(sqe, AT_FDCWD, op->buf, AT_REMOVEDIR);
+      break;
+    case IOQ_MKDIR:
+      io_uring_prep_mkdirat(sqe, AT_FDCWD, op->buf, (mode_t)op->mode);
+      break;
+    case IOQ_RENAME:
+      io_uring_prep_renameat(sqe, AT_FDCWD, op->buf, AT_FDCWD, op->addr,
+                             op->flags & IOQ_NOREPLACE ? RENAME_NOREPLACE : 0);
+      break;
+    case IOQ_LINK:
+      io_uring_prep_linkat(sqe, AT_FDCWD, op->buf, AT_FDCWD, op->addr, 0);
+      break;
+    case IOQ_SYMLINK:
+      io_uring_prep_symlinkat(sqe, op->buf, AT_FDCWD, op->addr);
+      break;
+    case IOQ_TRUNCATE:
+      /* liburing 2.3 has no helper: as io_uring_prep_ftruncate fills it,
+      ** the new size in `off`, and everything else zero. */
+      io_uring_prep_rw(OP_FTRUNCATE, sqe, op->fd, NULL, 0,
+                       (uint64_t)op->offset);
+      break;
+    case IOQ_ALLOCATE:
+      io_uring_prep_fallocate(sqe, op->fd, op->mode, op->offset, op->ns);
+      break;
+    case IOQ_DATASYNC:
+      io_uring_prep_fsync(sqe, op->fd, IORING_FSYNC_DATASYNC);
+      break;
+    case IOQ_CLOSE:
+      io_uring_prep_close(sqe, op->fd);
+      break;
+    case IOQ_READV:
+      io_uring_prep_readv(sqe, op->fd, op->buf, (unsigned)op->flags,
+                          (uint64_t)op->offset);
+      break;
+    case IOQ_WRITEV:
+      io_uring_prep_writev(sqe, op->fd, op->buf, (unsigned)op->flags,
+                           (uint64_t)op->offset);
+      break;
     default:  /* not reached: checked above */
       io_uring_prep_nop(sqe);
       break;
@@ -610,6 +813,10 @@ static int uring_cancel(ioq_backend *b, ioq_op *op) {
   struct io_uring_sqe *sqe;
   if (forked(u))
     return -EPERM;
+  if (!u->native[op->code]) {
+    work_abort(u, op, -ECANCELED);
+    return 0;
+  }
   sqe = io_uring_get_sqe(&u->ring);
   if (sqe == NULL) {
     int r = io_uring_submit(&u->ring);
@@ -677,6 +884,10 @@ static int collect(uring_backend *u, ioq_event *ev, int max) {
     ioq_op *op;
     if (tag == INTERNAL_TAG || tag == LIBURING_UDATA_TIMEOUT)
       continue;
+    if (tag == WORK_TAG) {  /* a worker finished: reap collects */
+      u->work_polling = 0;
+      continue;
+    }
     op = (ioq_op *)(uintptr_t)tag;
     ev[k].op = op;
     ev[k].res = op_result(op, cqes[i]->res);
@@ -717,6 +928,15 @@ static int uring_reap(ioq_backend *b, ioq_event *done, int max,
     if (timeout_ns < 0 || until < timeout_ns)
       timeout_ns = until;
   }
+  if (u->work_live > 0) {
+    int64_t now = ioq_now_ns(), kick_at = ioq_workers_tick(&u->workers, now);
+    if (kick_at >= 0 && (timeout_ns < 0 || kick_at - now < timeout_ns))
+      timeout_ns = kick_at > now ? kick_at - now : 0;
+    if (!u->work_polling)
+      work_collect(u);
+    if (u->work_done.head != NULL)
+      timeout_ns = 0;
+  }
   if (io_uring_cq_ready(&u->ring) > 0) {
     if (io_uring_sq_ready(&u->ring) > 0) {
       r = io_uring_submit(&u->ring);
@@ -739,6 +959,11 @@ static int uring_reap(ioq_backend *b, ioq_event *done, int max,
   r = collect(u, done, max);
   if (u->timed.n > 0)
     fire_timers(u);
+  if (u->work_live > 0) {
+    if (!u->work_polling)
+      work_collect(u);
+    r += work_report(u, done + r, max - r);
+  }
   return r;
 }
 
@@ -761,6 +986,8 @@ static int uring_features(ioq_backend *b, const char **names, int max) {
     names[n++] = "multishot_accept";
   if ((b->caps & IOQ_CAP_POOL) && n < max)
     names[n++] = "provided_buffers";
+  if (n < max)
+    names[n++] = "workers";
   return n;
 }
 

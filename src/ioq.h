@@ -36,6 +36,28 @@ typedef enum ioq_opcode {
   IOQ_RECVFROM, /* fd, buf, len; the sender's address lands in addr/addrlen */
   IOQ_SENDTO,   /* fd, buf, len, addr, addrlen */
   IOQ_SHUTDOWN, /* fd, flags (SHUT_RD, SHUT_WR, SHUT_RDWR) */
+  IOQ_CALL,     /* call, buf: res = call(buf), run on a worker thread (see
+                   below); for blocking work no kernel op does */
+  /* The file system (paths are NUL-terminated UTF-8 on Windows). */
+  IOQ_STAT,     /* buf: path, or NULL for fd's own file; flags: IOQ_NOFOLLOW
+                   (lstat); addr: the ioq_statx the op fills */
+  IOQ_UNLINK,   /* buf: path (not a directory) */
+  IOQ_RMDIR,    /* buf: path of an empty directory */
+  IOQ_MKDIR,    /* buf: path, mode */
+  IOQ_RENAME,   /* buf: old path, addr: new path; flags: IOQ_NOREPLACE */
+  IOQ_LINK,     /* buf: existing path, addr: new path (a hard link) */
+  IOQ_SYMLINK,  /* buf: target, addr: path of the new link */
+  IOQ_READLINK, /* buf: path, addr: room for len bytes; res: bytes stored */
+  IOQ_TRUNCATE, /* fd; offset: the new size */
+  IOQ_ALLOCATE, /* fd, offset, ns: the length, mode: FALLOC_FL_* flags */
+  IOQ_DATASYNC, /* fd: its data (not all metadata) to stable storage */
+  IOQ_CLOSE,    /* fd: closed when the op ends, whatever it reports;
+                   backends arm no timeout for it (see lioq_fs.c) */
+  IOQ_READV,    /* fd, buf: an array of `flags` ioq_iov, len: their total
+                   bytes (at most IOQ_MAX_RW), offset (-1: current) */
+  IOQ_WRITEV,   /* the same, for a write */
+  IOQ_COPY,     /* fd: the source; addr: an ioq_copyspec; res: bytes
+                   copied (fewer at the end of the source) */
   IOQ_NOPCODES
 } ioq_opcode;
 
@@ -49,6 +71,51 @@ typedef intptr_t ioq_fd;
 typedef int ioq_fd;
 #endif
 #define IOQ_NOFD ((ioq_fd)-1)
+
+/* IOQ_STAT, IOQ_RENAME flags. */
+#define IOQ_NOFOLLOW  1   /* stat the link itself (lstat) */
+#define IOQ_NOREPLACE 1   /* rename fails with EEXIST if the target exists */
+
+/*
+** What IOQ_STAT fills: Linux's struct statx, so that io_uring's statx
+** writes it directly; on Windows the same fields, which the iocp backend
+** fills from GetFileInformationByHandle (mode holds the type bits below).
+*/
+#ifdef _WIN32
+struct ioq_statx_time { int64_t tv_sec; uint32_t tv_nsec; int32_t pad; };
+typedef struct ioq_statx {
+  uint32_t stx_mask, stx_blksize;
+  uint64_t stx_attributes;
+  uint32_t stx_nlink, stx_uid, stx_gid;
+  uint16_t stx_mode;
+  uint64_t stx_ino, stx_size, stx_blocks;
+  struct ioq_statx_time stx_atime, stx_btime, stx_ctime, stx_mtime;
+  uint32_t stx_rdev_major, stx_rdev_minor, stx_dev_major, stx_dev_minor;
+} ioq_statx;
+#define IOQ_S_IFMT  0170000
+#define IOQ_S_IFDIR 0040000
+#define IOQ_S_IFREG 0100000
+#define IOQ_S_IFLNK 0120000
+#define STATX_BTIME 0x800u
+/* A vector entry, laid out as POSIX's struct iovec. */
+typedef struct ioq_iov { void *iov_base; size_t iov_len; } ioq_iov;
+#else
+#include <sys/stat.h>
+#include <sys/uio.h>
+typedef struct statx ioq_statx;
+typedef struct iovec ioq_iov;
+#endif
+
+/* IOQ_COPY's other half: the copy moves len bytes from the op's fd at
+** src_off to dst at dst_off (-1: the descriptor's position). */
+typedef struct ioq_copyspec {
+  ioq_fd dst;              /* owned by the op: a duplicate it closes */
+  int64_t src_off, dst_off;
+  int64_t len;
+  int64_t done;            /* the runner's: bytes copied so far (it may
+                              be interrupted, and go on where it was) */
+  int how;                 /* the runner's: which way it copies */
+} ioq_copyspec;
 
 /* Largest byte count one read or write asks for (Linux's MAX_RW_COUNT). */
 #define IOQ_MAX_RW 0x7ffff000u
@@ -79,6 +146,15 @@ struct ioq_op {
                                (the backend arms it at `start`) */
   void *addr;               /* a struct sockaddr_storage, for socket ops */
   uint32_t addrlen;         /* its length in use (in and out) */
+  /* IOQ_CALL: the blocking work, called with op->buf on a worker thread
+  ** (the epoll and io_uring backends' pool, IOCP's system thread pool).
+  ** Returns >= 0 or -errno, and must touch nothing another thread uses
+  ** (no Lua). A cancel or a timeout interrupts a system call it is in
+  ** (EINTR) or, before it starts, ends the op without it; a function may
+  ** also ask ioq_blocking_aborted() (ioq_blocking.h) between steps. When
+  ** it returns -EINTR and no cancel or timeout asked for that, it is
+  ** called again, as a system call restarts. */
+  int64_t (*call)(void *ctx);
 
   /* The outcome: set by the backend before `reap` returns the op. */
   int64_t res;              /* >= 0 on success, else -errno */

@@ -113,6 +113,8 @@ typedef struct lioq_file {
   int64_t pos;           /* the position, where the object keeps it */
   lioq_oplink *ops;      /* the ops pending on it */
   ioq_fd closing;        /* closed by Lua, to be closed when ops is empty */
+  void *close_op;        /* a q:close_file handle waiting for ops to end,
+                            which then closes `closing` (lioq_fs.c) */
 } lioq_file;
 
 /* Sockets are the lioq_files with an address family. */
@@ -130,6 +132,9 @@ lioq_file *lioq_checkopen(lua_State *L, int arg, int tag);
 ioq_fd lioq_tofd(lua_State *L, int idx);
 int lioq_closefd(lua_State *L, lioq_file *f);
 void lioq_dropfd(lioq_file *f);
+
+/* lioq_fs.c */
+void lioq_fs_unpark(lioq_file *f);
 
 /* lioq_signal.c */
 int lioq_signalfd(lua_State *L);

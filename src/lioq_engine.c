@@ -50,7 +50,9 @@
 
 const char *const lioq_op_names[IOQ_NOPCODES] = {
   "nop", "read", "write", "fsync", "open", "sleep", "accept", "connect",
-  "recv", "send", "recvfrom", "sendto", "shutdown"
+  "recv", "send", "recvfrom", "sendto", "shutdown", "call",
+  "stat", "unlink", "rmdir", "mkdir", "rename", "link", "symlink", "readlink",
+  "truncate", "allocate", "datasync", "close", "readv", "writev", "copy"
 };
 
 /* ---------------------------------------------------------------- items */
@@ -114,6 +116,7 @@ static void drop_cancel(lhandle *h) {
 ** no Lua state, so queue destruction in __gc can use it.
 */
 static void settle(lhandle *h, int from_gc) {
+  int started = h->state == ST_INFLIGHT;  /* the backend took it */
   h->state = ST_DONE;
   if (h->cancel_queued)
     drop_cancel(h);
@@ -134,6 +137,8 @@ static void settle(lhandle *h, int from_gc) {
     }
     h->file_out = NULL;
   }
+  if (h->op.code >= IOQ_STAT)  /* what a file-system op holds (lioq_fs.c) */
+    lioq_fs_settle(h, started, from_gc);
   if (h->pos_file != NULL) {  /* fewer bytes moved than use_position took */
     lioq_file *f = h->pos_file;
     int64_t moved = h->op.res > 0 ? h->op.res : 0;
@@ -448,7 +453,8 @@ int lioq_pump(lua_State *L, lqueue *q, int qidx, int64_t timeout_ns,
 int lioq_is_output(const ioq_op *op) {
   switch (op->code) {
     case IOQ_WRITE: case IOQ_SEND: case IOQ_SENDTO: case IOQ_FSYNC:
-    case IOQ_SHUTDOWN:
+    case IOQ_SHUTDOWN: case IOQ_WRITEV: case IOQ_TRUNCATE: case IOQ_ALLOCATE:
+    case IOQ_DATASYNC: case IOQ_CLOSE: case IOQ_COPY:
       return !op->multishot;
     default:
       return 0;

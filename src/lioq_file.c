@@ -35,6 +35,7 @@ void lioq_file_init(lioq_file *f, int family, int type) {
   f->pos = 0;
   f->ops = NULL;
   f->closing = IOQ_NOFD;
+  f->close_op = NULL;
 }
 
 /*
@@ -42,6 +43,8 @@ void lioq_file_init(lioq_file *f, int family, int type) {
 ** it happens now.
 */
 void lioq_file_release(lioq_file *f) {
+  if (f->ops == NULL && f->close_op != NULL)
+    lioq_fs_unpark(f);  /* a close through the queue does it */
   if (f->ops == NULL && f->closing != IOQ_NOFD) {
     ioq_close(f->closing, lioq_is_socket(f));
     f->closing = IOQ_NOFD;

@@ -47,6 +47,8 @@ static int push_result(lua_State *L, lhandle *h) {
       lua_getiuservalue(L, 1, HVAL_RESULT);
       return 1;
     default:
+      if (h->op.code >= IOQ_STAT)
+        return lioq_fs_push_result(L, h);
       lua_pushboolean(L, 1);
       return 1;
   }

@@ -57,19 +57,16 @@ static void lioq_reserve_slot(lua_State *L, lqueue *q) {
 ** An argument error raised in step 2 leaves an unanchored, never-pending
 ** handle behind for the collector, and nothing else.
 */
-static lhandle *newop(lua_State *L, int code, size_t extra, int family,
-                      int type) {
-  /* How many arguments each op takes, the queue included: the handle is
-  ** pushed above them, where an absent optional argument reads as nil. */
-  static const int nargs[IOQ_NOPCODES] = {
-    1, 5, 5, 2, 4, 2, 2, 4, 4, 4, 4, 5, 3
-  };
+static lhandle *newop_at(lua_State *L, int code, int nargs, size_t extra,
+                         int family, int type) {
   lqueue *q = lioq_checkqueue(L);
-  /* Only the user values the op needs (reading a missing one gives nil). */
+  /* Only the user values the op needs (reading a missing one gives nil);
+  ** the file-system ops keep a second path or object in HVAL_RESULT. */
   int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? HVAL_QUEUE
-          : (code == IOQ_OPEN || code == IOQ_ACCEPT) ? HVAL_RESULT : HVAL_FD;
+          : (code == IOQ_OPEN || code == IOQ_ACCEPT || code >= IOQ_CALL)
+          ? HVAL_RESULT : HVAL_FD;  /* fs ops: a second path or object */
   lhandle *h;
-  lua_settop(L, nargs[code]);
+  lua_settop(L, nargs);
   h = lua_newuserdatauv(L, sizeof *h + extra, nuv);
   memset(h, 0, sizeof *h + extra);
   if (extra > 0)
@@ -91,6 +88,16 @@ static lhandle *newop(lua_State *L, int code, size_t extra, int family,
   luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
   lioq_reserve_slot(L, q);
   return h;
+}
+
+static lhandle *newop(lua_State *L, int code, size_t extra, int family,
+                      int type) {
+  /* How many arguments each op takes, the queue included: the handle is
+  ** pushed above them, where an absent optional argument reads as nil. */
+  static const int nargs[IOQ_NOPCODES] = {
+    1, 5, 5, 2, 4, 2, 2, 4, 4, 4, 4, 5, 3, 1
+  };
+  return newop_at(L, code, nargs[code], extra, family, type);
 }
 
 /*
@@ -124,7 +131,8 @@ static void lioq_enqueue(lua_State *L, lhandle *h, lioq_block *block, int fidx) 
   }
   if (fidx != 0) {
     link_file(L, h, fidx);
-    if (h->op.code == IOQ_READ || h->op.code == IOQ_WRITE)
+    if (h->op.code == IOQ_READ || h->op.code == IOQ_WRITE ||
+        h->op.code == IOQ_READV || h->op.code == IOQ_WRITEV)
       use_position(L, q, h, fidx);
   }
   h->state = ST_UNSENT;
@@ -550,7 +558,7 @@ int lioq_handle_resubmit(lua_State *L) {
   luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
   luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
                    code != IOQ_CONNECT && code != IOQ_SHUTDOWN &&
-                   !h->op.multishot, 1,
+                   code < IOQ_CALL && !h->op.multishot, 1,
                 "only data transfers, fsync, nop and sleep can be resubmitted");
   /* One that failed before it started never had its op filled in. */
   luaL_argcheck(L, !h->has_msg, 1, "the op never started: make a new one");
@@ -586,6 +594,24 @@ int lioq_handle_resubmit(lua_State *L) {
   h->op.cancel_requested = 0;
   lioq_enqueue(L, h, b, 4);
   return 1;
+}
+
+/*
+** The steps above for op constructors in other files (lioq_call.c...):
+** lioq_newop leaves the queue's first `nargs` arguments and the new
+** handle on top; lioq_commit and lioq_commit_failed as commit and
+** commit_failed.
+*/
+lhandle *lioq_newop(lua_State *L, int code, int nargs, size_t extra) {
+  return newop_at(L, code, nargs, extra, 0, 0);
+}
+
+void lioq_commit(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
+  commit(L, h, block, fidx);
+}
+
+int lioq_commit_failed(lua_State *L, lhandle *h, int msgidx, int err) {
+  return commit_failed(L, h, msgidx, err);
 }
 
 const luaL_Reg lioq_op_methods[] = {

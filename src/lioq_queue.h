@@ -165,6 +165,16 @@ static inline size_t lioq_pending(const lqueue *q) {
 
 extern const luaL_Reg lioq_op_methods[];
 int lioq_handle_resubmit(lua_State *L);
+lhandle *lioq_newop(lua_State *L, int code, int nargs, size_t extra);
+void lioq_commit(lua_State *L, lhandle *h, lioq_block *block, int fidx);
+int lioq_commit_failed(lua_State *L, lhandle *h, int msgidx, int err);
+
+/* ---------------------------------------------------------------- fs */
+
+/* lioq_fs.c: the file-system ops (IOQ_STAT and after). */
+extern const luaL_Reg lioq_fs_methods[];
+void lioq_fs_settle(lhandle *h, int started, int from_gc);
+int lioq_fs_push_result(lua_State *L, lhandle *h);
 
 /* ---------------------------------------------------------------- handle */
 
