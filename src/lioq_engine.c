@@ -74,8 +74,13 @@ static void item_drop(lhandle *h, int64_t res, int32_t buf) {
     ioq_close((ioq_fd)res, 1);
 }
 
-/* Drops every item nobody will take, and the item array. */
+/* Drops every item nobody will take, and the item array; and the pool
+** buffer of a pooled receive nobody asked the result of. */
 void lioq_items_free(lhandle *h) {
+  if (h->pooled && h->pooled_buf >= 0) {
+    ioq_pool_release(h->pool, h->pooled_buf);
+    h->pooled_buf = -1;
+  }
   while (h->items.n > 0) {
     lioq_item *it = ioq_ring_shift(&h->items, sizeof *it);
     item_drop(h, it->res, it->buf);
@@ -118,7 +123,7 @@ static void settle(lhandle *h, int from_gc) {
   if (h->cancel_queued)
     drop_cancel(h);
   unlink_file(h);
-  if (from_gc && h->items.v != NULL)  /* nobody can take them any more */
+  if (from_gc && (h->items.v != NULL || h->pooled))  /* nobody can take them */
     lioq_items_free(h);
   if (h->block != NULL) {
     h->block->busy = 0;
@@ -285,7 +290,25 @@ static int apply(lqueue *q, const ioq_event *ev, int from_gc) {
   ioq_op *op = ev->op;
   int news = 0;
   if (!op->multishot) {
+    if (op->use_pool && ev->res == -ENOBUFS && !op->cancel_requested &&
+        !q->closing) {
+      /* Data came and the pool was empty: wait for a buffer, as a
+      ** multishot receive does, rather than fail. */
+      q->starvations++;
+      h->state = ST_STARVED;
+      list_push(&q->starved, op);
+      return ACT_NONE;
+    }
     op->res = ev->res;
+    if (h->pooled && h->block != NULL && ev->res >= 0 &&
+        (uint64_t)ev->res < h->block->size)
+      h->block->size = (size_t)ev->res;  /* no pool: its own buffer, cut */
+    if (ev->buf >= 0) {  /* a pooled receive: the bytes are in ev->buf */
+      if (ev->res > 0 && h->pooled)
+        h->pooled_buf = ev->buf;
+      else
+        ioq_pool_release(h->pool, ev->buf);
+    }
     settle(h, from_gc);
     return ACT_DONE;
   }

@@ -14,6 +14,34 @@ static lhandle *checkhandle(lua_State *L) {
   return lioq_checkudata(L, 1, TAG_HANDLE);
 }
 
+/*
+** The outcome of a pooled receive (handle at 1): n and a buffer of those
+** n bytes, or 0 alone at the end of the stream. The first call makes the
+** buffer, a view of the pool buffer the bytes landed in, and keeps it in
+** the handle for the calls after it (where the queue has no pool, the
+** op's own buffer is there already, cut to n bytes by the engine).
+*/
+static int push_pooled(lua_State *L, lhandle *h) {
+  lua_Integer n = (lua_Integer)h->op.res;
+  lua_pushinteger(L, n);
+  if (n == 0)
+    return 1;
+  if (h->pooled_buf >= 0) {
+    /* The object first (a finalizer may run), then the pool buffer. */
+    void *view = lioq_buffer_push_view(L);
+    if (h->pooled_buf >= 0) {
+      if (!lioq_buffer_set_view(view, h->pool, h->pooled_buf, (size_t)n))
+        return luaL_error(L, "not enough memory");
+      h->pooled_buf = -1;
+      lua_setiuservalue(L, 1, HVAL_DATA);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_getiuservalue(L, 1, HVAL_DATA);
+  return 2;
+}
+
 /* Pushes the handle's outcome: its value, or fail, msg, errno. */
 static int push_result(lua_State *L, lhandle *h) {
   int64_t res = h->op.res;
@@ -32,9 +60,12 @@ static int push_result(lua_State *L, lhandle *h) {
     return 3;
   }
   switch (h->op.code) {
+    case IOQ_RECV:
+      if (h->pooled)
+        return push_pooled(L, h);
+      /* fall through */
     case IOQ_READ:
     case IOQ_WRITE:
-    case IOQ_RECV:
     case IOQ_SEND:
     case IOQ_SENDTO:
       lua_pushinteger(L, (lua_Integer)res);

@@ -513,25 +513,73 @@ static int queue_accept_multi(lua_State *L) {
 ** costs no buffer while it is idle. Resolves to EOPNOTSUPP where the
 ** backend has no pool.
 */
+/* The queue's pool, made on first use: 0 or -errno. */
+static int getpool(lua_State *L, lqueue *q) {
+  int r;
+  if (q->pool != NULL)
+    return 0;
+  if (!(q->backend->caps & IOQ_CAP_POOL))
+    return -EOPNOTSUPP;
+  lioq_checkowner(L, q);
+  if ((r = q->backend->cls->pool(q->backend, q->pool_count, q->pool_size,
+                                 &q->pool)) < 0)
+    return r;
+  q->pool->refs++;  /* the queue's own, so q->pool outlives the backend */
+  return 0;
+}
+
 static int queue_recv_multi(lua_State *L) {
   lhandle *h = newop(L, IOQ_RECV, 0, 0, 0);
   lioq_file *s = opensocket(L, h);
   lqueue *q = h->q;
+  int r;
   multishot(L, h, s);
-  if (!(q->backend->caps & IOQ_CAP_POOL))
-    return multishot_failed(L, h, "recv_multi", EOPNOTSUPP);
-  if (q->pool == NULL) {
-    int r;
-    lioq_checkowner(L, q);
-    if ((r = q->backend->cls->pool(q->backend, q->pool_count, q->pool_size,
-                              &q->pool)) < 0)
-      return multishot_failed(L, h, "recv_multi", -r);
-    q->pool->refs++;  /* the queue's own, so q->pool outlives the backend */
-  }
+  if ((r = getpool(L, q)) < 0)
+    return multishot_failed(L, h, "recv_multi", -r);
   h->op.use_pool = 1;
   h->pool = q->pool;
   commit(L, h, NULL, 2);
   return 1;
+}
+
+/*
+** q:recv_pooled(s): one receive that takes a buffer from the queue's pool
+** only once data has arrived, so a socket waiting for data holds no
+** buffer. Resolves to n and a buffer of the n bytes (closing it, or
+** letting it be collected, gives the pool buffer back); 0 alone when the
+** peer has closed. Where the backend has no pool, the op receives into a
+** buffer of its own of the pool's buffer size.
+*/
+static int queue_recv_pooled(lua_State *L) {
+  lhandle *h = newop(L, IOQ_RECV, 0, 0, 0);  /* at 5 */
+  lqueue *q = h->q;
+  luaL_setmetatable(L, MULTISHOT_MT);  /* its __gc gives back a pool buffer */
+  h->pooled = 1;
+  h->pooled_buf = -1;
+  if (getpool(L, q) == 0) {
+    opensocket(L, h);
+    h->op.use_pool = 1;
+    h->pool = q->pool;
+    commit(L, h, NULL, 2);
+    return 1;
+  }
+  {
+    /* No pool: a buffer of its own, made (objects first) before the
+    ** checks, which come again after it. */
+    lioq_block *b;
+    lua_pushcfunction(L, lioq_buffer_new);
+    lua_pushinteger(L, (lua_Integer)q->pool_size);
+    lua_call(L, 1, 1);
+    luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
+    b = lioq_checkidle(L, 6);
+    lua_insert(L, 5);  /* the buffer under the handle */
+    opensocket(L, h);
+    h->op.len = (uint32_t)b->size;
+    h->op.buf = b->data;
+    keepdata(L, 5);
+    commit(L, h, b, 2);
+    return 1;
+  }
 }
 
 /*
@@ -550,7 +598,7 @@ int lioq_handle_resubmit(lua_State *L) {
   luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
   luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
                    code != IOQ_CONNECT && code != IOQ_SHUTDOWN &&
-                   !h->op.multishot, 1,
+                   !h->op.multishot && !h->pooled, 1,
                 "only data transfers, fsync, nop and sleep can be resubmitted");
   /* One that failed before it started never had its op filled in. */
   luaL_argcheck(L, !h->has_msg, 1, "the op never started: make a new one");
@@ -604,5 +652,6 @@ const luaL_Reg lioq_op_methods[] = {
   {"shutdown", queue_shutdown},
   {"accept_multi", queue_accept_multi},
   {"recv_multi", queue_recv_multi},
+  {"recv_pooled", queue_recv_pooled},
   {NULL, NULL}
 };

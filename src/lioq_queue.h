@@ -118,6 +118,8 @@ typedef struct lhandle {
   int at_position;         /* asked for the current position (offset -1) */
   lioq_file *file;         /* the file object the op is pending on */
   lioq_oplink link;        /* in file->ops */
+  int pooled;              /* q:recv_pooled: resolves to n and a buffer */
+  int32_t pooled_buf;      /* its pool buffer, until Lua takes it; or -1 */
 } lhandle;
 
 #define handle_of_link(l) \
