@@ -17,6 +17,11 @@
 ** left in blocking mode) waits for readiness and then goes to a worker.
 ** A worker blocked in a system call is ended by a cancel or a timeout with
 ** SIGURG, sent to that thread only (see `kick`).
+**
+** The pool of provided buffers (IOQ_CAP_POOL) is emulated the same way: a
+** receive with use_pool waits for readiness holding no buffer, then takes
+** a free buffer from the pool and receives into it; a multishot one does
+** that for every chunk waiting.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -56,6 +61,7 @@ enum {
 };
 
 typedef struct watch watch;
+typedef struct epoll_pool epoll_pool;
 
 /* The per-op state, kept in the op's private space. */
 typedef struct eop {
@@ -70,6 +76,9 @@ typedef struct eop {
   uint8_t taken;           /* under `lock`: a worker has it */
   int abort_res;           /* under `lock`: the -ECANCELED or -ETIMEDOUT
                               asked for while a worker had it */
+  int32_t buf;             /* use_pool: the pool buffer the next event
+                              lends, or -1 */
+  epoll_pool *pool;        /* use_pool: where that buffer comes from */
 } eop;
 
 _Static_assert(sizeof(eop) <= sizeof(((ioq_op *)0)->be.op),
@@ -96,6 +105,17 @@ struct watch {
   elist readers, writers;
 };
 
+/*
+** The pool: `count` buffers of `size` bytes and a stack of the free ones
+** (the one given back last is lent first: it is the likeliest to be in
+** the cache, and buffers never lent cost no memory). One allocation, so
+** that ioq_pool_unref frees all of it, also after the backend is gone.
+*/
+struct epoll_pool {
+  ioq_pool base;
+  unsigned stack[];        /* base.nfree free buffers */
+};
+
 struct epoll_backend;
 
 typedef struct worker {
@@ -116,6 +136,7 @@ typedef struct epoll_backend {
   int live;                /* ops taken whose final event is not posted */
   pid_t owner;             /* the process whose threads these are */
   int interrupts;          /* ops whose worker is being interrupted */
+  epoll_pool *pool;        /* NULL until asked for */
   int64_t kick_at, kick_gap;  /* when to interrupt them again, how often */
   /* The worker pool, started on first use. */
   pthread_mutex_t lock;
@@ -188,6 +209,10 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
   ev->op = op;
   ev->res = res;
   ev->buf = -1;
+  if (op->use_pool) {  /* the buffer it received into, if any */
+    ev->buf = eop_of(op)->buf;
+    eop_of(op)->buf = -1;
+  }
   ev->more = (uint8_t)more;
   return 1;
 }
@@ -323,6 +348,37 @@ static int64_t try_rw(ioq_op *op) {
 }
 
 /*
+** A receive into a pool buffer, tried without blocking: the buffer is
+** taken only for a recv that can have data, and given back when none
+** came. With the pool empty, a peek tells data (ENOBUFS, as io_uring
+** says it) from the end of the stream and from nothing yet.
+*/
+static int64_t recv_pooled(ioq_op *op) {
+  eop *e = eop_of(op);
+  ioq_pool *p = &e->pool->base;
+  unsigned i;
+  ssize_t r;
+  if (p->nfree == 0) {
+    char c;
+    r = recv(op->fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+    if (r > 0)
+      return -ENOBUFS;
+    if (r == 0)
+      return 0;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY : -errno;
+  }
+  i = e->pool->stack[p->nfree - 1];
+  r = recv(op->fd, p->mem + (size_t)i * p->size, p->size, MSG_DONTWAIT);
+  if (r <= 0)
+    return r == 0 ? 0 : errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY
+                                                                 : -errno;
+  p->nfree--;
+  p->refs++;  /* lent to the binding with the event */
+  e->buf = (int32_t)i;
+  return r;
+}
+
+/*
 ** Tries an op that needs a ready descriptor, without blocking. Returns the
 ** result (>= 0 or -errno), or NOT_READY to wait for readiness.
 */
@@ -348,6 +404,8 @@ static int64_t try_op(ioq_op *op) {
       return err ? -err : 0;
     }
     case IOQ_RECV:
+      if (op->use_pool)
+        return recv_pooled(op);
       r = recv(op->fd, op->buf, op->len, MSG_DONTWAIT);
       break;
     case IOQ_SEND:
@@ -651,6 +709,28 @@ static int in_blocking_mode(int fd) {
 }
 
 /*
+** After one receive of a multishot op gave `res` bytes: posts each chunk
+** and takes the next, until none is waiting (NOT_READY), the stream ends
+** (0) or an error ends the op (returned: ENOBUFS too, which the binding
+** arms again once buffers come back). At most 16 chunks a turn, so that
+** one busy socket lets the loop run; epoll reports it again at once.
+*/
+static int64_t recv_all(epoll_backend *b, ioq_op *op, int64_t res) {
+  int chunks = 0;
+  for (;;) {
+    if (res <= 0)  /* NOT_READY included */
+      return res;
+    if (!post(b, op, res, 1)) {  /* out of memory: drop this chunk */
+      ioq_pool_release(&eop_of(op)->pool->base, eop_of(op)->buf);
+      eop_of(op)->buf = -1;
+    }
+    if (++chunks == 16)
+      return NOT_READY;
+    res = try_op(op);
+  }
+}
+
+/*
 ** After one accept of a multishot op gave `res`: posts each connection and
 ** takes the next, until none is waiting (NOT_READY) or an error ends the
 ** op (returned). An error that only ends one connection is skipped, a
@@ -659,6 +739,8 @@ static int in_blocking_mode(int fd) {
 */
 static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
   int skipped = 0;
+  if (op->code == IOQ_RECV)
+    return recv_all(b, op, res);
   for (;;) {
     if (res >= 0) {
       if (!post(b, op, res, 1)) close((int)res);  /* out of memory: drop it */
@@ -812,7 +894,8 @@ static int epoll_create_backend(ioq_backend **out, unsigned entries) {
   /* Multishot accept is cheap to emulate here: take every connection
   ** that is there at each readiness. (IOQ_NO_MULTISHOT=1 turns it off,
   ** as on io_uring, to test the Lua fallback.) */
-  b->base.caps = getenv("IOQ_NO_MULTISHOT") ? 0 : IOQ_CAP_MULTISHOT_ACCEPT;
+  b->base.caps = getenv("IOQ_NO_MULTISHOT") ? 0
+               : IOQ_CAP_MULTISHOT_ACCEPT | IOQ_CAP_POOL;
   *out = &b->base;
   return 0;
 }
@@ -830,6 +913,10 @@ static void epoll_destroy(ioq_backend *base) {
       pthread_join(b->workers[i].thread, NULL);
   }
   free(b->workers);
+  if (b->pool != NULL) {  /* lent buffers keep it alive; none come back here */
+    b->pool->base.recycle = NULL;
+    ioq_pool_unref(&b->pool->base);
+  }
   pthread_mutex_destroy(&b->lock);
   pthread_cond_destroy(&b->wake);
   for (i = 0; i < b->nwatches; i++)
@@ -852,6 +939,8 @@ static int epoll_start(ioq_backend *base, ioq_op *op) {
     return -ENOMEM;
   b->live++;
   eop_of(op)->state = EOP_STAGED;
+  eop_of(op)->buf = -1;
+  eop_of(op)->pool = b->pool;
   eop_of(op)->timer.slot = 0;
   push(&b->staged, op);
   return 0;
@@ -1035,7 +1124,47 @@ static int epoll_features(ioq_backend *b, const char **names, int max) {
   if (n < max) names[n++] = "workers";
   if (n < max && (b->caps & IOQ_CAP_MULTISHOT_ACCEPT))
     names[n++] = "multishot_accept";
+  if (n < max && (b->caps & IOQ_CAP_POOL))
+    names[n++] = "provided_buffers";
   return n;
+}
+
+static void pool_recycle(ioq_pool *base, int buf) {
+  ((epoll_pool *)base)->stack[base->nfree++] = (unsigned)buf;
+}
+
+/* The pool (see epoll_pool). Its memory is not touched here: a buffer
+** costs resident memory only once a receive has used it. */
+static int epoll_pool_create(ioq_backend *base, unsigned count,
+                             unsigned size, ioq_pool **out) {
+  epoll_backend *b = (epoll_backend *)base;
+  epoll_pool *p;
+  unsigned i;
+  if (b->pool != NULL) {
+    *out = &b->pool->base;
+    return 0;
+  }
+  if (!(base->caps & IOQ_CAP_POOL))
+    return -EOPNOTSUPP;
+  if (count == 0 || size == 0)
+    return -EINVAL;
+  p = malloc(sizeof *p + (size_t)count * sizeof p->stack[0]);
+  if (p == NULL)
+    return -ENOMEM;
+  if ((p->base.mem = malloc((size_t)count * size)) == NULL) {
+    free(p);
+    return -ENOMEM;
+  }
+  p->base.refs = 1;
+  p->base.count = count;
+  p->base.size = size;
+  p->base.recycle = pool_recycle;
+  for (i = 0; i < count; i++)
+    p->stack[i] = count - 1 - i;  /* buffer 0 first */
+  p->base.nfree = count;
+  b->pool = p;
+  *out = &p->base;
+  return 0;
 }
 
 const ioq_backend_class ioq_epoll_backend = {
@@ -1047,5 +1176,5 @@ const ioq_backend_class ioq_epoll_backend = {
   epoll_submit,
   epoll_reap,
   epoll_features,
-  NULL,
+  epoll_pool_create,
 };
