@@ -157,6 +157,49 @@ static int buffer_tostring(lua_State *L) {
   return 1;
 }
 
+/* The first place in `hay` (`len` bytes) where the `n` (> 0) bytes of
+** `needle` occur, or NULL. */
+static const unsigned char *find_bytes(const unsigned char *hay, size_t len,
+                                       const unsigned char *needle,
+                                       size_t n) {
+  const unsigned char *end;
+  if (n > len)
+    return NULL;
+  end = hay + (len - n) + 1;  /* one past the last place a match can start */
+  while (hay < end) {
+    const unsigned char *p = memchr(hay, needle[0], (size_t)(end - hay));
+    if (p == NULL)
+      return NULL;
+    if (memcmp(p + 1, needle + 1, n - 1) == 0)
+      return p;
+    hay = p + 1;
+  }
+  return NULL;
+}
+
+/*
+** buf:find(s [, i [, j]]): where the bytes of s first occur within bytes
+** i..j (string.sub rules; default all): their first and last positions,
+** or nil. A plain search, as string.find(..., true): a stream looks for
+** its delimiter where the bytes came in, without a string of them.
+*/
+static int buffer_find(lua_State *L) {
+  lioq_block *b = lioq_checkidle(L, 1);
+  size_t n, start, len;
+  const char *needle = luaL_checklstring(L, 2, &n);
+  const unsigned char *at;
+  luaL_argcheck(L, n > 0, 2, "non-empty string expected");
+  len = span(L, b->size, 3, 4, &start);
+  at = find_bytes(b->data + start, len, (const unsigned char *)needle, n);
+  if (at == NULL) {
+    luaL_pushfail(L);
+    return 1;
+  }
+  lua_pushinteger(L, (lua_Integer)(at - b->data) + 1);
+  lua_pushinteger(L, (lua_Integer)(at - b->data) + (lua_Integer)n);
+  return 2;
+}
+
 /* buf:set(s [, i]): copies s into the buffer from position i (default 1). */
 static int buffer_set(lua_State *L) {
   lioq_block *b = lioq_checkidle(L, 1);
@@ -223,6 +266,7 @@ static int buffer_repr(lua_State *L) {
 void lioq_open_buffer(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"tostring", buffer_tostring},
+    {"find", buffer_find},
     {"set", buffer_set},
     {"fill", buffer_fill},
     {"busy", buffer_busy},
