@@ -15,22 +15,35 @@ if not port then
   os.exit(2)
 end
 
+-- Sends back the n bytes of `chunk`; false if the client has gone.
+local function echo(client, chunk, n)
+  local sent = client:send(chunk):await()
+  if not sent then return false end
+  while sent < n do  -- a short send: the rest as a string
+    local m = client:send(chunk:tostring(sent + 1, n)):await()
+    if not m then return false end
+    sent = sent + m
+  end
+  return true
+end
+
 -- Echo until the client closes (or the task is cancelled). A pooled
 -- receive takes a buffer from the loop's pool only once bytes have come,
 -- so a connection that waits holds none; the bytes go back straight from
--- that buffer (no Lua string per message), which then returns to the pool.
+-- that buffer (no Lua string per message), and closing it returns it to
+-- the pool. The one receive is started again for each message
+-- (h:resubmit), and then reuses the closed buffer object: nothing new is
+-- made per message.
 local function serve(client)
+  local incoming = client:recv_pooled()
   while true do
-    local n, got = client:recv_pooled():await()
-    if not n or n == 0 then break end
-    local chunk <close> = got
-    local sent = client:send(chunk):await()
-    if not sent then return end
-    while sent < n do  -- a short send: the rest as a string
-      local m = client:send(chunk:tostring(sent + 1, n)):await()
-      if not m then return end
-      sent = sent + m
+    local n, got = incoming:await()
+    if not n or n == 0 then return end
+    do
+      local chunk <close> = got
+      if not echo(client, chunk, n) then return end
     end
+    incoming:resubmit()
   end
 end
 

@@ -24,18 +24,23 @@ local function family(h) return h:find(":", 1, true) and "tcp6" or "tcp" end
 --- Copies from `from` to `to` until `from` ends, then half-closes `to`.
 -- A pooled receive takes a buffer from the loop's pool only once bytes
 -- have come (an idle connection holds none), and the bytes go out
--- straight from it; closing it gives it back.
+-- straight from it; closing it gives it back. The receive is started
+-- again for each chunk (h:resubmit), reusing the closed buffer object.
 local function pump(from, to)
+  local incoming = from:recv_pooled()
   while true do
-    local n, got = from:recv_pooled():await()
+    local n, got = incoming:await()
     if not n or n == 0 then break end
-    local chunk <close> = got
-    local sent = 0
-    while sent < n do
-      local m = to:send(sent == 0 and chunk or chunk:tostring(sent + 1, n)):await()
-      if not m then return end
-      sent = sent + m
+    do
+      local chunk <close> = got
+      local sent = 0
+      while sent < n do
+        local m = to:send(sent == 0 and chunk or chunk:tostring(sent + 1, n)):await()
+        if not m then return end
+        sent = sent + m
+      end
     end
+    incoming:resubmit()
   end
   to:shutdown("w")
 end

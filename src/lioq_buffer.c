@@ -24,7 +24,8 @@ void lioq_block_unref(lioq_block *b) {
       ioq_pool_release(b->pool, b->buf);
     else
       ioq_aligned_free(b->data);
-    free(b);
+    if (!b->embedded)
+      free(b);
   }
 }
 
@@ -45,38 +46,56 @@ static lioq_block *block_new(size_t size) {
   b->data = data;
   b->pool = NULL;
   b->buf = -1;
+  b->embedded = 0;
   return b;
 }
 
 /*
-** A view of a pool buffer is made in two steps, so that the caller can
-** make the Lua object (which can run finalizers) before it takes the item
-** that the view will hold: lioq_buffer_push_view pushes a closed buffer,
-** lioq_buffer_set_view gives it a block of `len` bytes of pool buffer
+** A view of a pool buffer: a buffer userdata with its block inside it, so
+** that lending a pool buffer to Lua allocates nothing. The block can
+** outlive the view's reference (an op in flight holds one), never the
+** userdata: every op keeps the object of the buffer it uses reachable
+** until it is settled, and a queue collected with its ops settles them
+** in its finalizer, before the collector frees anything.
+**
+** A view is made closed (lioq_buffer_push_view), before it is needed,
+** and lioq_buffer_set_view then lends it `len` bytes of pool buffer
 ** `buf`, taking over the reference the pool lent with it (closing or
-** collecting the view gives the pool buffer back). set_view only
-** allocates with malloc; it returns 0 when that fails, and the caller
-** still owns the pool buffer.
+** collecting the view gives the pool buffer back). That cannot fail, so
+** the engine can do it in C as the bytes arrive. A view that is closed,
+** with no op still using its block, can be lent a buffer again: a pooled
+** receive that is resubmitted reuses its view.
 */
+typedef struct lview {
+  lbuffer ub;
+  lioq_block own;
+} lview;
+
 void *lioq_buffer_push_view(lua_State *L) {
-  lbuffer *ub = lua_newuserdatauv(L, sizeof *ub, 0);
-  ub->block = NULL;
+  lview *v = lua_newuserdatauv(L, sizeof *v, 0);
+  v->ub.block = NULL;
+  v->own.refs = 0;
   luaL_setmetatable(L, LIOQ_BUFFER);
-  return ub;
+  return v;
+}
+
+int lioq_buffer_view_free(const void *view) {
+  const lview *v = view;
+  return v->ub.block == NULL && v->own.refs == 0;
 }
 
 int lioq_buffer_set_view(void *view, ioq_pool *pool, int buf, size_t len) {
-  lbuffer *ub = view;
-  lioq_block *b = malloc(sizeof *b);
-  if (b == NULL)
+  lview *v = view;
+  if (!lioq_buffer_view_free(v))
     return 0;
-  b->refs = 1;
-  b->size = len;
-  b->busy = 0;
-  b->data = pool->mem + (size_t)buf * pool->size;
-  b->pool = pool;
-  b->buf = buf;
-  ub->block = b;
+  v->own.refs = 1;
+  v->own.size = len;
+  v->own.busy = 0;
+  v->own.data = pool->mem + (size_t)buf * pool->size;
+  v->own.pool = pool;
+  v->own.buf = buf;
+  v->own.embedded = 1;
+  v->ub.block = &v->own;
   return 1;
 }
 

@@ -74,13 +74,8 @@ static void item_drop(lhandle *h, int64_t res, int32_t buf) {
     ioq_close((ioq_fd)res, 1);
 }
 
-/* Drops every item nobody will take, and the item array; and the pool
-** buffer of a pooled receive nobody asked the result of. */
+/* Drops every item nobody will take, and the item array. */
 void lioq_items_free(lhandle *h) {
-  if (h->pooled && h->pooled_buf >= 0) {
-    ioq_pool_release(h->pool, h->pooled_buf);
-    h->pooled_buf = -1;
-  }
   while (h->items.n > 0) {
     lioq_item *it = ioq_ring_shift(&h->items, sizeof *it);
     item_drop(h, it->res, it->buf);
@@ -123,7 +118,7 @@ static void settle(lhandle *h, int from_gc) {
   if (h->cancel_queued)
     drop_cancel(h);
   unlink_file(h);
-  if (from_gc && (h->items.v != NULL || h->pooled))  /* nobody can take them */
+  if (from_gc && h->items.v != NULL)  /* nobody can take them */
     lioq_items_free(h);
   if (h->block != NULL) {
     h->block->busy = 0;
@@ -303,12 +298,11 @@ static int apply(lqueue *q, const ioq_event *ev, int from_gc) {
     if (h->pooled && h->block != NULL && ev->res >= 0 &&
         (uint64_t)ev->res < h->block->size)
       h->block->size = (size_t)ev->res;  /* no pool: its own buffer, cut */
-    if (ev->buf >= 0) {  /* a pooled receive: the bytes are in ev->buf */
-      if (ev->res > 0 && h->pooled)
-        h->pooled_buf = ev->buf;
-      else
-        ioq_pool_release(h->pool, ev->buf);
-    }
+    /* A pooled receive: the bytes are in pool buffer ev->buf, which its
+    ** view takes (not in a finalizer: the view may be finalized). */
+    if (ev->buf >= 0 && (ev->res <= 0 || from_gc || h->view == NULL ||
+        !lioq_buffer_set_view(h->view, h->pool, ev->buf, (size_t)ev->res)))
+      ioq_pool_release(h->pool, ev->buf);
     settle(h, from_gc);
     return ACT_DONE;
   }

@@ -15,29 +15,16 @@ static lhandle *checkhandle(lua_State *L) {
 }
 
 /*
-** The outcome of a pooled receive (handle at 1): n and a buffer of those
-** n bytes, or 0 alone at the end of the stream. The first call makes the
-** buffer, a view of the pool buffer the bytes landed in, and keeps it in
-** the handle for the calls after it (where the queue has no pool, the
-** op's own buffer is there already, cut to n bytes by the engine).
+** The outcome of a pooled receive (handle at 1): n and the buffer of those
+** n bytes (its view, which the engine lent the pool buffer; where the
+** queue has no pool, the op's own buffer, cut to n bytes), or 0 alone at
+** the end of the stream.
 */
 static int push_pooled(lua_State *L, lhandle *h) {
   lua_Integer n = (lua_Integer)h->op.res;
   lua_pushinteger(L, n);
   if (n == 0)
     return 1;
-  if (h->pooled_buf >= 0) {
-    /* The object first (a finalizer may run), then the pool buffer. */
-    void *view = lioq_buffer_push_view(L);
-    if (h->pooled_buf >= 0) {
-      if (!lioq_buffer_set_view(view, h->pool, h->pooled_buf, (size_t)n))
-        return luaL_error(L, "not enough memory");
-      h->pooled_buf = -1;
-      lua_setiuservalue(L, 1, HVAL_DATA);
-    } else {
-      lua_pop(L, 1);
-    }
-  }
   lua_getiuservalue(L, 1, HVAL_DATA);
   return 2;
 }
@@ -241,8 +228,8 @@ static int handle_take(lua_State *L) {
       lioq_item *it = lioq_item_first(h);
       if (h->op.code == IOQ_ACCEPT)
         ((lioq_file *)obj)->fd = (ioq_fd)it->res;
-      else if (!lioq_buffer_set_view(obj, h->pool, it->buf, (size_t)it->res))
-        return luaL_error(L, "not enough memory");
+      else
+        lioq_buffer_set_view(obj, h->pool, it->buf, (size_t)it->res);
       lioq_item_shift(h);
       return 1;
     }

@@ -547,58 +547,65 @@ static int queue_recv_multi(lua_State *L) {
 ** only once data has arrived, so a socket waiting for data holds no
 ** buffer. Resolves to n and a buffer of the n bytes (closing it, or
 ** letting it be collected, gives the pool buffer back); 0 alone when the
-** peer has closed. Where the backend has no pool, the op receives into a
-** buffer of its own of the pool's buffer size.
+** peer has closed. The buffer is a view made here, closed, which the
+** engine lends the pool buffer as the bytes arrive: the handle itself
+** never holds a pool buffer, so it needs no finalizer. Where the backend
+** has no pool, the op receives into a buffer of its own of the pool's
+** buffer size.
 */
+static void *pooled_data(lua_State *L, lqueue *q, int use_pool) {
+  if (use_pool)
+    return lioq_buffer_push_view(L);
+  lua_pushcfunction(L, lioq_buffer_new);
+  lua_pushinteger(L, (lua_Integer)q->pool_size);
+  lua_call(L, 1, 1);
+  return NULL;
+}
+
 static int queue_recv_pooled(lua_State *L) {
   lhandle *h = newop(L, IOQ_RECV, 0, 0, 0);  /* at 5 */
   lqueue *q = h->q;
-  luaL_setmetatable(L, MULTISHOT_MT);  /* its __gc gives back a pool buffer */
+  int use_pool = getpool(L, q) == 0;
   h->pooled = 1;
-  h->pooled_buf = -1;
-  if (getpool(L, q) == 0) {
-    opensocket(L, h);
+  /* Its buffer (objects first), under the handle; then the checks. */
+  h->view = pooled_data(L, q, use_pool);
+  lua_insert(L, 5);
+  luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
+  opensocket(L, h);
+  keepdata(L, 5);
+  if (use_pool) {
     h->op.use_pool = 1;
     h->pool = q->pool;
     commit(L, h, NULL, 2);
-    return 1;
-  }
-  {
-    /* No pool: a buffer of its own, made (objects first) before the
-    ** checks, which come again after it. */
-    lioq_block *b;
-    lua_pushcfunction(L, lioq_buffer_new);
-    lua_pushinteger(L, (lua_Integer)q->pool_size);
-    lua_call(L, 1, 1);
-    luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
-    b = lioq_checkidle(L, 6);
-    lua_insert(L, 5);  /* the buffer under the handle */
-    opensocket(L, h);
+  } else {
+    lioq_block *b = lioq_checkidle(L, 5);
     h->op.len = (uint32_t)b->size;
     h->op.buf = b->data;
-    keepdata(L, 5);
     commit(L, h, b, 2);
-    return 1;
   }
+  return 1;
 }
 
 /*
 ** h:resubmit([offset]): starts a resolved read, write, recv, send, recvfrom,
 ** sendto, fsync, nop or sleep again with the same descriptor, buffer (or
 ** string), length and address, at `offset` if given (reads and writes).
-** A loop of I/O then needs no new handle per op.
+** A loop of I/O then needs no new handle per op. A pooled receive gets a
+** new buffer, unless the view of its last result is closed and free (the
+** usual case: a loop that closes each buffer it got makes none).
 */
 int lioq_handle_resubmit(lua_State *L) {
   lhandle *h = lioq_checkudata(L, 1, TAG_HANDLE);
   lqueue *q = h->q;
   lioq_block *b = NULL;
+  void *view = h->view;
   int code = h->op.code;
   int64_t off = h->at_position ? -1 : h->op.offset;
   ioq_fd fd = h->op.fd;
   luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
   luaL_argcheck(L, code != IOQ_OPEN && code != IOQ_ACCEPT &&
                    code != IOQ_CONNECT && code != IOQ_SHUTDOWN &&
-                   !h->op.multishot && !h->pooled, 1,
+                   !h->op.multishot, 1,
                 "only data transfers, fsync, nop and sleep can be resubmitted");
   /* One that failed before it started never had its op filled in. */
   luaL_argcheck(L, !h->has_msg, 1, "the op never started: make a new one");
@@ -611,13 +618,17 @@ int lioq_handle_resubmit(lua_State *L) {
   lua_getiuservalue(L, 1, HVAL_QUEUE);              /* 2 */
   lua_getiuservalue(L, 1, HVAL_DATA);               /* 3 */
   lua_getiuservalue(L, 1, HVAL_FD);                 /* 4 */
+  if (h->pooled && (!h->op.use_pool || !lioq_buffer_view_free(view))) {
+    view = pooled_data(L, q, h->op.use_pool);  /* a new one, made first */
+    lua_replace(L, 3);
+  }
   luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
   if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
     fd = lioq_tofd(L, 4);
     if (fd == IOQ_NOFD)
       return luaL_error(L, "the handle's file is closed");
   }
-  if (lua_type(L, 3) == LUA_TUSERDATA) {
+  if (lua_type(L, 3) == LUA_TUSERDATA && !h->op.use_pool) {
     b = lioq_toudata(L, 3, TAG_BUFFER) ? lioq_checkblock(L, 3) : NULL;
     if (b != NULL && b->busy)
       return luaL_error(L, LIOQ_BUSY);
@@ -632,6 +643,15 @@ int lioq_handle_resubmit(lua_State *L) {
   h->op.res = 0;
   h->op.timeout_ns = 0;
   h->op.cancel_requested = 0;
+  if (h->pooled) {  /* the buffer it has now */
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, -2, HVAL_DATA);
+    h->view = view;
+    if (b != NULL) {
+      h->op.buf = b->data;
+      h->op.len = (uint32_t)b->size;
+    }
+  }
   lioq_enqueue(L, h, b, 4);
   return 1;
 }

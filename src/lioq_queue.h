@@ -119,7 +119,8 @@ typedef struct lhandle {
   lioq_file *file;         /* the file object the op is pending on */
   lioq_oplink link;        /* in file->ops */
   int pooled;              /* q:recv_pooled: resolves to n and a buffer */
-  int32_t pooled_buf;      /* its pool buffer, until Lua takes it; or -1 */
+  void *view;              /* its buffer view (HVAL_DATA), which the engine
+                              lends the pool buffer the bytes came in */
 } lhandle;
 
 #define handle_of_link(l) \

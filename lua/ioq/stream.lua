@@ -10,7 +10,9 @@
 -- A stream over a socket holds no buffer while it waits: each read is a
 -- pooled receive (q:recv_pooled), which takes a buffer from the queue's
 -- pool only once data has arrived, and gives it back before the read
--- returns. A stream over a file reads into a buffer of its own.
+-- returns; the one receive handle is resubmitted for the next read, so a
+-- read makes no new object. A stream over a file reads into a buffer of
+-- its own.
 --
 -- Holds no state beyond each stream's own fields; touches nothing else.
 -- It requires ioq.core, ioq.args and ioq.loop (whose h:await it uses).
@@ -20,6 +22,8 @@ local loop = require "ioq.loop"
 local pack = table.pack
 local queue_methods = core.classes.queue
 local q_recv_pooled, q_read = queue_methods.recv_pooled, queue_methods.read
+local h_done, h_resubmit = core.classes.handle.done, core.classes.handle.resubmit
+local queue_of = core.queue_of
 
 -- The fields a stream shares with every other until it sets its own: an
 -- idle stream is a small table (a server may hold many thousands).
@@ -27,6 +31,7 @@ local Stream = {
   socket = false,  -- the object is an ioq.socket: reads are pooled receives
   size = 65536,
   buf = false,     -- a file's read buffer, made on its first read
+  recv = false,    -- a socket's pooled receive, started again for each read
   eof = false,
   timeout = nil,
   max_line = 1024 * 1024,
@@ -106,7 +111,14 @@ local function receive(self)
   if self.eof then return false end
   local n, buf, err
   if self.socket then
-    n, buf, err = q_recv_pooled(queue(), self.obj):await(self.timeout)
+    local q, h = queue(), self.recv
+    if h and h_done(h) and queue_of(h) == q then
+      h_resubmit(h)
+    else
+      h = q_recv_pooled(q, self.obj)
+      self.recv = h
+    end
+    n, buf, err = h:await(self.timeout)
   else
     local own = self.buf
     if not own then
