@@ -21,7 +21,7 @@ for _, mode in ipairs { "pool", "no pool" } do
 
     local function check_pool(q)
       if mode == "pool" and not util.has_feature(q, "provided_buffers") then
-        pending(q.backend .. " here has no provided buffers (IOCP, or io_uring before Linux 5.19)")
+        pending(q.backend .. " here has no provided buffers (io_uring before Linux 5.19)")
       end
     end
 

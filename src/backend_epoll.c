@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ioq_bufstack.h"
 #include "ioq_os.h"
 #include "ioq_heap.h"
 #include "ioq_list.h"
@@ -61,7 +62,7 @@ enum {
 };
 
 typedef struct watch watch;
-typedef struct epoll_pool epoll_pool;
+typedef ioq_bufstack epoll_pool;
 
 /* The per-op state, kept in the op's private space. */
 typedef struct eop {
@@ -103,17 +104,6 @@ struct watch {
   unsigned armed;          /* the events epoll reports now; ~0u: unknown */
   int in_set;              /* the descriptor is in the epoll set */
   elist readers, writers;
-};
-
-/*
-** The pool: `count` buffers of `size` bytes and a stack of the free ones
-** (the one given back last is lent first: it is the likeliest to be in
-** the cache, and buffers never lent cost no memory). One allocation, so
-** that ioq_pool_unref frees all of it, also after the backend is gone.
-*/
-struct epoll_pool {
-  ioq_pool base;
-  unsigned stack[];        /* base.nfree free buffers */
 };
 
 struct epoll_backend;
@@ -355,10 +345,9 @@ static int64_t try_rw(ioq_op *op) {
 */
 static int64_t recv_pooled(ioq_op *op) {
   eop *e = eop_of(op);
-  ioq_pool *p = &e->pool->base;
-  unsigned i;
+  int i = ioq_bufstack_next(e->pool);
   ssize_t r;
-  if (p->nfree == 0) {
+  if (i < 0) {
     char c;
     r = recv(op->fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
     if (r > 0)
@@ -367,13 +356,12 @@ static int64_t recv_pooled(ioq_op *op) {
       return 0;
     return errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY : -errno;
   }
-  i = e->pool->stack[p->nfree - 1];
-  r = recv(op->fd, p->mem + (size_t)i * p->size, p->size, MSG_DONTWAIT);
+  r = recv(op->fd, ioq_bufstack_mem(e->pool, i), e->pool->base.size,
+           MSG_DONTWAIT);
   if (r <= 0)
     return r == 0 ? 0 : errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY
                                                                  : -errno;
-  p->nfree--;
-  p->refs++;  /* lent to the binding with the event */
+  ioq_bufstack_lend(e->pool);  /* to the binding, with the event */
   e->buf = (int32_t)i;
   return r;
 }
@@ -913,10 +901,7 @@ static void epoll_destroy(ioq_backend *base) {
       pthread_join(b->workers[i].thread, NULL);
   }
   free(b->workers);
-  if (b->pool != NULL) {  /* lent buffers keep it alive; none come back here */
-    b->pool->base.recycle = NULL;
-    ioq_pool_unref(&b->pool->base);
-  }
+  ioq_bufstack_drop(b->pool);
   pthread_mutex_destroy(&b->lock);
   pthread_cond_destroy(&b->wake);
   for (i = 0; i < b->nwatches; i++)
@@ -1129,41 +1114,19 @@ static int epoll_features(ioq_backend *b, const char **names, int max) {
   return n;
 }
 
-static void pool_recycle(ioq_pool *base, int buf) {
-  ((epoll_pool *)base)->stack[base->nfree++] = (unsigned)buf;
-}
-
-/* The pool (see epoll_pool). Its memory is not touched here: a buffer
-** costs resident memory only once a receive has used it. */
+/* The pool (see ioq_bufstack.h). Its memory is not touched here: a
+** buffer costs resident memory only once a receive has used it. */
 static int epoll_pool_create(ioq_backend *base, unsigned count,
                              unsigned size, ioq_pool **out) {
   epoll_backend *b = (epoll_backend *)base;
-  epoll_pool *p;
-  unsigned i;
-  if (b->pool != NULL) {
-    *out = &b->pool->base;
-    return 0;
+  int r;
+  if (b->pool == NULL) {
+    if (!(base->caps & IOQ_CAP_POOL))
+      return -EOPNOTSUPP;
+    if ((r = ioq_bufstack_new(count, size, &b->pool)) < 0)
+      return r;
   }
-  if (!(base->caps & IOQ_CAP_POOL))
-    return -EOPNOTSUPP;
-  if (count == 0 || size == 0)
-    return -EINVAL;
-  p = malloc(sizeof *p + (size_t)count * sizeof p->stack[0]);
-  if (p == NULL)
-    return -ENOMEM;
-  if ((p->base.mem = malloc((size_t)count * size)) == NULL) {
-    free(p);
-    return -ENOMEM;
-  }
-  p->base.refs = 1;
-  p->base.count = count;
-  p->base.size = size;
-  p->base.recycle = pool_recycle;
-  for (i = 0; i < count; i++)
-    p->stack[i] = count - 1 - i;  /* buffer 0 first */
-  p->base.nfree = count;
-  b->pool = p;
-  *out = &p->base;
+  *out = &b->pool->base;
   return 0;
 }
 
