@@ -15,21 +15,45 @@ if not port then
   os.exit(2)
 end
 
--- Echo until the client closes (or the task is cancelled). The bytes go
--- back straight from the buffer they came in: no Lua string per message.
-local function serve(client)
-  local buf <close> = ioq.buffer(16384)
-  while true do
-    local n = client:recv(buf):await()
-    if not n or n == 0 then break end
-    local sent = client:send(buf, n):await()
-    if not sent then return end
-    while sent < n do  -- a short send: the rest as a string
-      local m = client:send(buf:tostring(sent + 1, n)):await()
-      if not m then return end
-      sent = sent + m
-    end
+-- Sends back the n bytes of `chunk`; false if the client has gone.
+local function echo(client, chunk, n)
+  local sent = client:send(chunk):await()
+  if not sent then return false end
+  while sent < n do  -- a short send: the rest as a string
+    local m = client:send(chunk:tostring(sent + 1, n)):await()
+    if not m then return false end
+    sent = sent + m
   end
+  return true
+end
+
+-- Echo until the client closes (or the task is cancelled). A pooled
+-- receive takes a buffer from the loop's pool only once bytes have come,
+-- so a connection that waits holds none; the bytes go back straight from
+-- that buffer (no Lua string per message), and closing it returns it to
+-- the pool. The one receive is started again for each message
+-- (h:resubmit), and then reuses the closed buffer object: nothing new is
+-- made per message.
+local function serve(client)
+  local incoming = client:recv_pooled()
+  while true do
+    local n, got = incoming:await()
+    if not n or n == 0 then return end
+    do
+      local chunk <close> = got
+      if not echo(client, chunk, n) then return end
+    end
+    incoming:resubmit()
+  end
+end
+
+local clients = {}  -- socket -> its task, so a signal can stop them all
+
+-- A connection's task: serves it, then closes it.
+local function handle(client)
+  local c <close> = client
+  serve(c)
+  clients[client] = nil
 end
 
 ioq.run(function()
@@ -39,7 +63,6 @@ ioq.run(function()
   assert(server:setoption("reuseaddr", true))
   assert(server:bind(host, port))
   assert(server:listen(1024))
-  local clients = {}  -- task -> true, so a signal can stop them all
 
   -- One multishot accept brings every connection (where the kernel has
   -- it; elsewhere accept_multi runs one accept per connection).
@@ -56,13 +79,7 @@ ioq.run(function()
         if incoming:done() then incoming = server:accept_multi() end
       else
         client:setoption("nodelay", true)
-        local task
-        task = ioq.spawn(function()
-          local c <close> = client
-          serve(c)
-          clients[task] = nil
-        end)
-        clients[task] = true
+        clients[client] = ioq.spawn(handle, client)
       end
     end
   end)
@@ -82,6 +99,6 @@ ioq.run(function()
     return n
   end)() .. " connection(s)")
   acceptor:cancel()
-  for task in pairs(clients) do task:cancel() end
+  for _, task in pairs(clients) do task:cancel() end
 end)
 print("echo server stopped")

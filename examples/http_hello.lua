@@ -52,6 +52,15 @@ local function serve(client)
   end
 end
 
+local clients = {}  -- socket -> its task, so a signal can stop them all
+
+-- A connection's task: serves it, then closes it.
+local function handle(client)
+  local c <close> = client
+  serve(c)
+  clients[client] = nil
+end
+
 ioq.run(function()
   -- nil on Windows, which has no signals to wait for: Ctrl-C ends it there
   local signals <close> = ioq.signals("INT", "TERM")
@@ -59,7 +68,6 @@ ioq.run(function()
   assert(server:setoption("reuseaddr", true))
   assert(server:bind(host, port))
   assert(server:listen(1024))
-  local clients = {}
 
   local acceptor = ioq.spawn(function()
     while true do
@@ -70,13 +78,7 @@ ioq.run(function()
         ioq.sleep(0.01)
       else
         client:setoption("nodelay", true)
-        local task
-        task = ioq.spawn(function()
-          local c <close> = client
-          serve(c)
-          clients[task] = nil
-        end)
-        clients[task] = true
+        clients[client] = ioq.spawn(handle, client)
       end
     end
   end)
@@ -91,6 +93,6 @@ ioq.run(function()
   local sig = signals:wait()
   print("SIG" .. sig .. ": stopping")
   acceptor:cancel()
-  for task in pairs(clients) do task:cancel() end
+  for _, task in pairs(clients) do task:cancel() end
 end)
 print("http hello stopped")

@@ -22,17 +22,25 @@ end
 local function family(h) return h:find(":", 1, true) and "tcp6" or "tcp" end
 
 --- Copies from `from` to `to` until `from` ends, then half-closes `to`.
+-- A pooled receive takes a buffer from the loop's pool only once bytes
+-- have come (an idle connection holds none), and the bytes go out
+-- straight from it; closing it gives it back. The receive is started
+-- again for each chunk (h:resubmit), reusing the closed buffer object.
 local function pump(from, to)
-  local buf <close> = ioq.buffer(65536)
+  local incoming = from:recv_pooled()
   while true do
-    local n = from:recv(buf):await()
+    local n, got = incoming:await()
     if not n or n == 0 then break end
-    local sent = 0
-    while sent < n do
-      local m = to:send(buf:tostring(sent + 1, n)):await()
-      if not m then return end
-      sent = sent + m
+    do
+      local chunk <close> = got
+      local sent = 0
+      while sent < n do
+        local m = to:send(sent == 0 and chunk or chunk:tostring(sent + 1, n)):await()
+        if not m then return end
+        sent = sent + m
+      end
     end
+    incoming:resubmit()
   end
   to:shutdown("w")
 end
@@ -52,6 +60,15 @@ local function serve(client)
   if err then up:cancel(); down:cancel() end
 end
 
+local clients = {}  -- socket -> its task, so a signal can stop them all
+
+-- A connection's task: serves it, then closes it.
+local function handle(client)
+  local c <close> = client
+  serve(c)
+  clients[client] = nil
+end
+
 ioq.run(function()
   -- nil on Windows, which has no signals to wait for: Ctrl-C ends it there
   local signals <close> = ioq.signals("INT", "TERM")
@@ -59,7 +76,6 @@ ioq.run(function()
   assert(server:setoption("reuseaddr", true))
   assert(server:bind(host, port))
   assert(server:listen(1024))
-  local clients = {}
 
   local acceptor = ioq.spawn(function()
     while true do
@@ -69,13 +85,7 @@ ioq.run(function()
         io.stderr:write("accept: ", msg, "\n")
         ioq.sleep(0.01)
       else
-        local task
-        task = ioq.spawn(function()
-          local c <close> = client
-          serve(c)
-          clients[task] = nil
-        end)
-        clients[task] = true
+        clients[client] = ioq.spawn(handle, client)
       end
     end
   end)
@@ -90,6 +100,6 @@ ioq.run(function()
   local sig = signals:wait()
   print("SIG" .. sig .. ": stopping")
   acceptor:cancel()
-  for task in pairs(clients) do task:cancel() end
+  for _, task in pairs(clients) do task:cancel() end
 end)
 print("tcp proxy stopped")

@@ -17,6 +17,11 @@
 ** left in blocking mode) waits for readiness and then goes to a worker.
 ** A worker blocked in a system call is ended by a cancel or a timeout with
 ** SIGURG, sent to that thread only (see ioq_workers.c).
+**
+** The pool of provided buffers (IOQ_CAP_POOL) is emulated the same way: a
+** receive with use_pool waits for readiness holding no buffer, then takes
+** a free buffer from the pool and receives into it; a multishot one does
+** that for every chunk waiting.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ioq_bufstack.h"
 #include "ioq_os.h"
 #include "ioq_heap.h"
 #include "ioq_list.h"
@@ -54,6 +60,7 @@ enum {
 };
 
 typedef struct watch watch;
+typedef ioq_bufstack epoll_pool;
 
 /* The per-op state, kept in the op's private space. */
 typedef struct eop {
@@ -66,6 +73,9 @@ typedef struct eop {
   uint8_t io;              /* IO_*, for READ and WRITE */
   uint8_t blocking;        /* no call does it without blocking: once the
                               descriptor is ready, a worker does it */
+  int32_t buf;             /* use_pool: the pool buffer the next event
+                              lends, or -1 */
+  epoll_pool *pool;        /* use_pool: where that buffer comes from */
 } eop;
 
 _Static_assert(sizeof(eop) <= sizeof(((ioq_op *)0)->be.op),
@@ -103,6 +113,7 @@ typedef struct epoll_backend {
   int live;                /* ops taken whose final event is not posted */
   ioq_workers pool;        /* threads started on first use; its eventfd
                               is in the epoll set from the start */
+  epoll_pool *bufs;        /* provided buffers: NULL until asked for */
 } epoll_backend;
 
 #define MAX_EVENTS 256
@@ -160,6 +171,10 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
   ev->op = op;
   ev->res = res;
   ev->buf = -1;
+  if (op->use_pool) {  /* the buffer it received into, if any */
+    ev->buf = eop_of(op)->buf;
+    eop_of(op)->buf = -1;
+  }
   ev->more = (uint8_t)more;
   return 1;
 }
@@ -282,6 +297,35 @@ static int64_t try_rw(ioq_op *op) {
 }
 
 /*
+** A receive into a pool buffer, tried without blocking: the buffer is
+** taken only for a recv that can have data, and given back when none
+** came. With the pool empty, a peek tells data (ENOBUFS, as io_uring
+** says it) from the end of the stream and from nothing yet.
+*/
+static int64_t recv_pooled(ioq_op *op) {
+  eop *e = eop_of(op);
+  int i = ioq_bufstack_next(e->pool);
+  ssize_t r;
+  if (i < 0) {
+    char c;
+    r = recv(op->fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+    if (r > 0)
+      return -ENOBUFS;
+    if (r == 0)
+      return 0;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY : -errno;
+  }
+  r = recv(op->fd, ioq_bufstack_mem(e->pool, i), e->pool->base.size,
+           MSG_DONTWAIT);
+  if (r <= 0)
+    return r == 0 ? 0 : errno == EAGAIN || errno == EWOULDBLOCK ? NOT_READY
+                                                                 : -errno;
+  ioq_bufstack_lend(e->pool);  /* to the binding, with the event */
+  e->buf = (int32_t)i;
+  return r;
+}
+
+/*
 ** Tries an op that needs a ready descriptor, without blocking. Returns the
 ** result (>= 0 or -errno), or NOT_READY to wait for readiness.
 */
@@ -307,6 +351,8 @@ static int64_t try_op(ioq_op *op) {
       return err ? -err : 0;
     }
     case IOQ_RECV:
+      if (op->use_pool)
+        return recv_pooled(op);
       r = recv(op->fd, op->buf, op->len, MSG_DONTWAIT);
       break;
     case IOQ_SEND:
@@ -390,6 +436,28 @@ static int in_blocking_mode(int fd) {
 }
 
 /*
+** After one receive of a multishot op gave `res` bytes: posts each chunk
+** and takes the next, until none is waiting (NOT_READY), the stream ends
+** (0) or an error ends the op (returned: ENOBUFS too, which the binding
+** arms again once buffers come back). At most 16 chunks a turn, so that
+** one busy socket lets the loop run; epoll reports it again at once.
+*/
+static int64_t recv_all(epoll_backend *b, ioq_op *op, int64_t res) {
+  int chunks = 0;
+  for (;;) {
+    if (res <= 0)  /* NOT_READY included */
+      return res;
+    if (!post(b, op, res, 1)) {  /* out of memory: drop this chunk */
+      ioq_pool_release(&eop_of(op)->pool->base, eop_of(op)->buf);
+      eop_of(op)->buf = -1;
+    }
+    if (++chunks == 16)
+      return NOT_READY;
+    res = try_op(op);
+  }
+}
+
+/*
 ** After one accept of a multishot op gave `res`: posts each connection and
 ** takes the next, until none is waiting (NOT_READY) or an error ends the
 ** op (returned). An error that only ends one connection is skipped, a
@@ -398,6 +466,8 @@ static int in_blocking_mode(int fd) {
 */
 static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
   int skipped = 0;
+  if (op->code == IOQ_RECV)
+    return recv_all(b, op, res);
   for (;;) {
     if (res >= 0) {
       if (!post(b, op, res, 1)) close((int)res);  /* out of memory: drop it */
@@ -558,7 +628,8 @@ static int epoll_create_backend(ioq_backend **out, unsigned entries) {
   /* Multishot accept is cheap to emulate here: take every connection
   ** that is there at each readiness. (IOQ_NO_MULTISHOT=1 turns it off,
   ** as on io_uring, to test the Lua fallback.) */
-  b->base.caps = getenv("IOQ_NO_MULTISHOT") ? 0 : IOQ_CAP_MULTISHOT_ACCEPT;
+  b->base.caps = getenv("IOQ_NO_MULTISHOT") ? 0
+               : IOQ_CAP_MULTISHOT_ACCEPT | IOQ_CAP_POOL;
   *out = &b->base;
   return 0;
 }
@@ -567,6 +638,7 @@ static void epoll_destroy(ioq_backend *base) {
   epoll_backend *b = (epoll_backend *)base;
   int i;
   ioq_workers_free(&b->pool);
+  ioq_bufstack_drop(b->bufs);
   for (i = 0; i < b->nwatches; i++)
     free(b->watches[i]);
   free(b->watches);
@@ -586,6 +658,8 @@ static int epoll_start(ioq_backend *base, ioq_op *op) {
     return -ENOMEM;
   b->live++;
   eop_of(op)->state = EOP_STAGED;
+  eop_of(op)->buf = -1;
+  eop_of(op)->pool = b->bufs;
   eop_of(op)->timer.slot = 0;
   push(&b->staged, op);
   return 0;
@@ -741,7 +815,25 @@ static int epoll_features(ioq_backend *b, const char **names, int max) {
   if (n < max) names[n++] = "workers";
   if (n < max && (b->caps & IOQ_CAP_MULTISHOT_ACCEPT))
     names[n++] = "multishot_accept";
+  if (n < max && (b->caps & IOQ_CAP_POOL))
+    names[n++] = "provided_buffers";
   return n;
+}
+
+/* The pool (see ioq_bufstack.h). Its memory is not touched here: a
+** buffer costs resident memory only once a receive has used it. */
+static int epoll_pool_create(ioq_backend *base, unsigned count,
+                             unsigned size, ioq_pool **out) {
+  epoll_backend *b = (epoll_backend *)base;
+  int r;
+  if (b->bufs == NULL) {
+    if (!(base->caps & IOQ_CAP_POOL))
+      return -EOPNOTSUPP;
+    if ((r = ioq_bufstack_new(count, size, &b->bufs)) < 0)
+      return r;
+  }
+  *out = &b->bufs->base;
+  return 0;
 }
 
 const ioq_backend_class ioq_epoll_backend = {
@@ -753,5 +845,5 @@ const ioq_backend_class ioq_epoll_backend = {
   epoll_submit,
   epoll_reap,
   epoll_features,
-  NULL,
+  epoll_pool_create,
 };

@@ -19,6 +19,8 @@
 **                      out op is canceled with CancelIoEx
 **   shutdown, UDP      done at once (they never block); reported by the
 **   connect            next reap
+**   pooled recv        a 0-byte WSARecv, then a non-blocking recv into a
+**                      pool buffer (see "the pool" below)
 **
 ** A pool op is canceled (or timed out) with CancelSynchronousIo on the
 ** thread running its call: a read on an empty pipe or a console may
@@ -45,6 +47,7 @@
 #include <string.h>
 
 #include "ioq_blocking.h"
+#include "ioq_bufstack.h"
 #include "ioq_heap.h"
 #include "ioq_os.h"
 
@@ -103,6 +106,10 @@ struct rec {
   pool_job *job;
   struct rec *retry_next;   /* on the owner's retry list */
   int on_retry;
+  /* use_pool: on a stream socket the WSARecv is a 0-byte wait; on
+  ** another it receives into pool buffer `buf`, lent to it meanwhile. */
+  int stream;
+  int32_t buf;
 };
 
 struct iocp_backend {
@@ -114,6 +121,7 @@ struct iocp_backend {
   LPFN_CONNECTEX connectex;
   unsigned started;              /* ops started since the last submit */
   rec *retries;                  /* pool ops whose cancel must be retried */
+  ioq_bufstack *pool;            /* provided buffers, made on first use */
   unsigned long long port_id;    /* names the port in ioq_win_tie */
   OVERLAPPED_ENTRY entries[64];
 };
@@ -924,6 +932,95 @@ static int zero_read(iocp_backend *b, rec *r, int *err) {
   return 1;
 }
 
+/* ---------------------------------------------------------------- the pool */
+
+/*
+** The pool of provided buffers (IOQ_CAP_POOL; see ioq_bufstack.h) has no
+** kernel part on Windows, so a receive with use_pool works so:
+**
+**   - on a stream socket, a 0-byte WSARecv waits for data holding no
+**     buffer (Windows ends it once data is there, or at the end of the
+**     stream). Its packet (pool_packet) then takes a free buffer and
+**     receives into it without blocking: the socket is made
+**     non-blocking, which overlapped calls ignore. A multishot op takes
+**     every chunk waiting (16 at most), then waits again; a wake-up with
+**     nothing to read (another reader was first) waits again too. With
+**     no free buffer, a peek tells data (ENOBUFS, which the binding waits
+**     out) from the end of the stream;
+**   - a 0-byte receive would drop a datagram, so on any other socket the
+**     op takes a buffer first (ENOBUFS when none is free) and receives
+**     into it.
+*/
+
+/* recv_now's answer when nothing is there to read. */
+#define POOL_EMPTY (-((int64_t)1 << 40))
+
+static int arm_pooled(iocp_backend *b, rec *r) {
+  SOCKET s = (SOCKET)r->op->fd;
+  int err;
+  memset(&r->ov, 0, sizeof r->ov);
+  r->flags = 0;
+  r->wsabuf.buf = NULL;
+  r->wsabuf.len = 0;
+  if (!r->stream) {
+    int i = ioq_bufstack_next(b->pool);
+    if (i < 0)
+      return -ENOBUFS;
+    ioq_bufstack_lend(b->pool);
+    r->buf = i;
+    r->wsabuf.buf = (char *)ioq_bufstack_mem(b->pool, i);
+    r->wsabuf.len = b->pool->base.size;
+  }
+  err = wsa_overlapped(WSARecv(s, &r->wsabuf, 1, NULL, &r->flags, &r->ov,
+                               NULL));
+  if (err != 0 && r->buf >= 0) {
+    ioq_pool_release(&b->pool->base, r->buf);
+    r->buf = -1;
+  }
+  return err;
+}
+
+static int start_pooled(iocp_backend *b, rec *r) {
+  SOCKET s = (SOCKET)r->op->fd;
+  int type = 0, len = sizeof type;
+  if (b->pool == NULL)
+    return -EOPNOTSUPP;
+  if (getsockopt(s, SOL_SOCKET, SO_TYPE, (char *)&type, &len) != 0)
+    return -ioq_sockerr();
+  r->stream = type == SOCK_STREAM;
+  if (r->stream) {
+    u_long on = 1;
+    if (ioctlsocket(s, FIONBIO, &on) != 0)
+      return -ioq_sockerr();
+  }
+  return arm_pooled(b, r);
+}
+
+/* A receive that does not block, into a free buffer (lent with *buf):
+** the byte count, 0 at the end of the stream, POOL_EMPTY, or -errno. */
+static int64_t recv_now(iocp_backend *b, rec *r, int32_t *buf) {
+  SOCKET s = (SOCKET)r->op->fd;
+  int i = ioq_bufstack_next(b->pool), got, err;
+  *buf = -1;
+  if (i < 0) {
+    char c;
+    if ((got = recv(s, &c, 1, MSG_PEEK)) > 0)
+      return -ENOBUFS;
+  } else {
+    got = recv(s, (char *)ioq_bufstack_mem(b->pool, i),
+               (int)b->pool->base.size, 0);
+    if (got > 0) {
+      ioq_bufstack_lend(b->pool);
+      *buf = i;
+      return got;
+    }
+  }
+  if (got == 0)
+    return 0;
+  err = WSAGetLastError();
+  return err == WSAEWOULDBLOCK ? POOL_EMPTY : -ioq_win_errno((unsigned long)err);
+}
+
 static int start_io(iocp_backend *b, rec *r) {
   ioq_op *op = r->op;
   SOCKET s = (SOCKET)op->fd;
@@ -995,6 +1092,8 @@ static int start_io(iocp_backend *b, rec *r) {
       return overlapped(b, r, WriteFile((HANDLE)op->fd, op->buf, op->len,
                                         NULL, &r->ov));
     case IOQ_RECV:
+      if (op->use_pool)
+        return start_pooled(b, r);
       r->flags = 0;
       return wsa_overlapped(WSARecv(s, &r->wsabuf, 1, NULL, &r->flags,
                                     &r->ov, NULL));
@@ -1018,7 +1117,7 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
   iocp_backend *b = TO_IOCP(base);
   rec *r;
   int err;
-  if (op->multishot || op->use_pool)
+  if (op->multishot && !op->use_pool)
     return -EOPNOTSUPP;
   if ((err = timer_reserve(b)) != 0)  /* a timer must not fail later */
     return err;
@@ -1028,6 +1127,7 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
   r->owner = b;
   r->kind = K_IO;
   r->accepted = INVALID_SOCKET;
+  r->buf = -1;
   op->be.op.ptr[0] = r;
   if ((err = start_io(b, r)) != 0) {
     free(r);
@@ -1130,19 +1230,92 @@ static int64_t io_result(rec *r, DWORD bytes) {
   return res;
 }
 
-static void finish(iocp_backend *b, rec *r, int64_t res, ioq_event *ev) {
+/* The last event of record r (freed), with pool buffer `buf` or -1. */
+static void finish_buf(iocp_backend *b, rec *r, int64_t res, int32_t buf,
+                       ioq_event *ev) {
   timer_remove(b, r);  /* if it is in the heap */
   if (r->on_retry)
     retry_remove(b, r);
   if (res == -ECANCELED && r->timed_out)
     res = -ETIMEDOUT;
+  if (r->buf >= 0)  /* a datagram receive's buffer, which got nothing */
+    ioq_pool_release(&b->pool->base, r->buf);
   ev->op = r->op;
   ev->res = res;
-  ev->buf = -1;
+  ev->buf = buf;
   ev->more = 0;
   r->op->res = res;
   free(r->job);  /* its thread is done with it: the packet came */
   free(r);
+}
+
+static void finish(iocp_backend *b, rec *r, int64_t res, ioq_event *ev) {
+  finish_buf(b, r, res, -1, ev);
+}
+
+/*
+** Ends pooled record r with `res` in ev[n] if n < room, else later
+** through the done list (its timer goes: a local record has none).
+** Returns the events stored.
+*/
+static int pool_end(iocp_backend *b, rec *r, int64_t res, ioq_event *ev,
+                    int n, int room) {
+  if (n < room) {
+    finish(b, r, res, &ev[n]);
+    return n + 1;
+  }
+  timer_remove(b, r);
+  done_push(b, r, res);
+  return n;
+}
+
+/*
+** The packet of a pooled receive's WSARecv, with `res` its result: stores
+** up to `room` (> 0) events in ev and returns how many. The record ends
+** with its last event, or waits again (see "the pool").
+*/
+static int pool_packet(iocp_backend *b, rec *r, int64_t res, ioq_event *ev,
+                       int room) {
+  ioq_op *op = r->op;
+  int n = 0, err;
+  if (res < 0) {
+    finish(b, r, res, ev);
+    return 1;
+  }
+  if (!r->stream) {  /* a datagram, in r->buf */
+    int32_t buf = r->buf;
+    r->buf = -1;
+    if (!op->multishot) {
+      finish_buf(b, r, res, buf, ev);
+      return 1;
+    }
+    ev[n].op = op;
+    ev[n].res = res;
+    ev[n].buf = buf;
+    ev[n++].more = 1;
+  } else {
+    while (n < room && n < 16) {
+      int32_t buf;
+      int64_t got = recv_now(b, r, &buf);
+      if (got == POOL_EMPTY)
+        break;
+      if (got <= 0 || !op->multishot) {  /* the one chunk, or the end */
+        finish_buf(b, r, got, buf, &ev[n]);
+        return n + 1;
+      }
+      ev[n].op = op;
+      ev[n].res = got;
+      ev[n].buf = buf;
+      ev[n++].more = 1;
+    }
+  }
+  /* Wait again, unless the op was canceled meanwhile (the cancel hit
+  ** the call that has just ended). */
+  if (op->cancel_requested || r->timed_out)
+    return pool_end(b, r, -ECANCELED, ev, n, room);
+  if ((err = arm_pooled(b, r)) != 0)
+    return pool_end(b, r, err, ev, n, room);
+  return n;
 }
 
 /* Moves finished records from the done list into ev[n..max). */
@@ -1206,9 +1379,13 @@ static int iocp_reap(ioq_backend *base, ioq_event *ev, int max,
                                    e->lpCompletionKey, e->lpOverlapped);
         continue;
       }
-      finish(b, r, e->lpCompletionKey == KEY_DONE
-                     ? r->res : io_result(r, e->dwNumberOfBytesTransferred),
-             &ev[n++]);
+      if (e->lpCompletionKey == KEY_IO && r->op->use_pool)
+        n += pool_packet(b, r, io_result(r, e->dwNumberOfBytesTransferred),
+                         &ev[n], max - n - (int)(got - i - 1));
+      else
+        finish(b, r, e->lpCompletionKey == KEY_DONE
+                       ? r->res : io_result(r, e->dwNumberOfBytesTransferred),
+               &ev[n++]);
     }
     if (n > 0)
       return n;
@@ -1221,11 +1398,11 @@ static int iocp_reap(ioq_backend *base, ioq_event *ev, int max,
 }
 
 static int iocp_features(ioq_backend *base, const char **names, int max) {
-  (void)base;
-  if (max < 1)
-    return 0;
-  names[0] = "threadpool";
-  return 1;
+  int n = 0;
+  if (n < max) names[n++] = "threadpool";
+  if (n < max && (base->caps & IOQ_CAP_POOL))
+    names[n++] = "provided_buffers";
+  return n;
 }
 
 static int iocp_create(ioq_backend **out, unsigned entries) {
@@ -1244,7 +1421,10 @@ static int iocp_create(ioq_backend **out, unsigned entries) {
   }
   b->port_id = ioq_win_port_id();
   b->base.cls = &ioq_iocp_backend;
-  b->base.caps = IOQ_CAP_NO_POSITION;
+  /* IOQ_NO_MULTISHOT=1 turns the pool off, as elsewhere, to test the
+  ** binding's receives without one. */
+  b->base.caps = IOQ_CAP_NO_POSITION |
+                 (getenv("IOQ_NO_MULTISHOT") ? 0 : IOQ_CAP_POOL);
   *out = &b->base;
   return 0;
 }
@@ -1253,7 +1433,23 @@ static void iocp_destroy(ioq_backend *base) {
   iocp_backend *b = TO_IOCP(base);
   CloseHandle(b->port);
   ioq_heap_free(&b->timers);
+  ioq_bufstack_drop(b->pool);
   free(b);
+}
+
+/* The pool (see "the pool"), made once. */
+static int iocp_pool(ioq_backend *base, unsigned count, unsigned size,
+                     ioq_pool **out) {
+  iocp_backend *b = TO_IOCP(base);
+  int r;
+  if (b->pool == NULL) {
+    if (!(base->caps & IOQ_CAP_POOL))
+      return -EOPNOTSUPP;
+    if ((r = ioq_bufstack_new(count, size, &b->pool)) < 0)
+      return r;
+  }
+  *out = &b->pool->base;
+  return 0;
 }
 
 const ioq_backend_class ioq_iocp_backend = {
@@ -1265,5 +1461,5 @@ const ioq_backend_class ioq_iocp_backend = {
   .submit = iocp_submit,
   .reap = iocp_reap,
   .features = iocp_features,
-  .pool = NULL,
+  .pool = iocp_pool,
 };

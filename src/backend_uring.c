@@ -716,7 +716,12 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
       break;
     case IOQ_RECV:
       if (op->use_pool) {
-        io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
+        /* The kernel picks a pool buffer once data is there (length 0:
+        ** the buffer's size): an idle socket holds none. */
+        if (op->multishot)
+          io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
+        else
+          io_uring_prep_recv(sqe, op->fd, NULL, 0, 0);
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = POOL_GROUP;
       } else {

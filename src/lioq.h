@@ -70,6 +70,7 @@ typedef struct lioq_block {
   unsigned char *data;
   ioq_pool *pool;        /* a view of pool buffer `buf`, which goes back to */
   int buf;               /* the pool when the last reference does */
+  int embedded;          /* inside its view's userdata: never freed alone */
 } lioq_block;
 
 /* lioq_buffer.c */
@@ -90,6 +91,7 @@ static inline lioq_block *lioq_idleblock(lua_State *L, int arg,
   return b;
 }
 int lioq_buffer_set_view(void *view, ioq_pool *pool, int buf, size_t len);
+int lioq_buffer_view_free(const void *view);
 
 /* The link of a pending op in the list of its file object. */
 typedef struct lioq_oplink {

@@ -24,7 +24,8 @@ void lioq_block_unref(lioq_block *b) {
       ioq_pool_release(b->pool, b->buf);
     else
       ioq_aligned_free(b->data);
-    free(b);
+    if (!b->embedded)
+      free(b);
   }
 }
 
@@ -45,38 +46,56 @@ static lioq_block *block_new(size_t size) {
   b->data = data;
   b->pool = NULL;
   b->buf = -1;
+  b->embedded = 0;
   return b;
 }
 
 /*
-** A view of a pool buffer is made in two steps, so that the caller can
-** make the Lua object (which can run finalizers) before it takes the item
-** that the view will hold: lioq_buffer_push_view pushes a closed buffer,
-** lioq_buffer_set_view gives it a block of `len` bytes of pool buffer
+** A view of a pool buffer: a buffer userdata with its block inside it, so
+** that lending a pool buffer to Lua allocates nothing. The block can
+** outlive the view's reference (an op in flight holds one), never the
+** userdata: every op keeps the object of the buffer it uses reachable
+** until it is settled, and a queue collected with its ops settles them
+** in its finalizer, before the collector frees anything.
+**
+** A view is made closed (lioq_buffer_push_view), before it is needed,
+** and lioq_buffer_set_view then lends it `len` bytes of pool buffer
 ** `buf`, taking over the reference the pool lent with it (closing or
-** collecting the view gives the pool buffer back). set_view only
-** allocates with malloc; it returns 0 when that fails, and the caller
-** still owns the pool buffer.
+** collecting the view gives the pool buffer back). That cannot fail, so
+** the engine can do it in C as the bytes arrive. A view that is closed,
+** with no op still using its block, can be lent a buffer again: a pooled
+** receive that is resubmitted reuses its view.
 */
+typedef struct lview {
+  lbuffer ub;
+  lioq_block own;
+} lview;
+
 void *lioq_buffer_push_view(lua_State *L) {
-  lbuffer *ub = lua_newuserdatauv(L, sizeof *ub, 0);
-  ub->block = NULL;
+  lview *v = lua_newuserdatauv(L, sizeof *v, 0);
+  v->ub.block = NULL;
+  v->own.refs = 0;
   luaL_setmetatable(L, LIOQ_BUFFER);
-  return ub;
+  return v;
+}
+
+int lioq_buffer_view_free(const void *view) {
+  const lview *v = view;
+  return v->ub.block == NULL && v->own.refs == 0;
 }
 
 int lioq_buffer_set_view(void *view, ioq_pool *pool, int buf, size_t len) {
-  lbuffer *ub = view;
-  lioq_block *b = malloc(sizeof *b);
-  if (b == NULL)
+  lview *v = view;
+  if (!lioq_buffer_view_free(v))
     return 0;
-  b->refs = 1;
-  b->size = len;
-  b->busy = 0;
-  b->data = pool->mem + (size_t)buf * pool->size;
-  b->pool = pool;
-  b->buf = buf;
-  ub->block = b;
+  v->own.refs = 1;
+  v->own.size = len;
+  v->own.busy = 0;
+  v->own.data = pool->mem + (size_t)buf * pool->size;
+  v->own.pool = pool;
+  v->own.buf = buf;
+  v->own.embedded = 1;
+  v->ub.block = &v->own;
   return 1;
 }
 
@@ -157,6 +176,49 @@ static int buffer_tostring(lua_State *L) {
   return 1;
 }
 
+/* The first place in `hay` (`len` bytes) where the `n` (> 0) bytes of
+** `needle` occur, or NULL. */
+static const unsigned char *find_bytes(const unsigned char *hay, size_t len,
+                                       const unsigned char *needle,
+                                       size_t n) {
+  const unsigned char *end;
+  if (n > len)
+    return NULL;
+  end = hay + (len - n) + 1;  /* one past the last place a match can start */
+  while (hay < end) {
+    const unsigned char *p = memchr(hay, needle[0], (size_t)(end - hay));
+    if (p == NULL)
+      return NULL;
+    if (memcmp(p + 1, needle + 1, n - 1) == 0)
+      return p;
+    hay = p + 1;
+  }
+  return NULL;
+}
+
+/*
+** buf:find(s [, i [, j]]): where the bytes of s first occur within bytes
+** i..j (string.sub rules; default all): their first and last positions,
+** or nil. A plain search, as string.find(..., true): a stream looks for
+** its delimiter where the bytes came in, without a string of them.
+*/
+static int buffer_find(lua_State *L) {
+  lioq_block *b = lioq_checkidle(L, 1);
+  size_t n, start, len;
+  const char *needle = luaL_checklstring(L, 2, &n);
+  const unsigned char *at;
+  luaL_argcheck(L, n > 0, 2, "non-empty string expected");
+  len = span(L, b->size, 3, 4, &start);
+  at = find_bytes(b->data + start, len, (const unsigned char *)needle, n);
+  if (at == NULL) {
+    luaL_pushfail(L);
+    return 1;
+  }
+  lua_pushinteger(L, (lua_Integer)(at - b->data) + 1);
+  lua_pushinteger(L, (lua_Integer)(at - b->data) + (lua_Integer)n);
+  return 2;
+}
+
 /* buf:set(s [, i]): copies s into the buffer from position i (default 1). */
 static int buffer_set(lua_State *L) {
   lioq_block *b = lioq_checkidle(L, 1);
@@ -223,6 +285,7 @@ static int buffer_repr(lua_State *L) {
 void lioq_open_buffer(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"tostring", buffer_tostring},
+    {"find", buffer_find},
     {"set", buffer_set},
     {"fill", buffer_fill},
     {"busy", buffer_busy},

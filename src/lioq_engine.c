@@ -121,7 +121,7 @@ static void settle(lhandle *h, int from_gc) {
   if (h->cancel_queued)
     drop_cancel(h);
   unlink_file(h);
-  if (from_gc && h->items.v != NULL)  /* nobody can take them any more */
+  if (from_gc && h->items.v != NULL)  /* nobody can take them */
     lioq_items_free(h);
   if (h->block != NULL) {
     h->block->busy = 0;
@@ -290,7 +290,24 @@ static int apply(lqueue *q, const ioq_event *ev, int from_gc) {
   ioq_op *op = ev->op;
   int news = 0;
   if (!op->multishot) {
+    if (op->use_pool && ev->res == -ENOBUFS && !op->cancel_requested &&
+        !q->closing) {
+      /* Data came and the pool was empty: wait for a buffer, as a
+      ** multishot receive does, rather than fail. */
+      q->starvations++;
+      h->state = ST_STARVED;
+      list_push(&q->starved, op);
+      return ACT_NONE;
+    }
     op->res = ev->res;
+    if (h->pooled && h->block != NULL && ev->res >= 0 &&
+        (uint64_t)ev->res < h->block->size)
+      h->block->size = (size_t)ev->res;  /* no pool: its own buffer, cut */
+    /* A pooled receive: the bytes are in pool buffer ev->buf, which its
+    ** view takes (not in a finalizer: the view may be finalized). */
+    if (ev->buf >= 0 && (ev->res <= 0 || from_gc || h->view == NULL ||
+        !lioq_buffer_set_view(h->view, h->pool, ev->buf, (size_t)ev->res)))
+      ioq_pool_release(h->pool, ev->buf);
     settle(h, from_gc);
     return ACT_DONE;
   }

@@ -14,6 +14,21 @@ static lhandle *checkhandle(lua_State *L) {
   return lioq_checkudata(L, 1, TAG_HANDLE);
 }
 
+/*
+** The outcome of a pooled receive (handle at 1): n and the buffer of those
+** n bytes (its view, which the engine lent the pool buffer; where the
+** queue has no pool, the op's own buffer, cut to n bytes), or 0 alone at
+** the end of the stream.
+*/
+static int push_pooled(lua_State *L, lhandle *h) {
+  lua_Integer n = (lua_Integer)h->op.res;
+  lua_pushinteger(L, n);
+  if (n == 0)
+    return 1;
+  lua_getiuservalue(L, 1, HVAL_DATA);
+  return 2;
+}
+
 /* Pushes the handle's outcome: its value, or fail, msg, errno. */
 static int push_result(lua_State *L, lhandle *h) {
   int64_t res = h->op.res;
@@ -32,9 +47,12 @@ static int push_result(lua_State *L, lhandle *h) {
     return 3;
   }
   switch (h->op.code) {
+    case IOQ_RECV:
+      if (h->pooled)
+        return push_pooled(L, h);
+      /* fall through */
     case IOQ_READ:
     case IOQ_WRITE:
-    case IOQ_RECV:
     case IOQ_SEND:
     case IOQ_SENDTO:
       lua_pushinteger(L, (lua_Integer)res);
@@ -212,8 +230,8 @@ static int handle_take(lua_State *L) {
       lioq_item *it = lioq_item_first(h);
       if (h->op.code == IOQ_ACCEPT)
         ((lioq_file *)obj)->fd = (ioq_fd)it->res;
-      else if (!lioq_buffer_set_view(obj, h->pool, it->buf, (size_t)it->res))
-        return luaL_error(L, "not enough memory");
+      else
+        lioq_buffer_set_view(obj, h->pool, it->buf, (size_t)it->res);
       lioq_item_shift(h);
       return 1;
     }

@@ -521,21 +521,29 @@ static int queue_accept_multi(lua_State *L) {
 ** costs no buffer while it is idle. Resolves to EOPNOTSUPP where the
 ** backend has no pool.
 */
+/* The queue's pool, made on first use: 0 or -errno. */
+static int getpool(lua_State *L, lqueue *q) {
+  int r;
+  if (q->pool != NULL)
+    return 0;
+  if (!(q->backend->caps & IOQ_CAP_POOL))
+    return -EOPNOTSUPP;
+  lioq_checkowner(L, q);
+  if ((r = q->backend->cls->pool(q->backend, q->pool_count, q->pool_size,
+                                 &q->pool)) < 0)
+    return r;
+  q->pool->refs++;  /* the queue's own, so q->pool outlives the backend */
+  return 0;
+}
+
 static int queue_recv_multi(lua_State *L) {
   lhandle *h = newop(L, IOQ_RECV, 0, 0, 0);
   lioq_file *s = opensocket(L, h);
   lqueue *q = h->q;
+  int r;
   multishot(L, h, s);
-  if (!(q->backend->caps & IOQ_CAP_POOL))
-    return multishot_failed(L, h, "recv_multi", EOPNOTSUPP);
-  if (q->pool == NULL) {
-    int r;
-    lioq_checkowner(L, q);
-    if ((r = q->backend->cls->pool(q->backend, q->pool_count, q->pool_size,
-                              &q->pool)) < 0)
-      return multishot_failed(L, h, "recv_multi", -r);
-    q->pool->refs++;  /* the queue's own, so q->pool outlives the backend */
-  }
+  if ((r = getpool(L, q)) < 0)
+    return multishot_failed(L, h, "recv_multi", -r);
   h->op.use_pool = 1;
   h->pool = q->pool;
   commit(L, h, NULL, 2);
@@ -543,15 +551,62 @@ static int queue_recv_multi(lua_State *L) {
 }
 
 /*
+** q:recv_pooled(s): one receive that takes a buffer from the queue's pool
+** only once data has arrived, so a socket waiting for data holds no
+** buffer. Resolves to n and a buffer of the n bytes (closing it, or
+** letting it be collected, gives the pool buffer back); 0 alone when the
+** peer has closed. The buffer is a view made here, closed, which the
+** engine lends the pool buffer as the bytes arrive: the handle itself
+** never holds a pool buffer, so it needs no finalizer. Where the backend
+** has no pool, the op receives into a buffer of its own of the pool's
+** buffer size.
+*/
+static void *pooled_data(lua_State *L, lqueue *q, int use_pool) {
+  if (use_pool)
+    return lioq_buffer_push_view(L);
+  lua_pushcfunction(L, lioq_buffer_new);
+  lua_pushinteger(L, (lua_Integer)q->pool_size);
+  lua_call(L, 1, 1);
+  return NULL;
+}
+
+static int queue_recv_pooled(lua_State *L) {
+  lhandle *h = newop(L, IOQ_RECV, 0, 0, 0);  /* at 5 */
+  lqueue *q = h->q;
+  int use_pool = getpool(L, q) == 0;
+  h->pooled = 1;
+  /* Its buffer (objects first), under the handle; then the checks. */
+  h->view = pooled_data(L, q, use_pool);
+  lua_insert(L, 5);
+  luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
+  opensocket(L, h);
+  keepdata(L, 5);
+  if (use_pool) {
+    h->op.use_pool = 1;
+    h->pool = q->pool;
+    commit(L, h, NULL, 2);
+  } else {
+    lioq_block *b = lioq_checkidle(L, 5);
+    h->op.len = (uint32_t)b->size;
+    h->op.buf = b->data;
+    commit(L, h, b, 2);
+  }
+  return 1;
+}
+
+/*
 ** h:resubmit([offset]): starts a resolved read, write, recv, send, recvfrom,
 ** sendto, fsync, nop or sleep again with the same descriptor, buffer (or
 ** string), length and address, at `offset` if given (reads and writes).
-** A loop of I/O then needs no new handle per op.
+** A loop of I/O then needs no new handle per op. A pooled receive gets a
+** new buffer, unless the view of its last result is closed and free (the
+** usual case: a loop that closes each buffer it got makes none).
 */
 int lioq_handle_resubmit(lua_State *L) {
   lhandle *h = lioq_checkudata(L, 1, TAG_HANDLE);
   lqueue *q = h->q;
   lioq_block *b = NULL;
+  void *view = h->view;
   int code = h->op.code;
   int64_t off = h->at_position ? -1 : h->op.offset;
   ioq_fd fd = h->op.fd;
@@ -571,13 +626,17 @@ int lioq_handle_resubmit(lua_State *L) {
   lua_getiuservalue(L, 1, HVAL_QUEUE);              /* 2 */
   lua_getiuservalue(L, 1, HVAL_DATA);               /* 3 */
   lua_getiuservalue(L, 1, HVAL_FD);                 /* 4 */
+  if (h->pooled && (!h->op.use_pool || !lioq_buffer_view_free(view))) {
+    view = pooled_data(L, q, h->op.use_pool);  /* a new one, made first */
+    lua_replace(L, 3);
+  }
   luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
   if (lua_type(L, 4) == LUA_TUSERDATA) {  /* the file may have been closed */
     fd = lioq_tofd(L, 4);
     if (fd == IOQ_NOFD)
       return luaL_error(L, "the handle's file is closed");
   }
-  if (lua_type(L, 3) == LUA_TUSERDATA) {
+  if (lua_type(L, 3) == LUA_TUSERDATA && !h->op.use_pool) {
     b = lioq_toudata(L, 3, TAG_BUFFER) ? lioq_checkblock(L, 3) : NULL;
     if (b != NULL && b->busy)
       return luaL_error(L, LIOQ_BUSY);
@@ -592,6 +651,15 @@ int lioq_handle_resubmit(lua_State *L) {
   h->op.res = 0;
   h->op.timeout_ns = 0;
   h->op.cancel_requested = 0;
+  if (h->pooled) {  /* the buffer it has now */
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, -2, HVAL_DATA);
+    h->view = view;
+    if (b != NULL) {
+      h->op.buf = b->data;
+      h->op.len = (uint32_t)b->size;
+    }
+  }
   lioq_enqueue(L, h, b, 4);
   return 1;
 }
@@ -630,5 +698,6 @@ const luaL_Reg lioq_op_methods[] = {
   {"shutdown", queue_shutdown},
   {"accept_multi", queue_accept_multi},
   {"recv_multi", queue_recv_multi},
+  {"recv_pooled", queue_recv_pooled},
   {NULL, NULL}
 };

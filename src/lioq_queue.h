@@ -118,6 +118,9 @@ typedef struct lhandle {
   int at_position;         /* asked for the current position (offset -1) */
   lioq_file *file;         /* the file object the op is pending on */
   lioq_oplink link;        /* in file->ops */
+  int pooled;              /* q:recv_pooled: resolves to n and a buffer */
+  void *view;              /* its buffer view (HVAL_DATA), which the engine
+                              lends the pool buffer the bytes came in */
 } lhandle;
 
 #define handle_of_link(l) \

@@ -1,12 +1,13 @@
 --- ioq.multishot: s:accept_multi() and s:recv_multi(), one handle giving
--- an item per h:next(). Where the backend has a multishot op it is used;
+-- an item per h:next(); and s:recv_pooled(), one receive into a buffer of
+-- the same pool. Where the backend has a multishot op it is used;
 -- where it has none (EOPNOTSUPP), an emulated handle starts a plain op per
 -- item and offers the same interface (next, each, cancel, done). Also
 -- h:each(), the iterator of either kind.
 --
 -- Holds no state beyond each emulated handle's own fields. It adds
--- accept_multi and recv_multi to ioq.socket and each to ioq.handle; it
--- requires ioq.core, ioq.args and ioq.loop.
+-- accept_multi, recv_multi and recv_pooled to ioq.socket and each to
+-- ioq.handle; it requires ioq.core, ioq.args and ioq.loop.
 local core = require "ioq.core"
 local args = require "ioq.args"
 local loop = require "ioq.loop"
@@ -143,6 +144,17 @@ end
 -- the queue's provided buffers where it can; one recv per chunk elsewhere.
 function socket_methods.recv_multi(s)
   return multishot("recv", s, function(q, buf) return q:recv(s, buf) end)
+end
+
+--- s:recv_pooled(): one receive on the running loop's queue that takes a
+-- buffer from the queue's pool only once data has arrived, so a socket
+-- waiting for data holds no buffer. Its handle resolves to n and a buffer
+-- of the n bytes (close it, or let it be collected, to give it back), or
+-- to 0 alone when the peer has closed. Where the backend has no pool, the
+-- receive uses a buffer of its own.
+local q_recv_pooled = queue_methods.recv_pooled
+function socket_methods.recv_pooled(s)
+  return c_call("recv_pooled", 2, pcall(q_recv_pooled, current_queue(), s))
 end
 
 return true

@@ -7,14 +7,35 @@
 --   local body = s:read_exact(n)
 --   assert(s:write_all("HTTP/1.1 200 OK\r\n..."))
 --
+-- A stream over a socket holds no buffer while it waits: each read is a
+-- pooled receive (q:recv_pooled), which takes a buffer from the queue's
+-- pool only once data has arrived, and gives it back before the read
+-- returns; the one receive handle is resubmitted for the next read, so a
+-- read makes no new object. A stream over a file reads into a buffer of
+-- its own.
+--
 -- Holds no state beyond each stream's own fields; touches nothing else.
 -- It requires ioq.core, ioq.args and ioq.loop (whose h:await it uses).
 local core = require "ioq.core"
 local args = require "ioq.args"
 local loop = require "ioq.loop"
 local pack = table.pack
+local queue_methods = core.classes.queue
+local q_recv_pooled, q_read = queue_methods.recv_pooled, queue_methods.read
+local h_done, h_resubmit = core.classes.handle.done, core.classes.handle.resubmit
+local queue_of = core.queue_of
 
-local Stream = {}
+-- The fields a stream shares with every other until it sets its own: an
+-- idle stream is a small table (a server may hold many thousands).
+local Stream = {
+  socket = false,  -- the object is an ioq.socket: reads are pooled receives
+  size = 65536,
+  buf = false,     -- a file's read buffer, made on its first read
+  recv = false,    -- a socket's pooled receive, started again for each read
+  eof = false,
+  timeout = nil,
+  max_line = 1024 * 1024,
+}
 Stream.__index = Stream
 Stream.__name = "ioq.stream"
 
@@ -35,9 +56,10 @@ local function is_socket(obj)
 end
 
 --- ioq.stream(obj [, opts]): obj is an ioq.socket or an ioq.file (or any
--- descriptor the queue accepts). opts: size (read buffer, default 64 KiB),
--- timeout (seconds per read or write, default none), max_line (longest
--- line or delimited record, default 1 MiB).
+-- descriptor the queue accepts). opts: size (most bytes one s:read gives,
+-- and the read buffer of a file; default 64 KiB), timeout (seconds per
+-- read or write, default none), max_line (longest line or delimited
+-- record, default 1 MiB).
 local function new(obj, opts)
   local t = type(obj)
   if t ~= "userdata" and math.type(obj) ~= "integer" then
@@ -46,29 +68,28 @@ local function new(obj, opts)
   if opts ~= nil and type(opts) ~= "table" then
     argerror(2, "stream", "options table expected, got " .. type(opts))
   end
-  opts = opts or {}
-  local size = opts.size or 65536
-  if math.type(size) ~= "integer" or size < 1 then
-    argerror(2, "stream", "size must be a positive integer")
-  end
-  local timeout = opts.timeout
-  if timeout ~= nil and not (type(timeout) == "number" and timeout >= 0) then
-    argerror(2, "stream", "timeout must be a non-negative number")
-  end
-  local max_line = opts.max_line or 1024 * 1024
-  if math.type(max_line) ~= "integer" or max_line < 1 then
-    argerror(2, "stream", "max_line must be a positive integer")
-  end
-  return setmetatable({
+  local self = setmetatable({
     obj = obj,
-    socket = is_socket(obj),
-    buf = core.buffer(size),
     data = "",       -- bytes read but not consumed are data:sub(pos)
     pos = 1,
-    eof = false,
-    timeout = timeout,
-    max_line = max_line,
   }, Stream)
+  if is_socket(obj) then self.socket = true end
+  if opts then
+    local size = opts.size
+    if size ~= nil and (math.type(size) ~= "integer" or size < 1) then
+      argerror(2, "stream", "size must be a positive integer")
+    end
+    local timeout = opts.timeout
+    if timeout ~= nil and not (type(timeout) == "number" and timeout >= 0) then
+      argerror(2, "stream", "timeout must be a non-negative number")
+    end
+    local max_line = opts.max_line
+    if max_line ~= nil and (math.type(max_line) ~= "integer" or max_line < 1) then
+      argerror(2, "stream", "max_line must be a positive integer")
+    end
+    self.size, self.timeout, self.max_line = size, timeout, max_line
+  end
+  return self
 end
 
 --- Checks the self of method `name`: an open stream.
@@ -83,19 +104,51 @@ end
 -- the private one that blocking calls use.
 local queue = current_queue
 
---- Reads once more into the pending data. Returns true; false at the end
--- of the stream; or nil, msg, errno.
-local function fill(self)
+--- Reads once more: a buffer holding the n bytes that came (a pool
+-- buffer for a socket, to be closed by the caller; a file's own buffer),
+-- and n. false at the end of the stream; or nil, msg, errno.
+local function receive(self)
   if self.eof then return false end
-  local q = queue()
-  local h = self.socket and q:recv(self.obj, self.buf) or q:read(self.obj, self.buf)
-  local n, msg, err = h:await(self.timeout)
-  if not n then return nil, msg, err end
+  local n, buf, err
+  if self.socket then
+    local q, h = queue(), self.recv
+    if h and h_done(h) and queue_of(h) == q then
+      h_resubmit(h)
+    else
+      h = q_recv_pooled(q, self.obj)
+      self.recv = h
+    end
+    n, buf, err = h:await(self.timeout)
+  else
+    local own = self.buf
+    if not own then
+      own = core.buffer(self.size)
+      self.buf = own
+    end
+    n, buf, err = q_read(queue(), self.obj, own):await(self.timeout)
+    if n then buf = own end
+  end
+  if not n then return nil, buf, err end
   if n == 0 then
     self.eof = true
     return false
   end
-  local chunk = self.buf:tostring(1, n)
+  return buf, n
+end
+
+--- Gives back the buffer receive() returned (a pool buffer goes back to
+-- the pool; a file's own buffer stays).
+local function release(self, buf)
+  if self.socket then buf:close() end
+end
+
+--- Reads once more into the pending data. Returns true; false at the end
+-- of the stream; or nil, msg, errno.
+local function fill(self)
+  local buf, n, err = receive(self)
+  if not buf then return buf, n, err end
+  local chunk = buf:tostring(1, n)
+  release(self, buf)
   if self.pos > #self.data then
     self.data = chunk
   else
@@ -134,11 +187,31 @@ local function read_until(self, delim, name)
     if available(self) > self.max_line then
       return nil, too_long, E.EMSGSIZE
     end
-    -- Search again only where a new match could start.
-    local rescan = math.max(available(self) - #delim + 2, 1)
-    local ok, msg, err = fill(self)
-    if not ok then return nodata(ok, msg, err) end
-    from = rescan
+    if available(self) == 0 then
+      -- Nothing pending (a new request, as a rule): look for the
+      -- delimiter in the buffer the bytes came in, and copy out only the
+      -- record and what follows it.
+      local buf, n, err = receive(self)
+      if not buf then return nodata(buf, n, err) end
+      local at, last = buf:find(delim, 1, n)
+      if at and at - 1 <= self.max_line then
+        local s = buf:tostring(1, at - 1)
+        self.data, self.pos = last < n and buf:tostring(last + 1, n) or "", 1
+        release(self, buf)
+        return s
+      end
+      self.data, self.pos = buf:tostring(1, n), 1
+      release(self, buf)
+      -- Found too far on (the search above says so), or not at all: a
+      -- match can only start at the end, where more bytes may finish it.
+      from = at and 1 or math.max(n - #delim + 2, 1)
+    else
+      -- Search again only where a new match could start.
+      local rescan = math.max(available(self) - #delim + 2, 1)
+      local ok, msg, err = fill(self)
+      if not ok then return nodata(ok, msg, err) end
+      from = rescan
+    end
   end
 end
 
@@ -202,7 +275,7 @@ end
 function Stream:read(n)
   check(self, "read")
   if n == nil then
-    n = #self.buf
+    n = self.size
   else
     n = math.tointeger(n)
     if not n or n < 0 then
@@ -256,7 +329,7 @@ function Stream:close()
   local obj = self.obj
   if obj == nil then return true end
   self.obj = nil
-  self.buf:close()
+  if self.buf then self.buf:close() end
   if type(obj) == "userdata" then return obj:close() end
   return true
 end
