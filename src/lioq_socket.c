@@ -197,7 +197,7 @@ static lioq_file *checksocket(lua_State *L, int arg) {
 ** ENOENT, a lookup to try again later is EAGAIN, no memory ENOMEM, an
 ** address family it cannot do EAFNOSUPPORT; a system error is its errno.
 */
-static int lookup_errno(int r) {
+int lioq_lookup_errno(int r) {
   switch (r) {
 #ifdef EAI_SYSTEM
     case EAI_SYSTEM: return errno != 0 ? errno : EIO;
@@ -287,7 +287,7 @@ resolve: {
     hints.ai_flags = AI_ADDRCONFIG;
     r = getaddrinfo(host, NULL, &hints, &res);
     if (r != 0 || res == NULL) {
-      int err = lookup_errno(r);
+      int err = lioq_lookup_errno(r);
 #ifdef EAI_SYSTEM
       if (r == EAI_SYSTEM)
         lua_pushfstring(L, "cannot resolve '%s': %s", host, strerror(err));
