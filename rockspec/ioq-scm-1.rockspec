@@ -38,6 +38,7 @@ build = {
     ["ioq.multishot"] = "lua/ioq/multishot.lua",
     ["ioq.signals"] = "lua/ioq/signals.lua",
     ["ioq.stream"] = "lua/ioq/stream.lua",
+    ["ioq.fs"] = "lua/ioq/fs.lua",
   },
   -- The Makefile reads these source lists too (mk/sources.lua): a new C
   -- file is added here only.

@@ -501,6 +501,13 @@ static int socket_fileno(lua_State *L) {
   return 1;
 }
 
+/* s:kind(): "tcp", "udp6", "unix"... as ioq.socket() took it (the Lua
+** layer asks whether a host needs a lookup). */
+static int socket_kind(lua_State *L) {
+  lua_pushstring(L, kind_name(lioq_checkudata(L, 1, TAG_SOCKET)));
+  return 1;
+}
+
 static int socket_repr(lua_State *L) {
   lioq_file *s = lioq_checkudata(L, 1, TAG_SOCKET);
   if (s->fd == IOQ_NOFD)
@@ -521,6 +528,7 @@ void lioq_open_socket(lua_State *L) {
     {"shutdown", socket_shutdown},
     {"close", socket_close},
     {"fileno", socket_fileno},
+    {"kind", socket_kind},
     {NULL, NULL}
   };
   static const luaL_Reg meta[] = {
