@@ -90,6 +90,7 @@ describe("q:readdir", function()
     v, msg, err = q:readdir(dir .. sep .. "file 001.txt"):wait(10)
     assert.is_nil(v)
     assert.are.equal(E.ENOTDIR, err, msg)
+    local _
     v, _, err = q:opendir(dir .. sep .. "missing"):wait(10)
     assert.is_nil(v)
     assert.are.equal(E.ENOENT, err)
