@@ -11,7 +11,7 @@ local core = require "ioq.core"
 local args = require "ioq.args"
 local loop = require "ioq.loop"
 
-local getmetatable, ipairs, pcall, type = getmetatable, ipairs, pcall, type
+local ipairs, pcall, type = ipairs, pcall, type
 local argerror, c_call = args.argerror, args.c_call
 local loop_queue, blocking_queue, current_queue, wait_for =
   loop.queue, loop.blocking_queue, loop.current_queue, loop.wait_for
@@ -85,7 +85,9 @@ local s_kind = socket_methods.kind
 -- awaited here (the task yields; outside a loop this blocks). On a failed
 -- lookup, nil and the resolve's handle, which holds the failure.
 local function lookup(s, host)
-  local hints = type(host) == "string" and getmetatable(s) and LOOKUP[s_kind(s)]
+  -- Not a socket: no lookup, and the op's own check names the mistake.
+  local ok, kind = pcall(s_kind, s)
+  local hints = ok and type(host) == "string" and LOOKUP[kind]
   if not hints or host == "" or host == "*" or host == "localhost"
      or host:find(":", 1, true) or host:find("^[%d.]+$") or host:find("%z") then
     return host
