@@ -111,6 +111,7 @@ typedef struct resolve_call {
   int port;
   int gai;                 /* the lookup's own error code, 0 if none */
   int sys;                 /* errno behind EAI_SYSTEM */
+  const char *opname;      /* in messages: "resolve", or the op it is for */
 #ifdef _WIN32
   ADDRINFOW *res;
 #else
@@ -193,15 +194,15 @@ static int resolve_push(lua_State *L, lioq_call *base, int64_t res) {
     luaL_pushfail(L);
     if (c->gai != 0)
 #ifdef _WIN32
-      lua_pushfstring(L, "resolve: cannot resolve '%s': %s", c->host,
+      lua_pushfstring(L, "%s: cannot resolve '%s': %s", c->opname, c->host,
                       ioq_strerror(err));
 #else
-      lua_pushfstring(L, "resolve: cannot resolve '%s': %s", c->host,
+      lua_pushfstring(L, "%s: cannot resolve '%s': %s", c->opname, c->host,
                       c->gai == EAI_SYSTEM ? strerror(c->sys)
                                            : gai_strerror(c->gai));
 #endif
     else
-      lua_pushfstring(L, "resolve: %s", ioq_strerror(err));
+      lua_pushfstring(L, "%s: %s", c->opname, ioq_strerror(err));
     lua_pushinteger(L, err);
     return 3;
   }
@@ -256,13 +257,19 @@ static int checkopt(lua_State *L, int arg, const char *field,
 ** q:resolve(host [, port [, opts]]): resolves to a list of addresses,
 ** {host =, port =, family = "inet"|"inet6", socktype = "stream"|"dgram"},
 ** in the order the system prefers. opts.family ("inet", "inet6", "any")
-** and opts.socktype ("stream", the default, "dgram", "any") narrow it.
+** and opts.socktype ("stream", the default, "dgram", "any") narrow it;
+** opts.op ("connect", "sendto") names the op a lookup is made for.
 */
 static int queue_resolve(lua_State *L) {
   static const char *const families[] = {"inet", "inet6", "any", NULL};
   static const int family_values[] = {AF_INET, AF_INET6, AF_UNSPEC};
   static const char *const types[] = {"stream", "dgram", "any", NULL};
   static const int type_values[] = {SOCK_STREAM, SOCK_DGRAM, 0};
+  /* opts.op: the op a lookup is for, named in its messages and h.op (the
+  ** Lua layer's s:connect and s:sendto resolve through here). */
+  static const char *const ops[] = {"resolve", "connect", "sendto", NULL};
+  static const int op_values[] = {0, 1, 2};
+  int op;
   size_t len;
   const char *host = checkname(L, 2, "host", &len);
   lua_Integer port = luaL_optinteger(L, 3, 0);
@@ -273,7 +280,9 @@ static int queue_resolve(lua_State *L) {
     luaL_checktype(L, 4, LUA_TTABLE);
   family = checkopt(L, 4, "family", families, family_values, AF_UNSPEC);
   socktype = checkopt(L, 4, "socktype", types, type_values, SOCK_STREAM);
-  c = newcall(L, 4, sizeof *c + len, "resolve", resolve_run);
+  op = checkopt(L, 4, "op", ops, op_values, 0);
+  c = newcall(L, 4, sizeof *c + len, ops[op], resolve_run);
+  c->opname = ops[op];
   c->base.push = resolve_push;
   c->base.release = resolve_release;
   c->family = family;
@@ -327,6 +336,8 @@ typedef struct dir_call {
   lioq_call base;
   dirstream *ds;           /* the stream read (and held), or NULL */
   int open_only;           /* q:opendir: open it, read nothing */
+  int own;                 /* ds is the call's own (a path): closed as
+                              soon as the op ends */
   size_t max;              /* entries wanted at most (0: every one) */
   char *out;               /* entries: kind byte, name, NUL; each after
                               the last */
@@ -529,8 +540,13 @@ static int64_t dir_run(void *ctx) {
 /* The op has ended: the stream may take the next op. */
 static void dir_settle(lioq_call *base) {
   dir_call *c = (dir_call *)base;
-  if (c->ds != NULL)
-    c->ds->busy = 0;
+  if (c->ds == NULL)
+    return;
+  c->ds->busy = 0;
+  if (c->own) {  /* not when the handle goes: its descriptor is needed no more */
+    dir_unref(c->ds);
+    c->ds = NULL;
+  }
 }
 
 static void dir_release(lioq_call *base) {
@@ -680,6 +696,7 @@ static int queue_readdir(lua_State *L) {
     if ((c->ds = calloc(1, sizeof *c->ds)) == NULL)
       return luaL_error(L, "not enough memory");
     c->ds->refs = 1;
+    c->own = 1;
 #ifdef _WIN32
     c->ds->find = INVALID_HANDLE_VALUE;
 #endif
