@@ -17,7 +17,7 @@
 --                      ioq.open, ioq.sleep
 --   ioq/multishot.lua  s:accept_multi, s:recv_multi (emulated where the
 --                      backend has no multishot op), h:each
---   ioq/fs.lua         ioq.fs: stat, rename, readfile, writefile...; the
+--   ioq/fs.lua         ioq.fs: stat, rename, readdir, readfile...; the
 --                      file methods f:stat, f:truncate, f:readv...
 --   ioq/signals.lua    ioq.signals
 --   ioq/stream.lua     ioq.stream, buffered reads and full writes
@@ -56,7 +56,8 @@ return {
   -- files, signals, streams
   open = objects.open,           -- ioq.open(path [, mode [, perm]]): an ioq.file
   signals = signals,             -- ioq.signals(name, ...): signals delivered through the queue
-  fs = fs,                       -- ioq.fs.stat(path), ioq.fs.readfile(path)...: the file system
+  fs = fs,                       -- ioq.fs.stat(path), ioq.fs.dir(path)...: the file system
+  resolve = objects.resolve,     -- ioq.resolve(host [, port [, opts]]): a host's addresses
   -- ioq.stream(obj [, opts]): a buffered stream over a socket or file
   stream = function(obj, opts) return require("ioq.stream").new(obj, opts) end,
 }
