@@ -50,12 +50,12 @@ static int push_result(lua_State *L, lhandle *h) {
     return 3;
   }
   switch (h->op.code) {
+    case IOQ_CALL:
+      return lioq_call_result(L, h);
     case IOQ_RECV:
       if (h->pooled)
         return push_pooled(L, h);
       /* fall through */
-    case IOQ_CALL:
-      return lioq_call_result(L, h);
     case IOQ_READ:
     case IOQ_WRITE:
     case IOQ_SEND:
