@@ -19,6 +19,7 @@
 --                      backend has no multishot op), h:each
 --   ioq/signals.lua    ioq.signals
 --   ioq/stream.lua     ioq.stream, buffered reads and full writes
+--   ioq/process.lua    ioq.process: child processes, p:wait / p:await
 --
 -- Touches nothing itself: the modules it requires add their methods to
 -- the classes of ioq.core. ioq.loop comes first, as it takes the C methods
@@ -30,6 +31,7 @@ local task = require "ioq.task"
 local objects = require "ioq.objects"
 require "ioq.multishot"
 local signals = require "ioq.signals"
+local process = require "ioq.process"
 
 return {
   -- the core
@@ -53,6 +55,7 @@ return {
   -- files, signals, streams
   open = objects.open,           -- ioq.open(path [, mode [, perm]]): an ioq.file
   signals = signals,             -- ioq.signals(name, ...): signals delivered through the queue
+  process = process,             -- ioq.process{ prog, args..., stdout = "pipe" ... }: a child process
   -- ioq.stream(obj [, opts]): a buffered stream over a socket or file
   stream = function(obj, opts) return require("ioq.stream").new(obj, opts) end,
 }

@@ -38,6 +38,7 @@ build = {
     ["ioq.multishot"] = "lua/ioq/multishot.lua",
     ["ioq.signals"] = "lua/ioq/signals.lua",
     ["ioq.stream"] = "lua/ioq/stream.lua",
+    ["ioq.process"] = "lua/ioq/process.lua",
   },
   -- The Makefile reads these source lists too (mk/sources.lua): a new C
   -- file is added here only.
@@ -49,7 +50,7 @@ build = {
             "src/lioq_core.c", "src/lioq_util.c", "src/lioq_queue.c",
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
-            "src/lioq_signal.c", "src/backend_uring.c", "src/backend_epoll.c",
+            "src/lioq_signal.c", "src/lioq_process.c", "src/backend_uring.c", "src/backend_epoll.c",
           },
           defines = { "_GNU_SOURCE", "IOQ_HAVE_URING", "IOQ_HAVE_EPOLL" },
           libraries = { "uring", "pthread" },
@@ -65,7 +66,7 @@ build = {
             "src/lioq_core.c", "src/lioq_util.c", "src/lioq_queue.c",
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
-            "src/lioq_signal.c", "src/backend_iocp.c", "src/ioq_win.c",
+            "src/lioq_signal.c", "src/lioq_process.c", "src/backend_iocp.c", "src/ioq_win.c",
           },
           defines = { "IOQ_HAVE_IOCP", "_WIN32_WINNT=0x0601" },
           libraries = { "ws2_32", "mswsock" },

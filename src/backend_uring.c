@@ -21,6 +21,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -514,6 +515,9 @@ static int uring_pool_create(ioq_backend *b, unsigned count, unsigned size,
 ** submitted. The timeout goes into the heap before the SQE is taken, so a
 ** failure there leaves the ring as it was.
 */
+_Static_assert(IOQ_POLLIN == POLLIN && IOQ_POLLOUT == POLLOUT,
+               "IOQ_POLL's events are poll(2)'s");
+
 static int uring_start(ioq_backend *b, ioq_op *op) {
   uring_backend *u = (uring_backend *)b;
   struct io_uring_sqe *sqe;
@@ -582,6 +586,9 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
       break;
     case IOQ_SHUTDOWN:
       io_uring_prep_shutdown(sqe, op->fd, op->flags);
+      break;
+    case IOQ_POLL:  /* one-shot: the ready events are the result */
+      io_uring_prep_poll_add(sqe, op->fd, (unsigned)op->flags);
       break;
     default:  /* not reached: checked above */
       io_uring_prep_nop(sqe);

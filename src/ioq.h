@@ -36,6 +36,11 @@ typedef enum ioq_opcode {
   IOQ_RECVFROM, /* fd, buf, len; the sender's address lands in addr/addrlen */
   IOQ_SENDTO,   /* fd, buf, len, addr, addrlen */
   IOQ_SHUTDOWN, /* fd, flags (SHUT_RD, SHUT_WR, SHUT_RDWR) */
+  IOQ_POLL,     /* fd, flags: IOQ_POLLIN or IOQ_POLLOUT (one); waits until
+                   the descriptor is ready, res is the ready events (an
+                   error or hang-up counts as ready). On IOCP, fd is a
+                   waitable handle (a process...): res is IOQ_POLLIN once
+                   it is signaled. */
   IOQ_NOPCODES
 } ioq_opcode;
 
@@ -49,6 +54,11 @@ typedef intptr_t ioq_fd;
 typedef int ioq_fd;
 #endif
 #define IOQ_NOFD ((ioq_fd)-1)
+
+/* IOQ_POLL's events: Linux's POLLIN and POLLOUT values, so that the Linux
+** backends pass them through as they are. */
+#define IOQ_POLLIN  0x001
+#define IOQ_POLLOUT 0x004
 
 /* Largest byte count one read or write asks for (Linux's MAX_RW_COUNT). */
 #define IOQ_MAX_RW 0x7ffff000u
@@ -69,7 +79,8 @@ struct ioq_op {
   uint8_t use_pool;         /* IOQ_RECV (multishot): the kernel picks each
                                chunk's buffer from the backend's pool */
   ioq_fd fd;
-  int flags;                /* IOQ_OPEN: O_* flags; IOQ_SHUTDOWN: how */
+  int flags;                /* IOQ_OPEN: O_* flags; IOQ_SHUTDOWN: how;
+                               IOQ_POLL: the events wanted */
   int mode;                 /* IOQ_OPEN: permission bits */
   void *buf;                /* IOQ_READ/IOQ_WRITE: the bytes; IOQ_OPEN: path */
   uint32_t len;

@@ -50,7 +50,7 @@
 
 const char *const lioq_op_names[IOQ_NOPCODES] = {
   "nop", "read", "write", "fsync", "open", "sleep", "accept", "connect",
-  "recv", "send", "recvfrom", "sendto", "shutdown"
+  "recv", "send", "recvfrom", "sendto", "shutdown", "poll"
 };
 
 /* ---------------------------------------------------------------- items */

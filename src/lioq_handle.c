@@ -23,11 +23,11 @@ static int push_result(lua_State *L, lhandle *h) {
     if (h->has_msg)
       lua_getiuservalue(L, 1, HVAL_DATA);
     else if (err == ETIMEDOUT)
-      lua_pushfstring(L, "%s: timed out", lioq_op_names[h->op.code]);
+      lua_pushfstring(L, "%s: timed out", lioq_handle_name(h));
     else if (err == ECANCELED)
-      lua_pushfstring(L, "%s: canceled", lioq_op_names[h->op.code]);
+      lua_pushfstring(L, "%s: canceled", lioq_handle_name(h));
     else
-      lua_pushfstring(L, "%s: %s", lioq_op_names[h->op.code], ioq_strerror(err));
+      lua_pushfstring(L, "%s: %s", lioq_handle_name(h), ioq_strerror(err));
     lua_pushinteger(L, err);
     return 3;
   }
@@ -45,6 +45,16 @@ static int push_result(lua_State *L, lhandle *h) {
     case IOQ_OPEN:
     case IOQ_ACCEPT:
       lua_getiuservalue(L, 1, HVAL_RESULT);
+      return 1;
+    case IOQ_POLL:
+      if (h->proc_wait) {
+        lua_getiuservalue(L, 1, HVAL_RESULT);
+        return lioq_process_result(L, lua_gettop(L));
+      }
+      /* The directions ready: "r" (readable, or hung up or failed, which
+      ** a read reports), "w", or "rw". */
+      lua_pushstring(L, (res & IOQ_POLLOUT) && (res & ~IOQ_POLLOUT)
+                        ? "rw" : (res & IOQ_POLLOUT) ? "w" : "r");
       return 1;
     default:
       lua_pushboolean(L, 1);
@@ -129,14 +139,14 @@ static int handle_wait(lua_State *L) {
     if (n == LIOQ_STUCK && h->paused) {  /* an accept waits for its error */
       luaL_pushfail(L);
       lua_pushfstring(L, "%s: paused on an error that h:take() hands over",
-                      lioq_op_names[h->op.code]);
+                      lioq_handle_name(h));
       lua_pushinteger(L, EAGAIN);
       return 3;
     }
     if (n == LIOQ_STUCK) {
       luaL_pushfail(L);
       lua_pushfstring(L, "%s: every buffer of the queue's pool is held by "
-                      "a buffer view (close the views)", lioq_op_names[h->op.code]);
+                      "a buffer view (close the views)", lioq_handle_name(h));
       lua_pushinteger(L, ENOBUFS);
       return 3;
     }
@@ -184,7 +194,7 @@ static int take_error(lua_State *L, lhandle *h) {
       list_push(&h->q->unsent, &h->op);
     }
   }
-  return lioq_fail(L, lioq_op_names[h->op.code], err);
+  return lioq_fail(L, lioq_handle_name(h), err);
 }
 
 /*
@@ -220,7 +230,7 @@ static int handle_take(lua_State *L) {
   }
   if (h->state != ST_DONE) {
     luaL_pushfail(L);
-    lua_pushfstring(L, "%s: nothing yet", lioq_op_names[h->op.code]);
+    lua_pushfstring(L, "%s: nothing yet", lioq_handle_name(h));
     lua_pushinteger(L, EAGAIN);
     return 3;
   }
@@ -252,7 +262,7 @@ static int handle_index(lua_State *L) {
   key = lua_tostring(L, 2);
   if (key != NULL) {
     if (strcmp(key, "op") == 0) {
-      lua_pushstring(L, lioq_op_names[h->op.code]);
+      lua_pushstring(L, lioq_handle_name(h));
       return 1;
     }
     if (strcmp(key, "queue") == 0) {
@@ -285,7 +295,7 @@ static int handle_index(lua_State *L) {
 
 static int handle_repr(lua_State *L) {
   lhandle *h = checkhandle(L);
-  lua_pushfstring(L, "ioq.handle (%s, %s): %p", lioq_op_names[h->op.code],
+  lua_pushfstring(L, "ioq.handle (%s, %s): %p", lioq_handle_name(h),
                   h->state == ST_DONE ? "done" : "pending", (void *)h);
   return 1;
 }

@@ -86,7 +86,8 @@ enum {
   HVAL_DATA,        /* the buffer, string or path the kernel uses; or the
                      error message of an op that failed before it started */
   HVAL_FD,          /* the file or socket object of its descriptor */
-  HVAL_RESULT       /* the object an open or accept resolves to */
+  HVAL_RESULT       /* the object an open or accept resolves to; the
+                       process a process wait reaps */
 };
 
 /* An item of a multishot op: a descriptor, or a byte count and the pool
@@ -118,6 +119,8 @@ typedef struct lhandle {
   int at_position;         /* asked for the current position (offset -1) */
   lioq_file *file;         /* the file object the op is pending on */
   lioq_oplink link;        /* in file->ops */
+  int proc_wait;           /* IOQ_POLL for q:wait_process: resolves to the
+                              process's end (HVAL_RESULT), named "wait" */
 } lhandle;
 
 #define handle_of_link(l) \
@@ -125,6 +128,12 @@ typedef struct lhandle {
 
 /* The op codes' names, for messages ("read: ...") and h.op. */
 extern const char *const lioq_op_names[IOQ_NOPCODES];
+
+/* A handle's name in messages and h.op: its op's, but "wait" for a
+** process wait. */
+static inline const char *lioq_handle_name(const lhandle *h) {
+  return h->proc_wait ? "wait" : lioq_op_names[h->op.code];
+}
 
 /* The metatable of multishot handles, in the registry. */
 #define MULTISHOT_MT "ioq.handle multishot"
