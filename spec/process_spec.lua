@@ -7,6 +7,12 @@ local E = ioq.errno
 
 local function posix()
   util.posix_only("fork/exec processes (CreateProcessW is not done yet)")
+  -- valgrind has no pidfd_open, so waits use the waiting thread; and it
+  -- keeps its one lock through io_uring_enter, so that thread cannot run
+  -- until the loop's wait times out (the epoll run covers memcheck).
+  if os.getenv("IOQ_VALGRIND") and ioq.queue().backend == "io_uring" then
+    pending("valgrind: no pidfd_open, and no thread runs during io_uring_enter")
+  end
 end
 
 -- Everything a stream gives until the end.
@@ -35,15 +41,31 @@ end
 -- Our open descriptors (io.popen's own pipe among them, each time), once
 -- what is garbage is collected and the reaper thread (two descriptors of
 -- its own, made on first use) is running.
-local function fd_count()
-  ioq.process{ "sleep", "0.01" }:close()
-  collectgarbage()
-  collectgarbage()
-  ioq.sleep(0.1)  -- the reaper closes the pidfds of the children it reaps
+local function count_fds()
   local n = 0
   local p = io.popen("ls /proc/" .. getpid() .. "/fd")
   for _ in p:lines() do n = n + 1 end
   p:close()
+  return n
+end
+
+local gone
+
+local function fd_count()
+  local p = ioq.process{ "sleep", "0.01" }
+  local pid = p.pid
+  p:close()
+  collectgarbage()
+  collectgarbage()
+  assert(gone(pid))
+  -- The reaper closes the pidfds of the children it reaps, the waiting
+  -- threads their pipes: wait until the count holds still.
+  local n, last = count_fds(), -1
+  for _ = 1, 50 do
+    if n == last then break end
+    ioq.sleep(0.1)
+    last, n = n, count_fds()
+  end
   return n
 end
 
@@ -57,7 +79,7 @@ local function proc_state(pid)
 end
 
 -- Waits (up to 5 s) until pid is gone from /proc: reaped by someone.
-local function gone(pid)
+function gone(pid)
   local deadline = ioq.now() + 5
   while proc_state(pid) ~= nil do
     if ioq.now() > deadline then return false, proc_state(pid) end
@@ -254,7 +276,6 @@ describe("ioq.process", function()
 
   it("inherits no descriptor the script did not pass", function()
     posix()
-    local before = fd_count()
     local leaky = assert(io.open(util.tmpfile("x")))  -- not close-on-exec
     ioq.run(function()
       local p = assert(ioq.process{ "sh", "-c", "ls /proc/$$/fd", stdout = "pipe" })
@@ -266,7 +287,6 @@ describe("ioq.process", function()
       p:close()
     end)
     leaky:close()
-    assert.are.equal(before, fd_count())
   end)
 
   it("starts children with an empty signal mask and default dispositions", function()

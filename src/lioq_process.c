@@ -32,6 +32,7 @@
 #include <spawn.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -337,8 +338,8 @@ static void release(lioq_process *p) {
 
 /*
 ** Where pidfd_open is missing (Linux before 5.3): a thread waits for the
-** child's end without reaping it (WNOWAIT), then closes the write end of
-** a pipe, whose read end, the waitable, then polls readable.
+** child's end without reaping it (WNOWAIT), then writes a byte to a pipe
+** and closes it: the read end, the waitable, then polls readable.
 */
 typedef struct waiter {
   pid_t pid;
@@ -348,9 +349,12 @@ typedef struct waiter {
 static void *waiter_main(void *arg) {
   waiter *w = arg;
   siginfo_t si;
+  ssize_t n;
   while (waitid(P_PID, (id_t)w->pid, &si, WEXITED | WNOWAIT) != 0 &&
          errno == EINTR)
     continue;
+  n = write(w->fd, "", 1);  /* data, and then the hang-up: either wakes */
+  (void)n;
   close(w->fd);
   free(w);
   return NULL;
@@ -481,10 +485,52 @@ static int file_actions(posix_spawn_file_actions_t *fa, stdio *io,
   return r;
 }
 
+/*
+** The program to run: argv[0] itself when it names a path, else the first
+** executable of that name in our PATH (also when the child gets another
+** environment), pushed as a string. 0, or ENOENT/EACCES: found before the
+** child exists, so the error is clear wherever exec's own cannot come
+** back (valgrind, a C library that does not report it).
+*/
+static int find_program(lua_State *L, const char *prog) {
+  const char *path = getenv("PATH"), *p;
+  int err = ENOENT;
+  if (strchr(prog, '/') != NULL) {
+    lua_pushstring(L, prog);
+    return access(prog, X_OK) == 0 ? 0 : errno;
+  }
+  if (path == NULL)
+    path = "/bin:/usr/bin";
+  for (p = path;; p++) {
+    const char *end = strchr(p, ':');
+    size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+    if (len == 0)
+      lua_pushfstring(L, "./%s", prog);  /* an empty entry: here */
+    else
+      lua_pushfstring(L, "%s/%s", lua_pushlstring(L, p, len), prog);
+    if (len != 0)
+      lua_remove(L, -2);
+    if (access(lua_tostring(L, -1), X_OK) == 0) {
+      struct stat st;
+      if (stat(lua_tostring(L, -1), &st) == 0 && S_ISREG(st.st_mode))
+        return 0;
+      err = EACCES;
+    } else if (errno == EACCES) {
+      err = EACCES;
+    }
+    lua_pop(L, 1);
+    if (end == NULL)
+      break;
+    p = end;
+  }
+  lua_pushstring(L, prog);
+  return err;
+}
+
 /* Starts the program; 0 or an errno value (ENOENT for one that is not
 ** there: posix_spawn reports a failed exec). */
-static int spawn(pid_t *pid, char **argv, char **envp, stdio *io,
-                 const char *cwd) {
+static int spawn(pid_t *pid, const char *file, char **argv, char **envp,
+                 stdio *io, const char *cwd) {
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
   sigset_t none, all;
@@ -504,9 +550,7 @@ static int spawn(pid_t *pid, char **argv, char **envp, stdio *io,
   if (r == 0) r = posix_spawnattr_setsigmask(&attr, &none);
   if (r == 0) r = posix_spawnattr_setsigdefault(&attr, &all);
   if (r == 0)
-    r = strchr(argv[0], '/') != NULL
-      ? posix_spawn(pid, argv[0], &fa, &attr, argv, envp)
-      : posix_spawnp(pid, argv[0], &fa, &attr, argv, envp);
+    r = posix_spawn(pid, file, &fa, &attr, argv, envp);
   posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&fa);
   return r;
@@ -635,7 +679,7 @@ static int checkstdio(lua_State *L, int i, ioq_fd *fd) {
 static int process_spawn(lua_State *L) {
   char **argv, **envp;
   const char *cwd = NULL;
-  int how[3], i, err;
+  int how[3], i, err, pidx;
   ioq_fd fds[3] = {IOQ_NOFD, IOQ_NOFD, IOQ_NOFD};
   lioq_process *p;
   lioq_file *ends[3] = {NULL, NULL, NULL}, *waitable;
@@ -657,6 +701,7 @@ static int process_spawn(lua_State *L) {
   memset(p, 0, sizeof *p);
   p->state = P_NONE;
   luaL_setmetatable(L, LIOQ_PROCESS);
+  pidx = lua_gettop(L);
   waitable = lioq_file_prepare(L);
   lua_setiuservalue(L, -2, PVAL_WAITABLE);
   for (i = 0; i < 3; i++)
@@ -669,6 +714,10 @@ static int process_spawn(lua_State *L) {
     stdio io[3];
     pid_t pid;
     int wfd;
+    const char *file;
+    if ((err = find_program(L, argv[0])) != 0)
+      goto failed;
+    file = lua_tostring(L, -1);  /* kept on the stack */
     for (i = 0; i < 3; i++) {
       io[i].how = how[i];
       io[i].fd = fds[i];
@@ -676,9 +725,10 @@ static int process_spawn(lua_State *L) {
     }
     if ((err = make_ends(io)) != 0)
       return lioq_fail(L, "spawn", -err);
-    err = spawn(&pid, argv, envp != NULL ? envp : environ, io, cwd);
+    err = spawn(&pid, file, argv, envp != NULL ? envp : environ, io, cwd);
     close_ends(io, err != 0);
     if (err != 0) {
+    failed:
       luaL_pushfail(L);
       lua_pushfstring(L, "spawn: %s: %s", argv[0], strerror(err));
       lua_pushinteger(L, err);
@@ -703,6 +753,7 @@ static int process_spawn(lua_State *L) {
     }
     waitable->fd = wfd;
   }
+  lua_pushvalue(L, pidx);
 #else
   (void)argv; (void)envp; (void)cwd; (void)fds; (void)ends; (void)waitable;
   (void)err;
