@@ -75,7 +75,7 @@ local function proc_state(pid)
   if not f then return nil end
   local s = f:read("a")
   f:close()
-  return s:match("%) (%a)")
+  return s and s:match("%) (%a)")  -- nil: it went while we read
 end
 
 -- Waits (up to 5 s) until pid is gone from /proc: reaped by someone.
