@@ -756,7 +756,7 @@ static int process_spawn(lua_State *L) {
   lua_pushvalue(L, pidx);
 #else
   (void)argv; (void)envp; (void)cwd; (void)fds; (void)ends; (void)waitable;
-  (void)err;
+  (void)err; (void)pidx;
   return lioq_fail(L, "spawn", ENOSYS);
 #endif
   return 1;
@@ -814,6 +814,8 @@ static int process_kill(lua_State *L) {
   /* The pid cannot be another process's: it is ours, and not reaped. */
   if (kill(p->pid, signo) != 0)
     return lioq_fail(L, "kill", errno);
+#else
+  (void)signo;
 #endif
   lua_pushboolean(L, 1);
   return 1;
@@ -838,6 +840,8 @@ static int process_close(lua_State *L) {
 #ifndef _WIN32
   if (p->state == P_RUNNING)
     release(p);
+#else
+  (void)p;
 #endif
   return 0;
 }
