@@ -67,6 +67,7 @@ build = {
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/lioq_process.c", "src/backend_iocp.c", "src/ioq_win.c",
+            "src/ioq_spawn_win.c",
           },
           defines = { "IOQ_HAVE_IOCP", "_WIN32_WINNT=0x0601" },
           libraries = { "ws2_32", "mswsock" },

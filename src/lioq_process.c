@@ -40,6 +40,7 @@
 extern char **environ;
 #endif
 
+#include "ioq_spawn.h"
 #include "lioq.h"
 
 /* User values of a process object. */
@@ -59,24 +60,29 @@ enum {
 
 typedef struct lioq_process {
   int state;
-  int code;                /* the exit status, or 128 + the signal */
+  lua_Integer code;        /* the exit status, or 128 + the signal */
   int sig;                 /* the signal that ended it, or 0 */
 #ifdef _WIN32
   DWORD pid;
-  HANDLE handle;           /* owned by the waitable file object */
+  HANDLE handle;           /* owned by the waitable file object; NULL
+                              once p:close() has closed that */
+  int killed;              /* the signal p:kill() ended it with, or 0 */
 #else
   pid_t pid;
 #endif
 } lioq_process;
 
-/* What the script asked for one of descriptors 0, 1, 2. */
-enum { IO_INHERIT, IO_NULL, IO_PIPE, IO_FD, IO_MERGE };
-
 /* Signal names, for p:kill("TERM") and the name of the one that ended a
 ** child. */
 static const struct { const char *name; int signo; } signames[] = {
+#ifdef _WIN32
+  /* No signals: p:kill ends the child with 128 + the number Linux gives
+  ** the signal as its exit code (see process_kill), so these are Linux's. */
+  {"HUP", 1}, {"INT", 2}, {"QUIT", 3}, {"ILL", 4}, {"TRAP", 5},
+  {"ABRT", 6}, {"BUS", 7}, {"FPE", 8}, {"KILL", 9}, {"USR1", 10},
+  {"SEGV", 11}, {"USR2", 12}, {"PIPE", 13}, {"ALRM", 14}, {"TERM", 15},
+#else
   {"INT", SIGINT}, {"TERM", SIGTERM},
-#ifndef _WIN32
   {"HUP", SIGHUP}, {"QUIT", SIGQUIT}, {"KILL", SIGKILL}, {"USR1", SIGUSR1},
   {"USR2", SIGUSR2}, {"PIPE", SIGPIPE}, {"ALRM", SIGALRM},
   {"CHLD", SIGCHLD}, {"CONT", SIGCONT}, {"STOP", SIGSTOP},
@@ -556,7 +562,40 @@ static int spawn(pid_t *pid, const char *file, char **argv, char **envp,
   return r;
 }
 
-#endif  /* POSIX */
+#else
+/* ================================================================ Windows */
+
+/* Records the end of a child whose handle is signaled: its exit code, and
+** the signal p:kill() ended it with when the code is the one kill set. */
+static void set_exited(lioq_process *p) {
+  DWORD code = 0;
+  GetExitCodeProcess(p->handle, &code);
+  p->state = P_EXITED;
+  p->code = (lua_Integer)code;
+  p->sig = p->killed != 0 && code == (DWORD)(128 + p->killed) ? p->killed : 0;
+}
+
+/*
+** Records the child's end if it has ended. 0 when it has (or had),
+** -EAGAIN while it runs, -ECHILD once p:close() let it go. Windows has no
+** reaping: a process handle tells its exit code for as long as it is open,
+** and closing it is all that is left to do.
+*/
+static int try_reap(lioq_process *p) {
+  if (p->state != P_RUNNING || p->handle == NULL)
+    return p->state == P_EXITED ? 0 : -ECHILD;
+  switch (WaitForSingleObject(p->handle, 0)) {
+    case WAIT_OBJECT_0:
+      set_exited(p);
+      return 0;
+    case WAIT_TIMEOUT:
+      return -EAGAIN;
+    default:
+      return -ioq_oserr();
+  }
+}
+
+#endif
 
 /* ================================================================ binding */
 
@@ -706,7 +745,11 @@ static int process_spawn(lua_State *L) {
   lua_setiuservalue(L, -2, PVAL_WAITABLE);
   for (i = 0; i < 3; i++)
     if (how[i] == IO_PIPE) {
+#ifdef _WIN32
+      ends[i] = lioq_file_prepare(L);  /* a named pipe's end */
+#else
       ends[i] = lioq_socket_prepare(L, AF_UNIX, SOCK_STREAM);
+#endif
       lua_setiuservalue(L, -2, PVAL_STDIN + i);
     }
 #ifndef _WIN32
@@ -727,13 +770,8 @@ static int process_spawn(lua_State *L) {
       return lioq_fail(L, "spawn", -err);
     err = spawn(&pid, file, argv, envp != NULL ? envp : environ, io, cwd);
     close_ends(io, err != 0);
-    if (err != 0) {
-    failed:
-      luaL_pushfail(L);
-      lua_pushfstring(L, "spawn: %s: %s", argv[0], strerror(err));
-      lua_pushinteger(L, err);
-      return 3;
-    }
+    if (err != 0)
+      goto failed;
     p->pid = pid;
     p->state = P_RUNNING;
     for (i = 0; i < 3; i++)
@@ -753,13 +791,29 @@ static int process_spawn(lua_State *L) {
     }
     waitable->fd = wfd;
   }
-  lua_pushvalue(L, pidx);
 #else
-  (void)argv; (void)envp; (void)cwd; (void)fds; (void)ends; (void)waitable;
-  (void)err; (void)pidx;
-  return lioq_fail(L, "spawn", ENOSYS);
+  {
+    ioq_fd parent[3];
+    HANDLE h;
+    DWORD pid;
+    if ((err = ioq_win_spawn(argv, envp, cwd, how, fds, parent, &h, &pid)) != 0)
+      goto failed;
+    p->pid = pid;
+    p->handle = h;
+    p->state = P_RUNNING;
+    waitable->fd = (ioq_fd)h;  /* signaled once the child has ended */
+    for (i = 0; i < 3; i++)
+      if (ends[i] != NULL)
+        ends[i]->fd = parent[i];
+  }
 #endif
+  lua_pushvalue(L, pidx);
   return 1;
+failed:
+  luaL_pushfail(L);
+  lua_pushfstring(L, "spawn: %s: %s", argv[0], ioq_strerror(err));
+  lua_pushinteger(L, err);
+  return 3;
 }
 
 /*
@@ -769,13 +823,11 @@ static int process_spawn(lua_State *L) {
 */
 int lioq_process_result(lua_State *L, int idx) {
   lioq_process *p = checkprocess(L, idx);
-#ifndef _WIN32
   int r = try_reap(p);
   if (r == -EAGAIN)  /* not reached: the waitable said it ended */
     r = -EINTR;
   if (r < 0)
     return lioq_fail(L, "wait", -r);
-#endif
   return pushstatus(L, p);
 }
 
@@ -815,7 +867,18 @@ static int process_kill(lua_State *L) {
   if (kill(p->pid, signo) != 0)
     return lioq_fail(L, "kill", errno);
 #else
-  (void)signo;
+  /* A child that has ended counts as reaped now: ESRCH, as after a wait
+  ** on POSIX. Else the signal becomes an exit code that says which it
+  ** was, 128 + its number, as a shell reports a signal's end. */
+  if (try_reap(p) != -EAGAIN)
+    return lioq_fail(L, "kill", ESRCH);
+  if (signo != 0) {
+    if (!TerminateProcess(p->handle, (UINT)(128 + signo))) {
+      int err = ioq_oserr();
+      return lioq_fail(L, "kill", try_reap(p) == -EAGAIN ? err : ESRCH);
+    }
+    p->killed = signo;
+  }
 #endif
   lua_pushboolean(L, 1);
   return 1;
@@ -829,6 +892,12 @@ static int process_kill(lua_State *L) {
 static int process_close(lua_State *L) {
   lioq_process *p = checkprocess(L, 1);
   int i;
+#ifdef _WIN32
+  /* What a later wait needs from the handle, before it goes. */
+  if (try_reap(p) == -EAGAIN)
+    p->state = P_RELEASED;
+  p->handle = NULL;
+#endif
   for (i = PVAL_WAITABLE; i <= PVAL_STDERR; i++) {
     void *f;
     lua_getiuservalue(L, 1, i);
@@ -840,8 +909,6 @@ static int process_close(lua_State *L) {
 #ifndef _WIN32
   if (p->state == P_RUNNING)
     release(p);
-#else
-  (void)p;
 #endif
   return 0;
 }
@@ -853,8 +920,9 @@ static int process_gc(lua_State *L) {
 #ifndef _WIN32
   if (p->state == P_RUNNING)
     release(p);
+#else
+  p->handle = NULL;  /* its file object may have closed it already */
 #endif
-  (void)p;
   return 0;
 }
 
