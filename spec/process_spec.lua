@@ -537,8 +537,24 @@ describe("ioq.process", function()
 end)
 
 describe("q:poll", function()
+  it("on Windows: EOPNOTSUPP for a socket or file (IOQ_POLL waits for a process there)", function()
+    if not util.windows then pending("Windows only") end
+    local q <close> = ioq.queue()
+    local a, b = ioq.socketpair()
+    local f = assert(io.open(util.tmpfile("x")))
+    for _, obj in ipairs({ a, f }) do
+      local v, msg, err = q:poll(obj, "r"):wait(2)
+      assert.is_nil(v)
+      assert.are.equal("poll: Operation not supported", msg)
+      assert.are.equal(E.EOPNOTSUPP, err)
+    end
+    f:close()
+    a:close()
+    b:close()
+  end)
+
   it("says when a descriptor is readable or writable, with a timeout", function()
-    posix("poll (on IOCP, IOQ_POLL waits for a waitable handle)")
+    posix("poll(2) (on IOCP, IOQ_POLL waits for a process handle)")
     local q <close> = ioq.queue()
     local a, b = ioq.socketpair()
     assert.are.equal("w", q:poll(a, "w"):wait(2))
