@@ -48,6 +48,7 @@ build = {
           sources = {
             "src/lioq_core.c", "src/lioq_util.c", "src/lioq_queue.c",
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
+            "src/lioq_loop.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/backend_uring.c", "src/backend_epoll.c",
           },
@@ -64,6 +65,7 @@ build = {
           sources = {
             "src/lioq_core.c", "src/lioq_util.c", "src/lioq_queue.c",
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
+            "src/lioq_loop.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/backend_iocp.c", "src/ioq_win.c",
           },

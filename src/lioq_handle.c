@@ -14,14 +14,15 @@ static lhandle *checkhandle(lua_State *L) {
   return lioq_checkudata(L, 1, TAG_HANDLE);
 }
 
-/* Pushes the handle's outcome: its value, or fail, msg, errno. */
-static int push_result(lua_State *L, lhandle *h) {
+/* Pushes the outcome of handle h, which is at idx: its value, or fail,
+** msg, errno. Returns how many values. */
+int lioq_push_result(lua_State *L, lhandle *h, int idx) {
   int64_t res = h->op.res;
   if (res < 0) {
     int err = (int)-res;
     luaL_pushfail(L);
     if (h->has_msg)
-      lua_getiuservalue(L, 1, HVAL_DATA);
+      lua_getiuservalue(L, idx, HVAL_DATA);
     else if (err == ETIMEDOUT)
       lua_pushfstring(L, "%s: timed out", lioq_op_names[h->op.code]);
     else if (err == ECANCELED)
@@ -44,7 +45,7 @@ static int push_result(lua_State *L, lhandle *h) {
       return 1 + lioq_pushaddr(L, h->op.addr, h->op.addrlen);
     case IOQ_OPEN:
     case IOQ_ACCEPT:
-      lua_getiuservalue(L, 1, HVAL_RESULT);
+      lua_getiuservalue(L, idx, HVAL_RESULT);
       return 1;
     default:
       lua_pushboolean(L, 1);
@@ -70,7 +71,7 @@ static int handle_result(lua_State *L) {
   lhandle *h = checkhandle(L);
   if (h->state != ST_DONE)
     return luaL_error(L, "handle is pending: wait for it first");
-  return push_result(L, h);
+  return lioq_push_result(L, h, 1);
 }
 
 /* h:cancel(): true if asked, false if already done, or fail, msg, errno. */
@@ -147,7 +148,7 @@ static int handle_wait(lua_State *L) {
   if (timed_out && h->op.res == -ECANCELED)
     h->op.res = -ETIMEDOUT;
   lua_settop(L, 1);
-  return push_result(L, h);
+  return lioq_push_result(L, h, 1);
 }
 
 /*
@@ -228,7 +229,7 @@ static int handle_take(lua_State *L) {
     luaL_pushfail(L);
     return 1;
   }
-  return push_result(L, h);
+  return lioq_push_result(L, h, 1);
 }
 
 /* __gc of multishot handles: what nobody took goes back (descriptors are

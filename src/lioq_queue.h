@@ -169,6 +169,7 @@ int lioq_handle_resubmit(lua_State *L);
 /* ---------------------------------------------------------------- handle */
 
 void lioq_open_handle(lua_State *L);
+int lioq_push_result(lua_State *L, lhandle *h, int idx);
 
 /* The queue at argument 1 (the receiver of every queue method). */
 static inline lqueue *lioq_checkqueue(lua_State *L) {

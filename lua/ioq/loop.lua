@@ -21,7 +21,7 @@ local coroutine, error, select, setmetatable, type =
   coroutine, error, select, setmetatable, type
 local getmetatable, pcall = getmetatable, pcall
 local pack, unpack = table.pack, table.unpack
-local resume, yield, running_co = coroutine.resume, coroutine.yield, coroutine.running
+local yield, running_co = coroutine.yield, coroutine.running
 local now = core.now
 local E = core.errno
 local argerror, check_timeout, check_handle, c_call =
@@ -72,7 +72,8 @@ local running = false      -- true while ioq.run runs
 local loop_q = nil         -- its queue
 local tasks = {}           -- coroutine -> live task
 local alive = 0            -- live tasks
-local ready, rhead, rtail = {}, 1, 0   -- FIFO of tasks to resume
+-- The FIFO of tasks to resume, and their resume, are in C (src/lioq_loop.c;
+-- c_push, c_run, c_nready below).
 local waiters = {}         -- handle -> who awaits it: a task, a function,
                            -- or a list (a table without .co) of those
 local timers = {}          -- min-heap of { at =, fn =, pos = }: fn(t) fires
@@ -131,10 +132,11 @@ local Task = {}
 Task.__index = Task
 Task.__name = "ioq.task"
 
+local c_push  -- below
+
 local function make_ready(task)
   task.status = "ready"
-  rtail = rtail + 1
-  ready[rtail] = task
+  c_push(task)
 end
 
 local function ended(task)
@@ -172,7 +174,8 @@ local function traceback_handler(err)
   return err
 end
 
--- What a resume of a task's coroutine came back with.
+-- What a resume of a task's coroutine came back with, when not WAIT (the
+-- C runner, src/lioq_loop.c, calls this).
 local function resumed(task, ok, a, ...)
   if a == WAIT then return end
   if not ok then  -- only if the body could not even start
@@ -184,26 +187,23 @@ local function resumed(task, ok, a, ...)
   end
 end
 
-local function step(task)
-  task.status = "running"
-  local fn = task.fn
-  if fn then  -- the first run: hand the body its function and arguments
-    local args_ = task.args
-    task.fn, task.args = nil, nil
-    if args_ then
-      resumed(task, resume(task.co, fn, unpack(args_, 1, args_.n)))
-    else
-      resumed(task, resume(task.co, fn))
-    end
-  else
-    resumed(task, resume(task.co))
+-- Every task's coroutine runs this (one shared function: no closure per
+-- task); its first resume hands it the task, whose function it calls.
+local function task_body(task)
+  local fn, args_ = task.fn, task.args
+  task.fn, task.args = nil, nil
+  if args_ then
+    return DONE, xpcall(fn, traceback_handler, unpack(args_, 1, args_.n))
   end
+  return DONE, xpcall(fn, traceback_handler)
 end
 
--- Every task's coroutine runs this (one shared function: no closure per task).
-local function task_body(fn, ...)
-  return DONE, xpcall(fn, traceback_handler, ...)
-end
+-- The loop's hot path in C: the ready FIFO and the resumes (c_run), the
+-- poll that wakes the tasks awaiting handles (c_poll), and the common
+-- case of h:await (c_await). See src/lioq_loop.c.
+local C = core.loop(WAIT, Task, resumed)
+local c_run, c_poll, c_await, c_nready = C.run, C.poll, C.await, C.nready
+c_push = C.push
 
 local function new_task(fn, ...)
   local task = setmetatable({ fn = fn, co = coroutine.create(task_body) }, Task)
@@ -354,6 +354,8 @@ local function suspend_on(task, h, timer, seconds, on_fire)
   task.waiting_on = nil
 end
 
+local await_tail  -- below
+
 --- h:await in a task: yields until h resolves.
 local function task_await(task, h, timeout)
   if h_done(h) then
@@ -380,6 +382,13 @@ local function task_await(task, h, timeout)
   end
   if timer then timer.h, timer.timed_out = h, false end
   suspend_on(task, h, timer, timeout, await_timed_out)
+  return await_tail(task, h, timer)
+end
+
+--- The end of a task's await of h, once it woke (and of c_await's, when
+-- something else than h's end woke it).
+function await_tail(task, h, timer)
+  task.waiting_on = nil
   if waiters[h] ~= nil then remove_waiter(h, task) end  -- woken by something else than h
   local timed_out = false
   if timer then
@@ -416,7 +425,7 @@ local run_ready  -- below
 local function drive_until(until_fn, deadline)
   local got, polled = {}, false
   while not until_fn() do
-    if rhead <= rtail then
+    if c_nready() > 0 then
       run_ready()
       if until_fn() then break end
     end
@@ -433,7 +442,7 @@ local function drive_until(until_fn, deadline)
       if t < 0 then t = 0 end
       if not wait or t < wait then wait = t end
     end
-    if rhead <= rtail then wait = 0 end  -- tasks to run: only a look
+    if c_nready() > 0 then wait = 0 end  -- tasks to run: only a look
     local n, msg, err = q_wait(loop_q, wait, got)
     if not n then return nil, msg, err end
     polled = true
@@ -488,8 +497,16 @@ local function wait_for(name, h, timeout)
 end
 
 --- h:await([timeout]): inside a task, yields until the handle resolves;
--- elsewhere, the same as h:wait([timeout]).
+-- elsewhere, the same as h:wait([timeout]). The common case (a task, a
+-- pending handle of the loop's queue, no timeout) is c_await: it returns
+-- h and its result once h woke the task, nothing if something else did
+-- (a cancel), or false at once when it does not apply.
 function handle_methods.await(h, timeout)
+  if timeout == nil then
+    local r, a, b, c = c_await(h)
+    if r == h then return a, b, c end
+    if r == nil then return await_tail(tasks[running_co()], h) end
+  end
   return wait_for("await", h, timeout)
 end
 
@@ -497,6 +514,11 @@ end
 -- the loop, and no wait there takes another task's wake-up); elsewhere,
 -- drives h's queue until h resolves.
 function handle_methods.wait(h, timeout)
+  if timeout == nil then
+    local r, a, b, c = c_await(h)
+    if r == h then return a, b, c end
+    if r == nil then return await_tail(tasks[running_co()], h) end
+  end
   return wait_for("wait", h, timeout)
 end
 
@@ -508,34 +530,25 @@ end
 
 ---------------------------------------------------------------- the loop
 
-function run_ready()
-  -- Tasks made ready while this runs wait for the next round, so a task
-  -- that keeps yielding cannot starve the queue. (A blocking wait in a
-  -- task's nested coroutine runs this too, from inside a round: then an
-  -- entry may be gone already.)
-  local last = rtail
-  while rhead <= last do
-    local task = ready[rhead]
-    ready[rhead] = nil
-    rhead = rhead + 1
-    if task and task.status == "ready" then step(task) end
-  end
-  if rhead > rtail then rhead, rtail = 1, 0 end
-end
+-- Resumes the ready tasks (tasks made ready meanwhile wait for the next
+-- round); in C, see src/lioq_loop.c.
+run_ready = c_run
 
 --- Waits for completions (or the next timer) and wakes their tasks.
 -- Returns false when nothing at all can wake a task any more.
 local function poll()
   local q = loop_q
   local timeout
-  if rhead <= rtail then
+  if c_nready() > 0 then
     timeout = 0
   elseif timers[1] then
     timeout = timers[1].at - now()
     if timeout < 0 then timeout = 0 end
   end
-  local n, msg = q_wait(q, timeout, into)
-  if not n then error("ioq.run: " .. msg, 0) end
+  -- c_poll wakes the tasks awaiting handles itself, and leaves the other
+  -- handles (kept of them) in `into` for dispatch.
+  local n, kept = c_poll(timeout, into)
+  if not n then error("ioq.run: " .. kept, 0) end
   if n == 0 and timeout == nil then
     -- An endless wait came back empty: nothing is pending, or nothing
     -- pending can ever arrive (receives starved of pool buffers that
@@ -545,7 +558,7 @@ local function poll()
   if n == 0 and q_pending(q) == 0 and timeout > 0 then  -- only timers
     h_wait(q:sleep(timeout))
   end
-  for i = 1, n do
+  for i = 1, kept do
     local h = into[i]
     into[i] = nil
     dispatch(h)
@@ -576,7 +589,7 @@ end
 local function reset_loop()
   running, loop_q, main_task = false, nil, nil
   tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
-  ready, rhead, rtail = {}, 1, 0
+  C.stop()
   return outputs.reset()
 end
 
@@ -614,6 +627,7 @@ end
 function loop.start(q, wait, fn, ...)
   reset_loop()
   running, loop_q, q_wait = true, q, wait
+  C.start(q, waiters)
   main_task = new_task(fn, ...)
   return main_task, failed
 end

@@ -1,0 +1,411 @@
+/*
+** lioq_loop.c: the hot path of the coroutine loop (lua/ioq/loop.lua) in C:
+** the FIFO of tasks ready to run and the resume of each, the hand-over of
+** completions to the tasks that await them, and the common case of
+** h:await. Everything else of the loop (timers, cancels, joins, several
+** awaiters of one handle, waits outside a task) stays in Lua, which this
+** file calls back for what it does not handle itself.
+**
+** Why: an await through Lua cost some 5-6 C calls, a dozen Lua calls and a
+** hash table per op, several times the op itself. Here one C call
+** registers the task as the handle's waiter and yields; the poll wakes it
+** in C (no Lua per completion), and the runner resumes it with the
+** handle's result as the values of that yield, so the task has nothing to
+** look up when it wakes.
+**
+** The Lua side owns the state; C only follows its rules, which are those
+** of loop.lua:
+**   - a task is a table whose metatable is the Task class, with fields
+**     co (its coroutine), status ("ready", "running", "waiting", "done",
+**     "failed"), waiting_on (the handle it awaits), canceled and
+**     cancel_pending (see Task:cancel);
+**   - waiters[h] is who awaits h: a task, a function, or a list of those;
+**   - a task's coroutine yields WAIT when it waits for a wake-up.
+**
+** core.loop(WAIT, Task, resumed) makes one loop's functions: start, stop,
+** push, nready, run, poll, await (see each below). They share one userdata
+** (their upvalue), whose user values hold the Lua half of the state.
+*/
+#include <errno.h>
+#include <string.h>
+
+#include "lioq_queue.h"
+
+/* The loop's user values: what changes. */
+enum {
+  LV_RING = 1,   /* the ready FIFO: [2i-1] a task, [2i] the handle that
+                    woke it, or false */
+  LV_WAITERS,    /* loop.lua's waiters table (per run) */
+  LV_CURTASK,    /* the task the runner is resuming, or nil */
+  LV_QUEUE,      /* the running loop's queue, or nil */
+  LOOP_NUV = LV_QUEUE
+};
+
+/* The functions' upvalues: the loop, then what never changes. Keys and
+** status names are pushed from here (lua_pushstring would look each one
+** up in the string table, a cost several times the table access). */
+enum {
+  UV_LOOP = 1,
+  UV_WAIT,       /* what a task yields when it waits */
+  UV_TASK,       /* the Task class (the metatable of tasks) */
+  UV_RESUMED,    /* resumed(task, ok, ...): the Lua end of a resume that
+                    did not come back with WAIT */
+  K_STATUS, K_CO, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING,
+  S_READY, S_RUNNING, S_WAITING,
+  NUPVALUES = S_WAITING
+};
+
+static const char *const upvalue_strings[] = {
+  "status", "co", "waiting_on", "canceled", "cancel_pending",
+  "ready", "running", "waiting"
+};
+
+#define UV(n) lua_upvalueindex(n)
+
+typedef struct lloop {
+  lqueue *q;             /* the running loop's queue; NULL between runs */
+  lua_State *cur;        /* the thread of the task being resumed, or NULL */
+  lua_Integer head, tail;  /* of the ready FIFO, in entries */
+} lloop;
+
+static lloop *getloop(lua_State *L) {
+  return lua_touserdata(L, UV(UV_LOOP));
+}
+
+static void getuv(lua_State *L, int n) {
+  lua_getiuservalue(L, UV(UV_LOOP), n);
+}
+
+static void setuv(lua_State *L, int n) {
+  lua_setiuservalue(L, UV(UV_LOOP), n);
+}
+
+/* t[key], t at idx (absolute), key the upvalue k. */
+static int rawgetfield(lua_State *L, int idx, int k) {
+  lua_pushvalue(L, UV(k));
+  return lua_rawget(L, idx);
+}
+
+/* t[key] = the value on top (popped). */
+static void rawsetfield(lua_State *L, int idx, int k) {
+  lua_pushvalue(L, UV(k));
+  lua_insert(L, -2);
+  lua_rawset(L, idx);
+}
+
+/* Short strings are interned: equal strings are the same value. */
+static int field_is(lua_State *L, int idx, int k, int v) {
+  int r;
+  rawgetfield(L, idx, k);
+  r = lua_rawequal(L, -1, UV(v));
+  lua_pop(L, 1);
+  return r;
+}
+
+static int field_truthy(lua_State *L, int idx, int k) {
+  int r;
+  rawgetfield(L, idx, k);
+  r = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
+static void set_status(lua_State *L, int task, int status) {
+  lua_pushvalue(L, UV(status));
+  rawsetfield(L, task, K_STATUS);
+}
+
+/* Appends task (at `task`) and what woke it (at `h`, 0: nothing) to the
+** ready FIFO, whose table is at `ring`. */
+static void ring_push(lua_State *L, lloop *s, int ring, int task, int h) {
+  lua_Integer i = s->tail + 1;
+  if (h != 0) lua_pushvalue(L, h); else lua_pushboolean(L, 0);
+  lua_rawseti(L, ring, 2 * i);
+  lua_pushvalue(L, task);
+  lua_rawseti(L, ring, 2 * i - 1);
+  s->tail = i;  /* only once both are in (they may raise out of memory) */
+}
+
+/* True if the value at idx is a task (its metatable is Task). */
+static int is_task(lua_State *L, int idx) {
+  int r;
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+    return 0;
+  r = lua_rawequal(L, -1, UV(UV_TASK));
+  lua_pop(L, 1);
+  return r;
+}
+
+/* start(q, waiters): a run begins on queue q. */
+static int loop_start(lua_State *L) {
+  lloop *s = getloop(L);
+  lqueue *q = lioq_checkudata(L, 1, TAG_QUEUE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_pushvalue(L, 1);
+  setuv(L, LV_QUEUE);
+  lua_pushvalue(L, 2);
+  setuv(L, LV_WAITERS);
+  lua_newtable(L);
+  setuv(L, LV_RING);
+  s->q = q;
+  s->cur = NULL;
+  s->head = 1;
+  s->tail = 0;
+  return 0;
+}
+
+/* stop(): the run ended; nothing of it is held any more. */
+static int loop_stop(lua_State *L) {
+  lloop *s = getloop(L);
+  s->q = NULL;
+  s->cur = NULL;
+  s->head = 1;
+  s->tail = 0;
+  lua_pushnil(L);
+  setuv(L, LV_QUEUE);
+  lua_pushnil(L);
+  setuv(L, LV_WAITERS);
+  lua_newtable(L);
+  setuv(L, LV_RING);
+  lua_pushnil(L);
+  setuv(L, LV_CURTASK);
+  return 0;
+}
+
+/* push(task): appends a task (its status already "ready") to the FIFO. */
+static int loop_push(lua_State *L) {
+  lloop *s = getloop(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  getuv(L, LV_RING);
+  ring_push(L, s, 2, 1, 0);
+  return 0;
+}
+
+/* nready(): how many entries the FIFO holds. */
+static int loop_nready(lua_State *L) {
+  lloop *s = getloop(L);
+  lua_pushinteger(L, s->tail - s->head + 1);
+  return 1;
+}
+
+/*
+** run(): resumes the tasks that are ready, in order. Tasks made ready
+** meanwhile wait for the next round, so a task that keeps yielding cannot
+** starve the queue. May run nested (a blocking wait in a task's own
+** coroutine runs it from inside a round), so the task being resumed is
+** saved and put back around each resume.
+**
+** Each resume hands the coroutine: on its first run, its task (task_body
+** starts the function); when a handle woke it and it was not canceled
+** meanwhile, the handle and its result (what the await in C returns);
+** otherwise nothing (it reads task.wake_value).
+*/
+static int loop_run(lua_State *L) {
+  lloop *s = getloop(L);
+  lua_Integer last = s->tail;
+  lua_State *prev = s->cur;
+  int ring, wait, base;
+  lua_settop(L, 0);
+  getuv(L, LV_RING);      /* 1 */
+  lua_pushvalue(L, UV(UV_WAIT));  /* 2 */
+  getuv(L, LV_CURTASK);   /* 3: the task to put back */
+  ring = 1; wait = 2;
+  base = lua_gettop(L);
+  while (s->head <= last) {
+    lua_Integer i = s->head++;
+    lua_State *co;
+    int st, nres = 0, narg = 0;
+    lua_settop(L, base);
+    lua_rawgeti(L, ring, 2 * i - 1);  /* base+1: the task */
+    lua_rawgeti(L, ring, 2 * i);      /* base+2: the handle, or false */
+    lua_pushnil(L);
+    lua_rawseti(L, ring, 2 * i - 1);
+    lua_pushnil(L);
+    lua_rawseti(L, ring, 2 * i);
+    if (!lua_istable(L, base + 1) || !field_is(L, base + 1, K_STATUS, S_READY))
+      continue;
+    rawgetfield(L, base + 1, K_CO);   /* base+3 */
+    co = lua_tothread(L, base + 3);
+    if (co == NULL)
+      continue;
+    set_status(L, base + 1, S_RUNNING);
+    if (!lua_checkstack(co, 8) || !lua_checkstack(L, 8))
+      luaL_error(L, "not enough memory");
+    if (lua_status(co) == LUA_OK) {  /* the first run */
+      lua_pushvalue(L, base + 1);
+      narg = 1;
+    } else if (lua_toboolean(L, base + 2) &&
+               !field_truthy(L, base + 1, K_CANCELED)) {
+      lhandle *h = lua_touserdata(L, base + 2);
+      lua_pushnil(L);
+      rawsetfield(L, base + 1, K_WAITING_ON);
+      lua_pushvalue(L, base + 2);
+      narg = 1 + lioq_push_result(L, h, base + 2);
+    }
+    lua_xmove(L, co, narg);
+    lua_pushvalue(L, base + 1);
+    setuv(L, LV_CURTASK);
+    s->cur = co;
+    st = lioq_resume(co, L, narg, &nres);
+    s->cur = prev;
+    lua_pushvalue(L, 3);
+    setuv(L, LV_CURTASK);
+    if (st != LUA_YIELD && st != LUA_OK)
+      nres = 1;  /* the error object */
+    if (!lua_checkstack(L, nres + 4))
+      luaL_error(L, "not enough memory");
+    lua_xmove(co, L, nres);  /* base+4 ... */
+    if (st == LUA_YIELD && nres == 1 && lua_rawequal(L, -1, wait))
+      continue;  /* it waits for a wake-up */
+    /* Anything else (its end, an error, a plain yield): resumed(task, ok,
+    ** ...) in Lua. */
+    lua_pushvalue(L, UV(UV_RESUMED));
+    lua_insert(L, base + 4);
+    lua_pushvalue(L, base + 1);
+    lua_insert(L, base + 5);
+    lua_pushboolean(L, st == LUA_YIELD || st == LUA_OK);
+    lua_insert(L, base + 6);
+    lua_call(L, 2 + nres, 0);
+  }
+  if (s->head > s->tail) {
+    s->head = 1;
+    s->tail = 0;
+  }
+  return 0;
+}
+
+/*
+** poll(timeout, into): waits for completions on the loop's queue (as
+** q:wait(timeout, into)) and wakes, in C, each task that awaits a handle
+** that is done; the other handles (no waiter, several, a function, items
+** of multishot ops) are left in `into`, from 1, for loop.lua's dispatch.
+** Returns how many handles came, and how many of them are in `into`; or
+** fail, msg, errno.
+*/
+static int loop_poll(lua_State *L) {
+  lloop *s = getloop(L);
+  int64_t timeout = lioq_checkseconds(L, 1, -1);
+  lua_Integer i, n, kept = 0;
+  int r;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (s->q == NULL || s->q->backend == NULL)
+    return luaL_error(L, "queue is closed");
+  lua_settop(L, 2);
+  getuv(L, LV_QUEUE);    /* 3 */
+  getuv(L, LV_WAITERS);  /* 4 */
+  getuv(L, LV_RING);     /* 5 */
+  r = lioq_pump(L, s->q, 3, timeout, 2);
+  if (r == LIOQ_STUCK)
+    r = 0;  /* nothing can arrive: see pump */
+  else if (r < 0)
+    return lioq_fail(L, "wait", -r);
+  n = r;
+  for (i = 1; i <= n; i++) {
+    lhandle *h;
+    lua_settop(L, 5);
+    lua_rawgeti(L, 2, i);   /* 6: the handle */
+    h = lua_touserdata(L, 6);
+    if (h != NULL && h->state == ST_DONE && !h->op.multishot) {
+      lua_pushvalue(L, 6);
+      lua_rawget(L, 4);     /* 7: its waiter */
+      if (is_task(L, 7)) {
+        lua_pushvalue(L, 6);
+        lua_pushnil(L);
+        lua_rawset(L, 4);
+        if (field_is(L, 7, K_STATUS, S_WAITING)) {
+          set_status(L, 7, S_READY);
+          ring_push(L, s, 5, 7, 6);
+        }
+        continue;
+      }
+      lua_pop(L, 1);
+    }
+    if (++kept != i) {
+      lua_pushvalue(L, 6);
+      lua_rawseti(L, 2, kept);
+    }
+  }
+  lua_settop(L, 2);
+  for (i = kept + 1; i <= n; i++) {
+    lua_pushnil(L);
+    lua_rawseti(L, 2, i);
+  }
+  lua_pushinteger(L, n);
+  lua_pushinteger(L, kept);
+  return 2;
+}
+
+/*
+** await(h [, timeout]): h:await() in the common case: in the task the
+** runner is resuming, a pending handle of the loop's queue, no timeout,
+** no cancel pending, nobody else awaiting it. Then the task becomes h's
+** waiter and yields WAIT; the values the runner resumes it with are what
+** this returns (h and its result; or nothing, when something else woke
+** it: the caller then does what loop.lua's await does after a wake-up).
+** Otherwise it returns false at once, for the general await in Lua.
+*/
+static int loop_await(lua_State *L) {
+  lloop *s = getloop(L);
+  lhandle *h;
+  if (L != s->cur || !lua_isnoneornil(L, 2) || !lua_isyieldable(L))
+    goto general;
+  h = lioq_toudata(L, 1, TAG_HANDLE);
+  if (h == NULL || h->q != s->q || h->state == ST_DONE || h->op.multishot)
+    goto general;
+  lua_settop(L, 1);
+  getuv(L, LV_CURTASK);  /* 2 */
+  if (field_truthy(L, 2, K_CANCEL_PENDING))
+    goto general;
+  getuv(L, LV_WAITERS);  /* 3 */
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, 3) != LUA_TNIL)
+    goto general;
+  lua_pop(L, 1);
+  /* What may raise (out of memory) first: then nothing waits yet. */
+  lua_pushvalue(L, 1);
+  rawsetfield(L, 2, K_WAITING_ON);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawset(L, 3);
+  set_status(L, 2, S_WAITING);
+  lua_pushvalue(L, UV(UV_WAIT));
+  return lua_yield(L, 1);
+general:
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* core.loop(WAIT, Task, resumed): a loop's functions (see the top). */
+int lioq_loop_new(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"start", loop_start},
+    {"stop", loop_stop},
+    {"push", loop_push},
+    {"nready", loop_nready},
+    {"run", loop_run},
+    {"poll", loop_poll},
+    {"await", loop_await},
+    {NULL, NULL}
+  };
+  lloop *s;
+  size_t i;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  lua_createtable(L, 0, 8);  /* 4 */
+  s = lua_newuserdatauv(L, sizeof *s, LOOP_NUV);  /* 5: UV_LOOP */
+  s->q = NULL;
+  s->cur = NULL;
+  s->head = 1;
+  s->tail = 0;
+  lua_newtable(L);
+  lua_setiuservalue(L, 5, LV_RING);
+  lua_pushvalue(L, 1);  /* UV_WAIT */
+  lua_pushvalue(L, 2);  /* UV_TASK */
+  lua_pushvalue(L, 3);  /* UV_RESUMED */
+  for (i = 0; i < sizeof upvalue_strings / sizeof *upvalue_strings; i++)
+    lua_pushstring(L, upvalue_strings[i]);
+  luaL_setfuncs(L, funcs, NUPVALUES);
+  return 1;
+}
