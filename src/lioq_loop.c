@@ -36,7 +36,6 @@ enum {
   LV_RING = 1,   /* the ready FIFO: [2i-1] a task, [2i] the handle that
                     woke it, or false */
   LV_WAITERS,    /* loop.lua's waiters table (per run) */
-  LV_CURTASK,    /* the task the runner is resuming, or nil */
   LV_QUEUE,      /* the running loop's queue, or nil */
   LOOP_NUV = LV_QUEUE
 };
@@ -50,6 +49,7 @@ enum {
   UV_TASK,       /* the Task class (the metatable of tasks) */
   UV_RESUMED,    /* resumed(task, ok, ...): the Lua end of a resume that
                     did not come back with WAIT */
+  UV_HANDLE_MT,  /* the metatable of (single-shot) handles */
   K_STATUS, K_CO, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING,
   S_READY, S_RUNNING, S_WAITING,
   NUPVALUES = S_WAITING
@@ -65,6 +65,8 @@ static const char *const upvalue_strings[] = {
 typedef struct lloop {
   lqueue *q;             /* the running loop's queue; NULL between runs */
   lua_State *cur;        /* the thread of the task being resumed, or NULL */
+  lua_State *runner;     /* the thread running run(), and where on its */
+  int task_idx;          /* stack the task being resumed is */
   lua_Integer head, tail;  /* of the ready FIFO, in entries */
 } lloop;
 
@@ -167,8 +169,6 @@ static int loop_stop(lua_State *L) {
   setuv(L, LV_WAITERS);
   lua_newtable(L);
   setuv(L, LV_RING);
-  lua_pushnil(L);
-  setuv(L, LV_CURTASK);
   return 0;
 }
 
@@ -204,12 +204,12 @@ static int loop_nready(lua_State *L) {
 static int loop_run(lua_State *L) {
   lloop *s = getloop(L);
   lua_Integer last = s->tail;
-  lua_State *prev = s->cur;
+  lua_State *prev = s->cur, *prev_runner = s->runner;
+  int prev_idx = s->task_idx;
   int ring, wait, base;
   lua_settop(L, 0);
   getuv(L, LV_RING);      /* 1 */
   lua_pushvalue(L, UV(UV_WAIT));  /* 2 */
-  getuv(L, LV_CURTASK);   /* 3: the task to put back */
   ring = 1; wait = 2;
   base = lua_gettop(L);
   while (s->head <= last) {
@@ -237,20 +237,20 @@ static int loop_run(lua_State *L) {
       narg = 1;
     } else if (lua_toboolean(L, base + 2) &&
                !field_truthy(L, base + 1, K_CANCELED)) {
+      /* (task.waiting_on stays: it counts only while "waiting", and
+      ** whatever makes a task wait sets it.) */
       lhandle *h = lua_touserdata(L, base + 2);
-      lua_pushnil(L);
-      rawsetfield(L, base + 1, K_WAITING_ON);
       lua_pushvalue(L, base + 2);
       narg = 1 + lioq_push_result(L, h, base + 2);
     }
     lua_xmove(L, co, narg);
-    lua_pushvalue(L, base + 1);
-    setuv(L, LV_CURTASK);
     s->cur = co;
+    s->runner = L;
+    s->task_idx = base + 1;
     st = lioq_resume(co, L, narg, &nres);
     s->cur = prev;
-    lua_pushvalue(L, 3);
-    setuv(L, LV_CURTASK);
+    s->runner = prev_runner;
+    s->task_idx = prev_idx;
     if (st != LUA_YIELD && st != LUA_OK)
       nres = 1;  /* the error object */
     if (!lua_checkstack(L, nres + 4))
@@ -348,13 +348,22 @@ static int loop_poll(lua_State *L) {
 static int loop_await(lua_State *L) {
   lloop *s = getloop(L);
   lhandle *h;
+  int ishandle;
   if (L != s->cur || !lua_isnoneornil(L, 2) || !lua_isyieldable(L))
     goto general;
-  h = lioq_toudata(L, 1, TAG_HANDLE);
-  if (h == NULL || h->q != s->q || h->state == ST_DONE || h->op.multishot)
-    goto general;
   lua_settop(L, 1);
-  getuv(L, LV_CURTASK);  /* 2 */
+  /* A handle: the metatable of single-shot ones (multishot handles have
+  ** their own, and take the general way). */
+  ishandle = lua_getmetatable(L, 1) && lua_rawequal(L, -1, UV(UV_HANDLE_MT));
+  lua_settop(L, 1);
+  if (!ishandle)
+    goto general;
+  h = lua_touserdata(L, 1);
+  if (h->q != s->q || h->state == ST_DONE || h->op.multishot)
+    goto general;
+  /* The task: on the runner's stack (it is inside lua_resume). */
+  lua_pushvalue(s->runner, s->task_idx);
+  lua_xmove(s->runner, L, 1);  /* 2 */
   if (field_truthy(L, 2, K_CANCEL_PENDING))
     goto general;
   getuv(L, LV_WAITERS);  /* 3 */
@@ -396,7 +405,8 @@ int lioq_loop_new(lua_State *L) {
   lua_createtable(L, 0, 8);  /* 4 */
   s = lua_newuserdatauv(L, sizeof *s, LOOP_NUV);  /* 5: UV_LOOP */
   s->q = NULL;
-  s->cur = NULL;
+  s->cur = s->runner = NULL;
+  s->task_idx = 0;
   s->head = 1;
   s->tail = 0;
   lua_newtable(L);
@@ -404,6 +414,7 @@ int lioq_loop_new(lua_State *L) {
   lua_pushvalue(L, 1);  /* UV_WAIT */
   lua_pushvalue(L, 2);  /* UV_TASK */
   lua_pushvalue(L, 3);  /* UV_RESUMED */
+  luaL_getmetatable(L, LIOQ_HANDLE);  /* UV_HANDLE_MT */
   for (i = 0; i < sizeof upvalue_strings / sizeof *upvalue_strings; i++)
     lua_pushstring(L, upvalue_strings[i]);
   luaL_setfuncs(L, funcs, NUPVALUES);

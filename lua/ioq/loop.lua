@@ -219,9 +219,10 @@ local function current_task()
 end
 
 --- Suspends the running task until something calls wake(task, value);
--- returns that value.
-local function suspend(task)
-  task.status = "waiting"
+-- returns that value. `on`: the handle it waits for, if any (what
+-- Task:cancel gives up); every wait sets it, so nothing need clear it.
+local function suspend(task, on)
+  task.status, task.waiting_on = "waiting", on
   yield(WAIT)
   local v = task.wake_value
   task.wake_value = nil
@@ -349,8 +350,7 @@ local function suspend_on(task, h, timer, seconds, on_fire)
       error(e, 0)
     end
   end
-  task.waiting_on = h
-  suspend(task)
+  suspend(task, h)
   task.waiting_on = nil
 end
 
