@@ -26,7 +26,8 @@ local now = core.now
 local E = core.errno
 local argerror, check_timeout, check_handle, c_call =
   args.argerror, args.check_timeout, args.check_handle, args.c_call
-local heap_push, heap_remove = heap.push, heap.remove
+local heap_push, heap_remove, heap_fix, heap_filter =
+  heap.push, heap.remove, heap.fix, heap.filter
 local note_output, claim = outputs.note, outputs.claim
 
 local handle_methods = core.classes.handle
@@ -76,7 +77,7 @@ local alive = 0            -- live tasks
 -- c_push, c_run, c_nready below).
 local waiters = {}         -- handle -> who awaits it: a task, a function,
                            -- or a list (a table without .co) of those
-local timers = {}          -- min-heap of { at =, fn =, pos = }: fn(t) fires
+local timers = {}          -- min-heap of timer records (see timers below)
 local failed = {}          -- tasks that ended with an error, in order
 local into = {}            -- scratch table for q:wait
 local main_task = nil
@@ -95,13 +96,45 @@ local function current_queue()
 end
 
 ---------------------------------------------------------------- timers
+-- A timer record is any table: `due` is when it fires (nil: not armed),
+-- `fn` what it runs (fn(t)), `at` and `pos` its entry in the heap. The
+-- entries are lazy, as most timers never fire: a stream's timeout is
+-- armed and cancelled again around every read. A cancel leaves the entry
+-- where it is; arming again a record whose entry is still there, for a
+-- later deadline, leaves it too (only an earlier deadline moves it). An
+-- entry that comes to the top early goes back at its record's deadline,
+-- one that comes to the top cancelled leaves; and when most entries are
+-- of cancelled records the heap is rebuilt without them, so it holds at
+-- most about twice the armed timers. So `at` <= `due`, always, and the
+-- top entry, once settled (settle_top), is the next timer to fire.
 
---- Arms timer record `t` (any table; fn(t) runs when it fires) to fire
--- after `seconds`. A record can be armed again once it fired or was
--- cancelled, so a hot path needs no new table per timer.
+local live = 0             -- armed timers (the heap's other entries are
+                           -- of cancelled ones)
+
+local function is_armed(t)
+  return t.due ~= nil
+end
+
+--- Arms timer record `t` to run fn(t) after `seconds`. A record can be
+-- armed again once it fired or was cancelled (or while armed: that moves
+-- its deadline), so a hot path needs no new table per timer.
 local function arm_timer(t, seconds, fn)
-  t.at, t.fn = now() + seconds, fn
-  heap_push(timers, t)
+  local due = now() + seconds
+  t.fn = fn
+  if t.pos then  -- its entry is still there: it stays unless now late
+    local was = t.due
+    t.due = due
+    if was == nil then live = live + 1 end
+    if due < t.at then
+      t.at = due
+      heap_fix(timers, t)
+    end
+  else
+    t.at = due
+    heap_push(timers, t)  -- (may raise out of memory: then not armed)
+    t.due = due
+    live = live + 1
+  end
   return t
 end
 
@@ -110,16 +143,54 @@ local function add_timer(seconds, fn)
 end
 
 local function cancel_timer(t)
-  heap_remove(timers, t)
+  if t.due == nil then return end
+  t.due = nil
+  live = live - 1
+  local n = #timers
+  if n > 2 * live + 32 then heap_filter(timers, is_armed) end
+end
+
+--- Settles the heap's top: drops cancelled entries there and moves the
+-- entries that came up early to their deadlines, until the top entry is
+-- an armed timer's own deadline, the next to fire. Returns it, or nil.
+local function settle_top()
+  local h = timers
+  local top = h[1]
+  while top do
+    local due = top.due
+    if due == nil then
+      heap_remove(h, top)
+    elseif due > top.at then
+      top.at = due
+      heap_fix(h, top)
+    else
+      return top
+    end
+    top = h[1]
+  end
+  return nil
+end
+
+--- Seconds until the next timer fires (0 if due already), or nil.
+local function next_timer()
+  if live == 0 then
+    if timers[1] then heap_filter(timers, is_armed) end
+    return nil
+  end
+  local t = settle_top().at - now()
+  if t < 0 then t = 0 end
+  return t
 end
 
 local function fire_timers()
-  local h = timers
-  if not h[1] then return end
+  if live == 0 then return end
   local t = now()
-  while h[1] and h[1].at <= t do
-    local first = h[1]
-    heap_remove(h, first)
+  while true do
+    local first = settle_top()
+    if not first or first.at > t then return end
+    heap_remove(timers, first)
+    first.due = nil
+    live = live - 1
     first.fn(first)
   end
 end
@@ -437,11 +508,8 @@ local function drive_until(until_fn, deadline)
         wait = 0
       end
     end
-    if timers[1] then
-      local t = timers[1].at - now()
-      if t < 0 then t = 0 end
-      if not wait or t < wait then wait = t end
-    end
+    local t = next_timer()
+    if t and (not wait or t < wait) then wait = t end
     if c_nready() > 0 then wait = 0 end  -- tasks to run: only a look
     local n, msg, err = q_wait(loop_q, wait, got)
     if not n then return nil, msg, err end
@@ -541,9 +609,8 @@ local function poll()
   local timeout
   if c_nready() > 0 then
     timeout = 0
-  elseif timers[1] then
-    timeout = timers[1].at - now()
-    if timeout < 0 then timeout = 0 end
+  else
+    timeout = next_timer()
   end
   -- c_poll wakes the tasks awaiting handles itself, and leaves the other
   -- handles (kept of them) in `into` for dispatch.
@@ -586,9 +653,13 @@ local function drive()
   end
 end
 
+local function none() return false end
+
 local function reset_loop()
   running, loop_q, main_task = false, nil, nil
+  heap_filter(timers, none)  -- no record keeps an entry of the old heap
   tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
+  live = 0
   C.stop()
   return outputs.reset()
 end
