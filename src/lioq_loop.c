@@ -16,14 +16,19 @@
 ** The Lua side owns the state; C only follows its rules, which are those
 ** of loop.lua:
 **   - a task is a table whose metatable is the Task class, with fields
-**     co (its coroutine), status ("ready", "running", "waiting", "done",
-**     "failed"), waiting_on (the handle it awaits), canceled and
+**     co (its coroutine), status ("ready": to run, or running, as nothing
+**     needs to tell them apart; "waiting", "done", "failed"), waiting_on (the handle it awaits), canceled and
 **     cancel_pending (see Task:cancel);
 **   - waiters[h] is who awaits h: a task, a function, or a list of those;
+**     but the one task of the common case waits in C instead, without a
+**     hash table: in the loop's array of waiters, at h's anchor slot
+**     (h->loop_waiter says where). Lua calls hook(h) before it looks at
+**     waiters[h], which moves that task there, and marks h (loop_shared)
+**     so the C fast path leaves it to Lua from then on;
 **   - a task's coroutine yields WAIT when it waits for a wake-up.
 **
 ** core.loop(WAIT, Task, resumed) makes one loop's functions: start, stop,
-** push, nready, run, poll, await (see each below). They share one userdata
+** push, nready, run, poll, await, hook (see each below). They share one userdata
 ** (their upvalue), whose user values hold the Lua half of the state.
 */
 #include <errno.h>
@@ -37,7 +42,9 @@ enum {
                     woke it, or false */
   LV_WAITERS,    /* loop.lua's waiters table (per run) */
   LV_QUEUE,      /* the running loop's queue, or nil */
-  LOOP_NUV = LV_QUEUE
+  LV_WSLOTS,     /* the array of waiters: [h->loop_waiter] the task that
+                    awaits h */
+  LOOP_NUV = LV_WSLOTS
 };
 
 /* The functions' upvalues: the loop, then what never changes. Keys and
@@ -51,13 +58,13 @@ enum {
                     did not come back with WAIT */
   UV_HANDLE_MT,  /* the metatable of (single-shot) handles */
   K_STATUS, K_CO, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING,
-  S_READY, S_RUNNING, S_WAITING,
+  S_READY, S_WAITING,
   NUPVALUES = S_WAITING
 };
 
 static const char *const upvalue_strings[] = {
   "status", "co", "waiting_on", "canceled", "cancel_pending",
-  "ready", "running", "waiting"
+  "ready", "waiting"
 };
 
 #define UV(n) lua_upvalueindex(n)
@@ -128,16 +135,6 @@ static void ring_push(lua_State *L, lloop *s, int ring, int task, int h) {
   s->tail = i;  /* only once both are in (they may raise out of memory) */
 }
 
-/* True if the value at idx is a task (its metatable is Task). */
-static int is_task(lua_State *L, int idx) {
-  int r;
-  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
-    return 0;
-  r = lua_rawequal(L, -1, UV(UV_TASK));
-  lua_pop(L, 1);
-  return r;
-}
-
 /* start(q, waiters): a run begins on queue q. */
 static int loop_start(lua_State *L) {
   lloop *s = getloop(L);
@@ -149,6 +146,8 @@ static int loop_start(lua_State *L) {
   setuv(L, LV_WAITERS);
   lua_newtable(L);
   setuv(L, LV_RING);
+  lua_newtable(L);
+  setuv(L, LV_WSLOTS);
   s->q = q;
   s->cur = NULL;
   s->head = 1;
@@ -156,9 +155,26 @@ static int loop_start(lua_State *L) {
   return 0;
 }
 
-/* stop(): the run ended; nothing of it is held any more. */
+/* Forgets the waiters in C of the ops on list l: the array they were in
+** goes with the run. */
+static void forget_waiters(oplist *l) {
+  ioq_op *op;
+  for (op = l->head; op != NULL; op = op->link.next) {
+    ((lhandle *)op)->loop_waiter = 0;
+    ((lhandle *)op)->loop_shared = 0;
+  }
+}
+
+/* stop(): the run ended; nothing of it is held any more. (Its queue may
+** serve another run: ops still pending on it lose their waiters here.) */
 static int loop_stop(lua_State *L) {
   lloop *s = getloop(L);
+  if (s->q != NULL) {
+    forget_waiters(&s->q->unsent);
+    forget_waiters(&s->q->inflight);
+    forget_waiters(&s->q->ready);
+    forget_waiters(&s->q->starved);
+  }
   s->q = NULL;
   s->cur = NULL;
   s->head = 1;
@@ -169,6 +185,29 @@ static int loop_stop(lua_State *L) {
   setuv(L, LV_WAITERS);
   lua_newtable(L);
   setuv(L, LV_RING);
+  lua_newtable(L);
+  setuv(L, LV_WSLOTS);
+  return 0;
+}
+
+/* hook(h): loop.lua is about to look at waiters[h]: the task that awaits
+** h in C, if any, moves there, and the C fast path leaves h to Lua until
+** h is done. */
+static int loop_hook(lua_State *L) {
+  lhandle *h = lioq_checkudata(L, 1, TAG_HANDLE);
+  lua_settop(L, 1);
+  h->loop_shared = 1;
+  if (h->loop_waiter != 0) {
+    getuv(L, LV_WSLOTS);   /* 2 */
+    getuv(L, LV_WAITERS);  /* 3 */
+    lua_rawgeti(L, 2, h->loop_waiter);  /* 4 */
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 4);
+    lua_rawset(L, 3);  /* first, as it may raise (out of memory) */
+    lua_pushnil(L);
+    lua_rawseti(L, 2, h->loop_waiter);
+    h->loop_waiter = 0;
+  }
   return 0;
 }
 
@@ -229,7 +268,6 @@ static int loop_run(lua_State *L) {
     co = lua_tothread(L, base + 3);
     if (co == NULL)
       continue;
-    set_status(L, base + 1, S_RUNNING);
     if (!lua_checkstack(co, 8) || !lua_checkstack(L, 8))
       luaL_error(L, "not enough memory");
     if (lua_status(co) == LUA_OK) {  /* the first run */
@@ -277,9 +315,10 @@ static int loop_run(lua_State *L) {
 
 /*
 ** poll(timeout, into): waits for completions on the loop's queue (as
-** q:wait(timeout, into)) and wakes, in C, each task that awaits a handle
-** that is done; the other handles (no waiter, several, a function, items
-** of multishot ops) are left in `into`, from 1, for loop.lua's dispatch.
+** q:wait(timeout, into)) and wakes, in C, each task that awaits in C a
+** handle that is done; the other handles (their waiters in loop.lua's
+** table, or none; items of multishot ops) are left in `into`, from 1, for
+** loop.lua's dispatch.
 ** Returns how many handles came, and how many of them are in `into`; or
 ** fail, msg, errno.
 */
@@ -293,7 +332,7 @@ static int loop_poll(lua_State *L) {
     return luaL_error(L, "queue is closed");
   lua_settop(L, 2);
   getuv(L, LV_QUEUE);    /* 3 */
-  getuv(L, LV_WAITERS);  /* 4 */
+  getuv(L, LV_WSLOTS);   /* 4 */
   getuv(L, LV_RING);     /* 5 */
   r = lioq_pump(L, s->q, 3, timeout, 2);
   if (r == LIOQ_STUCK)
@@ -306,21 +345,20 @@ static int loop_poll(lua_State *L) {
     lua_settop(L, 5);
     lua_rawgeti(L, 2, i);   /* 6: the handle */
     h = lua_touserdata(L, 6);
-    if (h != NULL && h->state == ST_DONE && !h->op.multishot) {
-      lua_pushvalue(L, 6);
-      lua_rawget(L, 4);     /* 7: its waiter */
-      if (is_task(L, 7)) {
-        lua_pushvalue(L, 6);
-        lua_pushnil(L);
-        lua_rawset(L, 4);
-        if (field_is(L, 7, K_STATUS, S_WAITING)) {
-          set_status(L, 7, S_READY);
-          ring_push(L, s, 5, 7, 6);
-        }
-        continue;
+    if (h != NULL && h->loop_waiter != 0 && h->state == ST_DONE) {
+      int w = h->loop_waiter;
+      lua_rawgeti(L, 4, w);  /* 7: its task */
+      lua_pushnil(L);
+      lua_rawseti(L, 4, w);
+      h->loop_waiter = 0;
+      if (field_is(L, 7, K_STATUS, S_WAITING)) {
+        set_status(L, 7, S_READY);
+        ring_push(L, s, 5, 7, 6);
       }
-      lua_pop(L, 1);
+      continue;
     }
+    if (h != NULL && h->state == ST_DONE)
+      h->loop_shared = 0;  /* dispatch takes its waiters */
     if (++kept != i) {
       lua_pushvalue(L, 6);
       lua_rawseti(L, 2, kept);
@@ -359,24 +397,24 @@ static int loop_await(lua_State *L) {
   if (!ishandle)
     goto general;
   h = lua_touserdata(L, 1);
-  if (h->q != s->q || h->state == ST_DONE || h->op.multishot)
+  if (h->q != s->q || h->state == ST_DONE || h->op.multishot ||
+      h->loop_shared || h->loop_waiter != 0 || h->slot <= 0)
     goto general;
   /* The task: on the runner's stack (it is inside lua_resume). */
   lua_pushvalue(s->runner, s->task_idx);
   lua_xmove(s->runner, L, 1);  /* 2 */
   if (field_truthy(L, 2, K_CANCEL_PENDING))
     goto general;
-  getuv(L, LV_WAITERS);  /* 3 */
-  lua_pushvalue(L, 1);
-  if (lua_rawget(L, 3) != LUA_TNIL)
-    goto general;
+  getuv(L, LV_WSLOTS);  /* 3 */
+  if (lua_rawgeti(L, 3, h->slot) != LUA_TNIL)
+    goto general;  /* an op done that had this slot: not taken yet */
   lua_pop(L, 1);
   /* What may raise (out of memory) first: then nothing waits yet. */
   lua_pushvalue(L, 1);
   rawsetfield(L, 2, K_WAITING_ON);
-  lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
-  lua_rawset(L, 3);
+  lua_rawseti(L, 3, h->slot);
+  h->loop_waiter = h->slot;
   set_status(L, 2, S_WAITING);
   lua_pushvalue(L, UV(UV_WAIT));
   return lua_yield(L, 1);
@@ -395,6 +433,7 @@ int lioq_loop_new(lua_State *L) {
     {"run", loop_run},
     {"poll", loop_poll},
     {"await", loop_await},
+    {"hook", loop_hook},
     {NULL, NULL}
   };
   lloop *s;
@@ -411,6 +450,8 @@ int lioq_loop_new(lua_State *L) {
   s->tail = 0;
   lua_newtable(L);
   lua_setiuservalue(L, 5, LV_RING);
+  lua_newtable(L);
+  lua_setiuservalue(L, 5, LV_WSLOTS);
   lua_pushvalue(L, 1);  /* UV_WAIT */
   lua_pushvalue(L, 2);  /* UV_TASK */
   lua_pushvalue(L, 3);  /* UV_RESUMED */

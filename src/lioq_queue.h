@@ -118,6 +118,12 @@ typedef struct lhandle {
   int at_position;         /* asked for the current position (offset -1) */
   lioq_file *file;         /* the file object the op is pending on */
   lioq_oplink link;        /* in file->ops */
+  /* The coroutine loop's (src/lioq_loop.c; nothing else reads or writes
+  ** these, and 0 is their rest state): the index in the loop's array of
+  ** waiters of the one task that awaits this handle (0: none there), and
+  ** whether lua/ioq/loop.lua's waiters table may hold waiters of it. */
+  int loop_waiter;
+  int loop_shared;
 } lhandle;
 
 #define handle_of_link(l) \

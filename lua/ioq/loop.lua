@@ -41,10 +41,6 @@ local h_done, h_result, h_cancel, h_wait = handle_methods.done,
 local q_pending = queue_methods.pending
 local queue_of = core.queue_of
 
--- The C q:wait of the loop's queue: ioq.run hands it over (see start), as
--- the queue's own q:wait refuses a queue that a loop drives.
-local q_wait = queue_methods.wait
-
 -- What a task's coroutine hands the loop: WAIT when it waits for a wake-up,
 -- DONE (then its status and values) when its body has returned. Any other
 -- yield just lets the other tasks run first.
@@ -273,7 +269,8 @@ end
 -- poll that wakes the tasks awaiting handles (c_poll), and the common
 -- case of h:await (c_await). See src/lioq_loop.c.
 local C = core.loop(WAIT, Task, resumed)
-local c_run, c_poll, c_await, c_nready = C.run, C.poll, C.await, C.nready
+local c_run, c_poll, c_await, c_nready, c_hook =
+  C.run, C.poll, C.await, C.nready, C.hook
 c_push = C.push
 
 local function new_task(fn, ...)
@@ -310,13 +307,17 @@ end
 ---------------------------------------------------------------- waiters
 -- Several tasks (and ioq.first hooks) may wait for one handle; each is
 -- woken when it resolves. One waiter is stored as itself (the common case
--- costs no table), two or more as a list.
+-- costs no table), two or more as a list. The commonest case of all, one
+-- task in c_await, waits in C (src/lioq_loop.c), not here: every function
+-- below calls c_hook(h) before it looks at waiters[h], which moves such a
+-- task here.
 
 local function is_list(w)
   return type(w) == "table" and w.co == nil
 end
 
 local function add_waiter(h, w)
+  c_hook(h)
   local cur = waiters[h]
   if cur == nil then
     waiters[h] = w
@@ -328,6 +329,7 @@ local function add_waiter(h, w)
 end
 
 local function remove_waiter(h, w)
+  c_hook(h)
   local cur = waiters[h]
   if cur == w then
     waiters[h] = nil
@@ -341,6 +343,7 @@ end
 
 --- True if someone other than `w` waits for `h`.
 local function others_wait(h, w)
+  c_hook(h)
   local cur = waiters[h]
   if cur == nil or cur == w then return false end
   if not is_list(cur) then return true end
@@ -364,7 +367,11 @@ end
 --- Hands a handle that q:wait returned to whoever waits for it.
 local function dispatch(h, closing)
   local w = waiters[h]
-  if w == nil then return unwaited(h, closing) end
+  if w == nil then
+    c_hook(h)  -- (outside c_poll, a task may wait in C)
+    w = waiters[h]
+    if w == nil then return unwaited(h, closing) end
+  end
   waiters[h] = nil
   if type(w) == "function" then
     w()
@@ -413,7 +420,7 @@ end
 -- place; if that fails (out of memory) the waiter goes again, so nothing
 -- is left to wake the task later.
 local function suspend_on(task, h, timer, seconds, on_fire)
-  if waiters[h] == nil then waiters[h] = task else add_waiter(h, task) end
+  add_waiter(h, task)
   if timer then
     local ok, e = pcall(arm_timer, timer, seconds, on_fire)
     if not ok then
@@ -460,7 +467,7 @@ end
 -- something else than h's end woke it).
 function await_tail(task, h, timer)
   task.waiting_on = nil
-  if waiters[h] ~= nil then remove_waiter(h, task) end  -- woken by something else than h
+  remove_waiter(h, task)  -- if woken by something else than h
   local timed_out = false
   if timer then
     cancel_timer(timer)
@@ -511,10 +518,11 @@ local function drive_until(until_fn, deadline)
     local t = next_timer()
     if t and (not wait or t < wait) then wait = t end
     if c_nready() > 0 then wait = 0 end  -- tasks to run: only a look
-    local n, msg, err = q_wait(loop_q, wait, got)
-    if not n then return nil, msg, err end
+    -- c_poll wakes the tasks that await in C; the rest is dispatched.
+    local n, kept, err = c_poll(wait, got)
+    if not n then return nil, kept, err end
     polled = true
-    for i = 1, n do
+    for i = 1, kept do
       local h = got[i]
       got[i] = nil
       dispatch(h)
@@ -693,11 +701,11 @@ function loop.spawn(fn, ...)
   return new_task(fn, ...)
 end
 
---- Starts a run on queue `q`, whose C q:wait is `wait`, with fn(...) as
--- its main task; returns that task and the list that failed tasks go to.
-function loop.start(q, wait, fn, ...)
+--- Starts a run on queue `q` with fn(...) as its main task; returns that
+-- task and the list that failed tasks go to.
+function loop.start(q, fn, ...)
   reset_loop()
-  running, loop_q, q_wait = true, q, wait
+  running, loop_q = true, q
   C.start(q, waiters)
   main_task = new_task(fn, ...)
   return main_task, failed
