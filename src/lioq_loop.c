@@ -44,7 +44,9 @@ enum {
   LV_QUEUE,      /* the running loop's queue, or nil */
   LV_WSLOTS,     /* the array of waiters: [h->loop_waiter] the task that
                     awaits h */
-  LOOP_NUV = LV_WSLOTS
+  LV_WAIT_FOR,   /* loop.lua's wait_for and after_wake (see */
+  LV_AFTER_WAKE, /* await_method) */
+  LOOP_NUV = LV_AFTER_WAKE
 };
 
 /* The functions' upvalues: the loop, then what never changes. Keys and
@@ -57,13 +59,13 @@ enum {
   UV_RESUMED,    /* resumed(task, ok, ...): the Lua end of a resume that
                     did not come back with WAIT */
   UV_HANDLE_MT,  /* the metatable of (single-shot) handles */
-  K_STATUS, K_CO, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING,
+  K_STATUS, K_CO, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING, K_FN, K_ARGS,
   S_READY, S_WAITING,
   NUPVALUES = S_WAITING
 };
 
 static const char *const upvalue_strings[] = {
-  "status", "co", "waiting_on", "canceled", "cancel_pending",
+  "status", "co", "waiting_on", "canceled", "cancel_pending", "fn", "args",
   "ready", "waiting"
 };
 
@@ -235,10 +237,12 @@ static int loop_nready(lua_State *L) {
 ** coroutine runs it from inside a round), so the task being resumed is
 ** saved and put back around each resume.
 **
-** Each resume hands the coroutine: on its first run, its task (task_body
-** starts the function); when a handle woke it and it was not canceled
-** meanwhile, the handle and its result (what the await in C returns);
-** otherwise nothing (it reads task.wake_value).
+** A task's coroutine is its function itself (no wrapper: a suspended task
+** holds no frame but its own). Each resume hands it: on its first run,
+** the task's arguments (task.args, a table.pack; task.fn and task.args go
+** then, which is how Task:cancel knows a task ran); when a handle woke it
+** and it was not canceled meanwhile, the handle and its result (what the
+** await in C returns); otherwise nothing (it reads task.wake_value).
 */
 static int loop_run(lua_State *L) {
   lloop *s = getloop(L);
@@ -271,8 +275,23 @@ static int loop_run(lua_State *L) {
     if (!lua_checkstack(co, 8) || !lua_checkstack(L, 8))
       luaL_error(L, "not enough memory");
     if (lua_status(co) == LUA_OK) {  /* the first run */
-      lua_pushvalue(L, base + 1);
-      narg = 1;
+      if (rawgetfield(L, base + 1, K_ARGS) == LUA_TTABLE) {  /* base+4 */
+        lua_Integer j, n;
+        lua_getfield(L, base + 4, "n");
+        n = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        if (n < 0 || n > 1000000 || !lua_checkstack(L, (int)n + 8) ||
+            !lua_checkstack(co, (int)n + 8))
+          luaL_error(L, "not enough memory");
+        for (j = 1; j <= n; j++)
+          lua_rawgeti(L, base + 4, j);
+        narg = (int)n;
+      }
+      lua_remove(L, base + 4);
+      lua_pushnil(L);
+      rawsetfield(L, base + 1, K_FN);
+      lua_pushnil(L);
+      rawsetfield(L, base + 1, K_ARGS);
     } else if (lua_toboolean(L, base + 2) &&
                !field_truthy(L, base + 1, K_CANCELED)) {
       /* (task.waiting_on stays: it counts only while "waiting", and
@@ -290,19 +309,21 @@ static int loop_run(lua_State *L) {
     s->runner = prev_runner;
     s->task_idx = prev_idx;
     if (st != LUA_YIELD && st != LUA_OK)
-      nres = 1;  /* the error object */
+      nres = 1;  /* the error object (the coroutine keeps its frames, for
+                    the traceback) */
     if (!lua_checkstack(L, nres + 4))
       luaL_error(L, "not enough memory");
     lua_xmove(co, L, nres);  /* base+4 ... */
     if (st == LUA_YIELD && nres == 1 && lua_rawequal(L, -1, wait))
       continue;  /* it waits for a wake-up */
-    /* Anything else (its end, an error, a plain yield): resumed(task, ok,
-    ** ...) in Lua. */
+    /* Anything else: resumed(task, how, ...) in Lua, how being 1 (a plain
+    ** yield, its values), 2 (the function returned, its results) or 3 (it
+    ** raised, the error). */
     lua_pushvalue(L, UV(UV_RESUMED));
     lua_insert(L, base + 4);
     lua_pushvalue(L, base + 1);
     lua_insert(L, base + 5);
-    lua_pushboolean(L, st == LUA_YIELD || st == LUA_OK);
+    lua_pushinteger(L, st == LUA_YIELD ? 1 : st == LUA_OK ? 2 : 3);
     lua_insert(L, base + 6);
     lua_call(L, 2 + nres, 0);
   }
@@ -375,39 +396,41 @@ static int loop_poll(lua_State *L) {
 }
 
 /*
-** await(h [, timeout]): h:await() in the common case: in the task the
-** runner is resuming, a pending handle of the loop's queue, no timeout,
-** no cancel pending, nobody else awaiting it. Then the task becomes h's
-** waiter and yields WAIT; the values the runner resumes it with are what
-** this returns (h and its result; or nothing, when something else woke
-** it: the caller then does what loop.lua's await does after a wake-up).
-** Otherwise it returns false at once, for the general await in Lua.
+** The common case of h:await(): in the task the runner is resuming, a
+** pending handle of the loop's queue, no timeout, no cancel pending,
+** nobody else awaiting it. Then the task becomes h's waiter, WAIT is on
+** top, and it returns 1: the caller yields. Otherwise it returns 0, the
+** stack as it was but for a nil timeout, for the general await in Lua.
 */
-static int loop_await(lua_State *L) {
-  lloop *s = getloop(L);
+static int try_await(lua_State *L, lloop *s) {
   lhandle *h;
   int ishandle;
-  if (L != s->cur || !lua_isnoneornil(L, 2) || !lua_isyieldable(L))
-    goto general;
+  if (L != s->cur || lua_gettop(L) > 2 || !lua_isnoneornil(L, 2) ||
+      !lua_isyieldable(L))
+    return 0;
   lua_settop(L, 1);
   /* A handle: the metatable of single-shot ones (multishot handles have
   ** their own, and take the general way). */
   ishandle = lua_getmetatable(L, 1) && lua_rawequal(L, -1, UV(UV_HANDLE_MT));
   lua_settop(L, 1);
   if (!ishandle)
-    goto general;
+    return 0;
   h = lua_touserdata(L, 1);
   if (h->q != s->q || h->state == ST_DONE || h->op.multishot ||
       h->loop_shared || h->loop_waiter != 0 || h->slot <= 0)
-    goto general;
+    return 0;
   /* The task: on the runner's stack (it is inside lua_resume). */
   lua_pushvalue(s->runner, s->task_idx);
   lua_xmove(s->runner, L, 1);  /* 2 */
-  if (field_truthy(L, 2, K_CANCEL_PENDING))
-    goto general;
+  if (field_truthy(L, 2, K_CANCEL_PENDING)) {
+    lua_settop(L, 1);
+    return 0;
+  }
   getuv(L, LV_WSLOTS);  /* 3 */
-  if (lua_rawgeti(L, 3, h->slot) != LUA_TNIL)
-    goto general;  /* an op done that had this slot: not taken yet */
+  if (lua_rawgeti(L, 3, h->slot) != LUA_TNIL) {
+    lua_settop(L, 1);
+    return 0;  /* an op done that had this slot: not taken yet */
+  }
   lua_pop(L, 1);
   /* What may raise (out of memory) first: then nothing waits yet. */
   lua_pushvalue(L, 1);
@@ -416,12 +439,86 @@ static int loop_await(lua_State *L) {
   lua_rawseti(L, 3, h->slot);
   h->loop_waiter = h->slot;
   set_status(L, 2, S_WAITING);
+  lua_settop(L, 1);
   lua_pushvalue(L, UV(UV_WAIT));
-  return lua_yield(L, 1);
-general:
+  return 1;
+}
+
+/*
+** await(h [, timeout]): try_await for loop.lua's h:await: yields WAIT; the
+** values the runner resumes the task with are what this returns (h and
+** its result; or nothing, when something else woke it: the caller then
+** does what loop.lua's await does after a wake-up). Returns false at once
+** when it does not apply.
+*/
+static int loop_await(lua_State *L) {
+  if (try_await(L, getloop(L)))
+    return lua_yield(L, 1);
   lua_pushboolean(L, 0);
   return 1;
 }
+
+#if LUA_VERSION_NUM >= 502
+/*
+** h:await([timeout]) and h:wait([timeout]) themselves, in C (Lua 5.2 and
+** later: they yield and call Lua with continuations), so a task suspended
+** in an await holds no Lua frame of the loop's, only this C one. The
+** common case is try_await; anything else is loop.lua's wait_for(name,
+** h, timeout, 1) (1: this frame, which its errors count to name the
+** caller's line); after a wake-up that was not h's end,
+** loop.lua's after_wake(h). set_lua(wait_for, after_wake) gives both.
+*/
+static int all_results_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+static int await_woken_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  /* The stack: h, then what the resume brought. */
+  if (lua_gettop(L) >= 2 && lua_rawequal(L, 1, 2))
+    return lua_gettop(L) - 2;  /* h's result */
+  lua_settop(L, 1);
+  getuv(L, LV_AFTER_WAKE);
+  lua_insert(L, 1);
+  lua_call(L, 1, LUA_MULTRET);  /* (it does not yield) */
+  return lua_gettop(L);
+}
+
+static int await_method(lua_State *L, const char *name) {
+  lloop *s = getloop(L);
+  if (try_await(L, s))
+    return lua_yieldk(L, 1, 0, await_woken_k);
+  getuv(L, LV_WAIT_FOR);
+  lua_insert(L, 1);
+  lua_pushstring(L, name);
+  lua_insert(L, 2);
+  lua_settop(L, 4);
+  lua_pushinteger(L, 1);  /* up: this frame */
+  lua_callk(L, 4, LUA_MULTRET, 0, all_results_k);
+  return lua_gettop(L);
+}
+
+static int loop_await_method(lua_State *L) {
+  return await_method(L, "await");
+}
+
+static int loop_wait_method(lua_State *L) {
+  return await_method(L, "wait");
+}
+
+/* set_lua(wait_for, after_wake): see await_method. */
+static int loop_set_lua(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  setuv(L, LV_AFTER_WAKE);
+  setuv(L, LV_WAIT_FOR);
+  return 0;
+}
+#endif
 
 /* core.loop(WAIT, Task, resumed): a loop's functions (see the top). */
 int lioq_loop_new(lua_State *L) {
@@ -434,6 +531,11 @@ int lioq_loop_new(lua_State *L) {
     {"poll", loop_poll},
     {"await", loop_await},
     {"hook", loop_hook},
+#if LUA_VERSION_NUM >= 502
+    {"await_method", loop_await_method},
+    {"wait_method", loop_wait_method},
+    {"set_lua", loop_set_lua},
+#endif
     {NULL, NULL}
   };
   lloop *s;

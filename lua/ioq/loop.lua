@@ -20,12 +20,13 @@ local outputs = require "ioq.outputs"
 local coroutine, error, select, setmetatable, type =
   coroutine, error, select, setmetatable, type
 local getmetatable, pcall = getmetatable, pcall
-local pack, unpack = table.pack, table.unpack
+local pack = table.pack
 local yield, running_co = coroutine.yield, coroutine.running
+local traceback = debug.traceback
 local now = core.now
 local E = core.errno
-local argerror, check_timeout, check_handle, c_call =
-  args.argerror, args.check_timeout, args.check_handle, args.c_call
+local argerror, check_timeout, check_handle, c_call, c_raise =
+  args.argerror, args.check_timeout, args.check_handle, args.c_call, args.c_raise
 local heap_push, heap_remove, heap_fix, heap_filter =
   heap.push, heap.remove, heap.fix, heap.filter
 local note_output, claim = outputs.note, outputs.claim
@@ -41,11 +42,9 @@ local h_done, h_result, h_cancel, h_wait = handle_methods.done,
 local q_pending = queue_methods.pending
 local queue_of = core.queue_of
 
--- What a task's coroutine hands the loop: WAIT when it waits for a wake-up,
--- DONE (then its status and values) when its body has returned. Any other
+-- What a task's coroutine yields when it waits for a wake-up. Any other
 -- yield just lets the other tasks run first.
 local WAIT = setmetatable({}, { __name = "ioq.wait" })
-local DONE = setmetatable({}, { __name = "ioq.done" })
 
 local function fail(msg, err)
   return nil, msg, err
@@ -234,35 +233,25 @@ local function finish(task, ok, ...)
   notify_joiners(task)
 end
 
-local function traceback_handler(err)
-  if type(err) == "string" then
-    return debug.traceback(err, 2)
-  end
-  return err
-end
-
 -- What a resume of a task's coroutine came back with, when not WAIT (the
--- C runner, src/lioq_loop.c, calls this).
-local function resumed(task, ok, a, ...)
-  if a == WAIT then return end
-  if not ok then  -- only if the body could not even start
-    finish(task, false, traceback_handler(a))
-  elseif a == DONE then
-    finish(task, ...)  -- the xpcall status, then the values
-  else  -- a plain coroutine.yield(): run again later
-    make_ready(task)
-  end
-end
-
--- Every task's coroutine runs this (one shared function: no closure per
--- task); its first resume hands it the task, whose function it calls.
-local function task_body(task)
-  local fn, args_ = task.fn, task.args
-  task.fn, task.args = nil, nil
-  if args_ then
-    return DONE, xpcall(fn, traceback_handler, unpack(args_, 1, args_.n))
-  end
-  return DONE, xpcall(fn, traceback_handler)
+-- C runner, src/lioq_loop.c, calls this): `how` 1, a plain
+-- coroutine.yield() (run again later); 2, the function returned these
+-- values; 3, it raised this error. A task's coroutine runs its function
+-- itself (no xpcall around it, no frame of the loop's below it, so a
+-- suspended task holds little): the traceback is taken here from the
+-- dead coroutine, whose <close> variables close then (once it is no
+-- longer a live task: a wait in them blocks, as outside a task).
+local function resumed(task, how, ...)
+  if how == 1 then return make_ready(task) end
+  if how == 2 then return finish(task, true, ...) end
+  local raw = ...
+  local co = task.co
+  local err = raw
+  if type(raw) == "string" then err = traceback(co, raw) end
+  tasks[co] = nil
+  local _, cerr = coroutine.close(co)
+  if cerr ~= raw then err = cerr end  -- a __close failed: its error wins
+  finish(task, false, err)
 end
 
 -- The loop's hot path in C: the ready FIFO and the resumes (c_run), the
@@ -274,7 +263,8 @@ local c_run, c_poll, c_await, c_nready, c_hook =
 c_push = C.push
 
 local function new_task(fn, ...)
-  local task = setmetatable({ fn = fn, co = coroutine.create(task_body) }, Task)
+  -- fn (and args) until its first run: see src/lioq_loop.c's run
+  local task = setmetatable({ fn = fn, co = coroutine.create(fn) }, Task)
   if select("#", ...) > 0 then task.args = pack(...) end
   tasks[task.co] = task
   alive = alive + 1
@@ -558,44 +548,65 @@ end
 -- Inside a loop, but not in a task: the wait blocks, dispatching what
 -- others wait for. Elsewhere (no loop, or another queue): the C wait,
 -- which drives h's queue.
-local function wait_for(name, h, timeout)
+-- `up`: 1 when called from the C h:await, which is a frame more between
+-- the caller and here than a Lua tail call would be.
+local function wait_for(name, h, timeout, up)
   -- The checks inline: this is the path of every await.
   local mt = type(h) == "userdata" and getmetatable(h)
-  if not (mt and mt.__name == "ioq.handle") then check_handle(h, name) end
-  if timeout ~= nil then check_timeout(timeout, 1, name) end
+  if not (mt and mt.__name == "ioq.handle") then
+    check_handle(h, name, up and 3 + up)
+  end
+  if timeout ~= nil then check_timeout(timeout, 1, name, up and 3 + up) end
   if running and queue_of(h) == loop_q then
     local task = tasks[running_co()]
     if task then return task_await(task, h, timeout) end
     return loop_wait(h, timeout)
   end
   claim(h)
+  if up then
+    local ok, v, msg, err = pcall(h_wait, h, timeout)
+    if ok then return v, msg, err end
+    return c_raise(name, 1, v, 2 + up)
+  end
   return c_call(name, 1, pcall(h_wait, h, timeout))
 end
 
 --- h:await([timeout]): inside a task, yields until the handle resolves;
--- elsewhere, the same as h:wait([timeout]). The common case (a task, a
--- pending handle of the loop's queue, no timeout) is c_await: it returns
--- h and its result once h woke the task, nothing if something else did
--- (a cancel), or false at once when it does not apply.
-function handle_methods.await(h, timeout)
-  if timeout == nil then
-    local r, a, b, c = c_await(h)
-    if r == h then return a, b, c end
-    if r == nil then return await_tail(tasks[running_co()], h) end
-  end
-  return wait_for("await", h, timeout)
+-- elsewhere, the same as h:wait([timeout]). h:wait([timeout]): inside a
+-- running loop, h:await (a task never blocks the loop, and no wait there
+-- takes another task's wake-up); elsewhere, drives h's queue until h
+-- resolves. Both are C functions on Lua 5.2 and later (src/lioq_loop.c's
+-- await_method: the common case in C, then wait_for, or after_wake once
+-- something else than h's end woke the task), so a suspended task holds
+-- no frame of them in Lua.
+local function after_wake(h)
+  return await_tail(tasks[running_co()], h)
 end
 
---- h:wait([timeout]): inside a running loop, h:await (a task never blocks
--- the loop, and no wait there takes another task's wake-up); elsewhere,
--- drives h's queue until h resolves.
-function handle_methods.wait(h, timeout)
-  if timeout == nil then
-    local r, a, b, c = c_await(h)
-    if r == h then return a, b, c end
-    if r == nil then return await_tail(tasks[running_co()], h) end
+if C.await_method then
+  C.set_lua(wait_for, after_wake)
+  handle_methods.await, handle_methods.wait = C.await_method, C.wait_method
+else
+  -- The same in Lua: c_await returns h and its result once h woke the
+  -- task, nothing if something else did, or false at once when the
+  -- common case does not apply.
+  function handle_methods.await(h, timeout)
+    if timeout == nil then
+      local r, a, b, c = c_await(h)
+      if r == h then return a, b, c end
+      if r == nil then return after_wake(h) end
+    end
+    return wait_for("await", h, timeout)
   end
-  return wait_for("wait", h, timeout)
+
+  function handle_methods.wait(h, timeout)
+    if timeout == nil then
+      local r, a, b, c = c_await(h)
+      if r == h then return a, b, c end
+      if r == nil then return after_wake(h) end
+    end
+    return wait_for("wait", h, timeout)
+  end
 end
 
 --- h:result(): as the C method; also marks the result as seen.
