@@ -457,7 +457,10 @@ end
 -- something else than h's end woke it).
 function await_tail(task, h, timer)
   task.waiting_on = nil
-  remove_waiter(h, task)  -- if woken by something else than h
+  -- Woken by something else than h: then it may still be a waiter of h,
+  -- in waiters (not in C: what wakes a task waiting in C, but h's end,
+  -- hooks it over first, see give_up).
+  if waiters[h] ~= nil then remove_waiter(h, task) end
   local timed_out = false
   if timer then
     cancel_timer(timer)
