@@ -11,6 +11,8 @@
 --   ioq/outputs.lua    failed outputs nobody awaited, for the run's report
 --   ioq/loop.lua       the loop's state and hot path: tasks, waiters,
 --                      timers, h:await / h:wait / h:result, poll, drive
+--                      (its ready FIFO, resumes and common await are
+--                      C: src/lioq_loop.c)
 --   ioq/run.lua        ioq.run: options, the queue guard, the end of a run
 --   ioq/task.lua       task:join / done / cancel, h:next, first, gather
 --   ioq/objects.lua    file and socket methods on the loop's queue,

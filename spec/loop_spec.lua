@@ -216,6 +216,60 @@ describe("await", function()
     t.close(r); t.close(w)
   end)
 
+  -- The loop's timer entries are lazy (a cancelled timeout keeps its place
+  -- in the heap, a re-armed one moves only if earlier): none of that shows.
+  it("times out at each await's own deadline, whatever the task's earlier timeouts were", function()
+    local r, w = t.pipe()
+    ioq.run(function()
+      local q = ioq.current()
+      local buf = ioq.buffer(8)
+      local function timed(timeout)
+        local t0 = ioq.now()
+        assert.are.same({ nil, "read: timed out", E.ETIMEDOUT }, { q:read(r, buf):await(timeout) })
+        return ioq.now() - t0
+      end
+      assert.is_true(q:nop():await(0.02))  -- its timer, cancelled, still due in 20 ms
+      local dt = timed(0.15)                -- later: not at the first one's time
+      assert.is_true(dt >= 0.145 and dt < 1, "timed out after " .. dt)
+      assert.is_true(q:nop():await(30))     -- cancelled, due in 30 s
+      dt = timed(0.03)                      -- earlier than that
+      assert.is_true(dt >= 0.025 and dt < 1, "timed out after " .. dt)
+      -- Many tasks, each with a long timeout cancelled and a short one that
+      -- fires: the heap drops the cancelled ones and keeps the order.
+      local tasks = {}
+      for i = 1, 200 do
+        tasks[i] = ioq.spawn(function()
+          assert.is_true(q:nop():await(10))
+          local want = 0.01 + (i % 5) * 0.01
+          local tr, tw = t.pipe()
+          local t0 = ioq.now()
+          local v, _, err = q:read(tr, ioq.buffer(1)):await(want)
+          local took = ioq.now() - t0
+          t.close(tr); t.close(tw)
+          assert.is_nil(v)
+          assert.are.equal(E.ETIMEDOUT, err)
+          assert.is_true(took >= want - 0.005 and took < want + 2, "timed out after " .. took)
+        end)
+      end
+      for i = 1, 200 do tasks[i]:join(10) end
+    end)
+    t.close(r); t.close(w)
+  end)
+
+  it("detects a deadlock at once, though cancelled timeouts were due much later", function()
+    local t0 = ioq.now()
+    local ok, err = pcall(ioq.run, function()
+      assert.is_true(ioq.current():nop():await(30))
+      local a
+      local b = ioq.spawn(function() return a:join() end)
+      a = ioq.spawn(function() return b:join() end)
+      a:join()
+    end)
+    assert.is_false(ok)
+    assert.matches("deadlock", err)
+    assert.is_true(ioq.now() - t0 < 5)  -- not after the 30 s
+  end)
+
   it("sleeps 50 ms in 50 to 80 ms", function()
     ioq.run(function()
       for _ = 1, 3 do

@@ -170,4 +170,26 @@ int lioq_backends(lua_State *L);
 int lioq_queue_of(lua_State *L);
 void lioq_end_ops(lioq_file *f);
 
+/* lioq_loop.c: the coroutine loop's hot path (see lua/ioq/loop.lua). */
+int lioq_loop_new(lua_State *L);
+
+/* lua_resume, whose signature differs between Lua versions: resumes co
+** with the narg values on top of its stack; *nres gets how many it
+** yielded or returned. */
+static inline int lioq_resume(lua_State *co, lua_State *from, int narg,
+                              int *nres) {
+#if LUA_VERSION_NUM >= 504
+  return lua_resume(co, from, narg, nres);
+#elif LUA_VERSION_NUM >= 502
+  int r = lua_resume(co, from, narg);
+  *nres = lua_gettop(co);
+  return r;
+#else
+  int r = lua_resume(co, narg);
+  (void)from;
+  *nres = lua_gettop(co);
+  return r;
+#endif
+}
+
 #endif

@@ -77,9 +77,9 @@ static int commitcall(lua_State *L, lioq_call *c) {
 }
 
 /* The call of the handle at 1, whose op has ended. */
-static lioq_call *callof(lua_State *L) {
+static lioq_call *callof(lua_State *L, int idx) {
   lioq_call **box;
-  lua_getiuservalue(L, 1, HVAL_DATA);
+  lua_getiuservalue(L, idx, HVAL_DATA);
   box = lua_touserdata(L, -1);
   lua_pop(L, 1);
   if (box == NULL || *box == NULL)
@@ -87,9 +87,9 @@ static lioq_call *callof(lua_State *L) {
   return *box;
 }
 
-int lioq_call_result(lua_State *L, lhandle *h) {
-  lioq_call *c = callof(L);
-  return c->push(L, c, h->op.res);
+int lioq_call_result(lua_State *L, lhandle *h, int idx) {
+  lioq_call *c = callof(L, idx);
+  return c->push(L, c, h->op.res, idx);
 }
 
 /* A C string argument, checked for zero bytes, and its length. */
@@ -181,7 +181,8 @@ static void resolve_release(lioq_call *base) {
   }
 }
 
-static int resolve_push(lua_State *L, lioq_call *base, int64_t res) {
+static int resolve_push(lua_State *L, lioq_call *base, int64_t res,
+                        int idx) {
   resolve_call *c = (resolve_call *)base;
   lua_Integer i = 0;
 #ifdef _WIN32
@@ -189,6 +190,7 @@ static int resolve_push(lua_State *L, lioq_call *base, int64_t res) {
 #else
   struct addrinfo *ai;
 #endif
+  (void)idx;  /* nothing of the handle's is needed */
   if (res < 0) {
     int err = (int)-res;
     luaL_pushfail(L);
@@ -558,7 +560,7 @@ static void dir_release(lioq_call *base) {
   c->ds = NULL;
 }
 
-static int dir_push(lua_State *L, lioq_call *base, int64_t res) {
+static int dir_push(lua_State *L, lioq_call *base, int64_t res, int idx) {
   dir_call *c = (dir_call *)base;
   size_t i;
   lua_Integer k = 0;
@@ -570,7 +572,7 @@ static int dir_push(lua_State *L, lioq_call *base, int64_t res) {
     return 3;
   }
   if (c->open_only) {
-    lua_getiuservalue(L, 1, HVAL_RESULT);  /* the ioq.dir */
+    lua_getiuservalue(L, idx, HVAL_RESULT);  /* the ioq.dir */
     return 1;
   }
   lua_createtable(L, (int)res, 0);

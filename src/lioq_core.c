@@ -66,6 +66,7 @@ int luaopen_ioq_core(lua_State *L) {
     {"backends", lioq_backends},
     {"now", now},
     {"queue_of", lioq_queue_of},
+    {"loop", lioq_loop_new},
     {"socket", lioq_socket_new},
     {"socketpair", lioq_socketpair},
     {"signalfd", lioq_signalfd},

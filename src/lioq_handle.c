@@ -20,26 +20,27 @@ static lhandle *checkhandle(lua_State *L) {
 ** queue has no pool, the op's own buffer, cut to n bytes), or 0 alone at
 ** the end of the stream.
 */
-static int push_pooled(lua_State *L, lhandle *h) {
+static int push_pooled(lua_State *L, lhandle *h, int idx) {
   lua_Integer n = (lua_Integer)h->op.res;
   lua_pushinteger(L, n);
   if (n == 0)
     return 1;
-  lua_getiuservalue(L, 1, HVAL_DATA);
+  lua_getiuservalue(L, idx, HVAL_DATA);
   return 2;
 }
 
-/* Pushes the handle's outcome: its value, or fail, msg, errno. */
-static int push_result(lua_State *L, lhandle *h) {
+/* Pushes the outcome of handle h, which is at idx: its value, or fail,
+** msg, errno. Returns how many values. */
+int lioq_push_result(lua_State *L, lhandle *h, int idx) {
   int64_t res = h->op.res;
   if (res < 0 && h->op.code == IOQ_CALL && !h->has_msg &&
       res != -ECANCELED && res != -ETIMEDOUT)
-    return lioq_call_result(L, h);  /* its own message */
+    return lioq_call_result(L, h, idx);  /* its own message */
   if (res < 0) {
     int err = (int)-res;
     luaL_pushfail(L);
     if (h->has_msg)
-      lua_getiuservalue(L, 1, HVAL_DATA);
+      lua_getiuservalue(L, idx, HVAL_DATA);
     else if (err == ETIMEDOUT)
       lua_pushfstring(L, "%s: timed out", lioq_opname(h));
     else if (err == ECANCELED)
@@ -51,10 +52,10 @@ static int push_result(lua_State *L, lhandle *h) {
   }
   switch (h->op.code) {
     case IOQ_CALL:
-      return lioq_call_result(L, h);
+      return lioq_call_result(L, h, idx);
     case IOQ_RECV:
       if (h->pooled)
-        return push_pooled(L, h);
+        return push_pooled(L, h, idx);
       /* fall through */
     case IOQ_READ:
     case IOQ_WRITE:
@@ -67,11 +68,11 @@ static int push_result(lua_State *L, lhandle *h) {
       return 1 + lioq_pushaddr(L, h->op.addr, h->op.addrlen);
     case IOQ_OPEN:
     case IOQ_ACCEPT:
-      lua_getiuservalue(L, 1, HVAL_RESULT);
+      lua_getiuservalue(L, idx, HVAL_RESULT);
       return 1;
     case IOQ_POLL:
       if (h->proc_wait) {
-        lua_getiuservalue(L, 1, HVAL_RESULT);
+        lua_getiuservalue(L, idx, HVAL_RESULT);
         return lioq_process_result(L, lua_gettop(L));
       }
       /* The directions ready: "r" (readable, or hung up or failed, which
@@ -105,7 +106,7 @@ static int handle_result(lua_State *L) {
   lhandle *h = checkhandle(L);
   if (h->state != ST_DONE)
     return luaL_error(L, "handle is pending: wait for it first");
-  return push_result(L, h);
+  return lioq_push_result(L, h, 1);
 }
 
 /* h:cancel(): true if asked, false if already done, or fail, msg, errno. */
@@ -182,7 +183,7 @@ static int handle_wait(lua_State *L) {
   if (timed_out && h->op.res == -ECANCELED)
     h->op.res = -ETIMEDOUT;
   lua_settop(L, 1);
-  return push_result(L, h);
+  return lioq_push_result(L, h, 1);
 }
 
 /*
@@ -263,7 +264,7 @@ static int handle_take(lua_State *L) {
     luaL_pushfail(L);
     return 1;
   }
-  return push_result(L, h);
+  return lioq_push_result(L, h, 1);
 }
 
 /* __gc of multishot handles: what nobody took goes back (descriptors are

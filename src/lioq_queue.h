@@ -124,6 +124,12 @@ typedef struct lhandle {
                               lends the pool buffer the bytes came in */
   int proc_wait;           /* IOQ_POLL for q:wait_process: resolves to the
                               process's end (HVAL_RESULT), named "wait" */
+  /* The coroutine loop's (src/lioq_loop.c; nothing else reads or writes
+  ** these, and 0 is their rest state): the index in the loop's array of
+  ** waiters of the one task that awaits this handle (0: none there), and
+  ** whether lua/ioq/loop.lua's waiters table may hold waiters of it. */
+  int loop_waiter;
+  int loop_shared;
 } lhandle;
 
 #define handle_of_link(l) \
@@ -199,9 +205,9 @@ struct lioq_call {
   size_t refs;
   /* On the Lua thread, once: the op has ended (no Lua calls). Optional. */
   void (*settle)(lioq_call *c);
-  /* The outcome as Lua values (the handle at 1), but for ECANCELED and
+  /* The outcome as Lua values (the handle at stack index idx), but for ECANCELED and
   ** ETIMEDOUT, which are said the same way for every op. */
-  int (*push)(lua_State *L, lioq_call *c, int64_t res);
+  int (*push)(lua_State *L, lioq_call *c, int64_t res, int idx);
   /* Frees what the call holds (not c itself). Optional. */
   void (*release)(lioq_call *c);
 };
@@ -222,11 +228,12 @@ static inline const char *lioq_opname(const lhandle *h) {
 }
 
 extern const luaL_Reg lioq_call_methods[];
-int lioq_call_result(lua_State *L, lhandle *h);
+int lioq_call_result(lua_State *L, lhandle *h, int idx);
 
 /* ---------------------------------------------------------------- handle */
 
 void lioq_open_handle(lua_State *L);
+int lioq_push_result(lua_State *L, lhandle *h, int idx);
 
 /* The queue at argument 1 (the receiver of every queue method). */
 static inline lqueue *lioq_checkqueue(lua_State *L) {

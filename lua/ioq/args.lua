@@ -24,11 +24,12 @@ end
 local argerror = args.argerror
 
 --- Checks an optional timeout: nil or a non-negative number (not NaN).
--- For use right inside a public function.
-function args.check_timeout(v, n, name)
+-- For use right inside a public function (`level`: 3, or more for a
+-- function called by it).
+function args.check_timeout(v, n, name, level)
   if v ~= nil and not (type(v) == "number" and v >= 0) then
     argerror(n, name, "timeout must be a non-negative number, got " ..
-      (type(v) == "number" and tostring(v) or type(v)), 3)
+      (type(v) == "number" and tostring(v) or type(v)), level or 3)
   end
 end
 
@@ -38,10 +39,11 @@ function args.is_handle(h)
 end
 local is_handle = args.is_handle
 
---- For use right inside a method: its self must be a handle.
-function args.check_handle(h, name)
+--- For use right inside a method: its self must be a handle (`level` as
+-- for check_timeout).
+function args.check_handle(h, name, level)
   if not is_handle(h) then
-    argerror(0, name, "ioq.handle expected, got " .. type(h), 3)
+    argerror(0, name, "ioq.handle expected, got " .. type(h), level or 3)
   end
 end
 
@@ -67,7 +69,12 @@ end
 -- a tail call, so level 2 is the public function's caller.
 function args.c_call(name, shift, ok, ...)
   if ok then return ... end
-  local e = ...
+  return args.c_raise(name, shift, (...), 2)  -- (a tail call too)
+end
+
+--- c_call's error: raises error `e` of a C function at `level` (the level
+-- of error(): 2 is c_raise's caller's caller in a tail call).
+function args.c_raise(name, shift, e, level)
   if type(e) ~= "string" then error(e, 0) end
   local n, why = e:match("^bad argument #(%d+) to '[^']*' (%b())$")
   if n then
@@ -78,7 +85,7 @@ function args.c_call(name, shift, ok, ...)
       e = format("bad argument #%d to '%s' %s", n, name, why)
     end
   end
-  error(e, 2)
+  error(e, level)
 end
 
 return args

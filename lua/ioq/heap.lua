@@ -7,30 +7,40 @@
 -- on, and touches only that array and the records in it. Requires nothing.
 local heap = {}
 
-local function swap(h, i, j)
-  h[i], h[j] = h[j], h[i]
-  h[i].pos, h[j].pos = i, j
-end
-
 local function up(h, i)
+  local t = h[i]
+  local at = t.at
   while i > 1 do
     local parent = i // 2
-    if h[parent].at <= h[i].at then break end
-    swap(h, i, parent)
+    local p = h[parent]
+    if p.at <= at then break end
+    h[i] = p
+    p.pos = i
     i = parent
   end
+  h[i] = t
+  t.pos = i
 end
 
 local function down(h, i)
   local n = #h
+  local t = h[i]
+  local at = t.at
   while true do
-    local l, small = 2 * i, i
-    if l <= n and h[l].at < h[small].at then small = l end
-    if l + 1 <= n and h[l + 1].at < h[small].at then small = l + 1 end
-    if small == i then return end
-    swap(h, i, small)
-    i = small
+    local l = 2 * i
+    if l > n then break end
+    local c, cat = h[l], h[l].at
+    if l < n then
+      local r = h[l + 1]
+      if r.at < cat then c, cat, l = r, r.at, l + 1 end
+    end
+    if cat >= at then break end
+    h[i] = c
+    c.pos = i
+    i = l
   end
+  h[i] = t
+  t.pos = i
 end
 
 --- Puts record `t` (its `at` set) into heap `h`.
@@ -50,15 +60,38 @@ function heap.remove(h, t)
   if not i then return end
   t.pos = nil
   local last = #h
+  local m = h[last]
+  h[last] = nil
   if i ~= last then
-    h[i] = h[last]
-    h[i].pos = i
-    h[last] = nil
+    h[i] = m
+    m.pos = i
     down(h, i)
-    up(h, i)
-  else
-    h[last] = nil
+    up(h, m.pos)
   end
+end
+
+--- Moves record `t`, in heap `h`, to its place after its `at` changed.
+function heap.fix(h, t)
+  up(h, t.pos)
+  down(h, t.pos)
+end
+
+--- Rebuilds heap `h` with only the records for which keep(record) is
+-- true; the others leave it (their `pos` nil). Allocates nothing.
+function heap.filter(h, keep)
+  local n, k = #h, 0
+  for i = 1, n do
+    local t = h[i]
+    if keep(t) then
+      k = k + 1
+      h[k] = t
+      t.pos = k
+    else
+      t.pos = nil
+    end
+  end
+  for i = n, k + 1, -1 do h[i] = nil end
+  for i = k // 2, 1, -1 do down(h, i) end
 end
 
 return heap

@@ -20,13 +20,15 @@ local outputs = require "ioq.outputs"
 local coroutine, error, select, setmetatable, type =
   coroutine, error, select, setmetatable, type
 local getmetatable, pcall = getmetatable, pcall
-local pack, unpack = table.pack, table.unpack
-local resume, yield, running_co = coroutine.resume, coroutine.yield, coroutine.running
+local pack = table.pack
+local yield, running_co = coroutine.yield, coroutine.running
+local traceback = debug.traceback
 local now = core.now
 local E = core.errno
-local argerror, check_timeout, check_handle, c_call =
-  args.argerror, args.check_timeout, args.check_handle, args.c_call
-local heap_push, heap_remove = heap.push, heap.remove
+local argerror, check_timeout, check_handle, c_call, c_raise =
+  args.argerror, args.check_timeout, args.check_handle, args.c_call, args.c_raise
+local heap_push, heap_remove, heap_fix, heap_filter =
+  heap.push, heap.remove, heap.fix, heap.filter
 local note_output, claim = outputs.note, outputs.claim
 
 local handle_methods = core.classes.handle
@@ -40,15 +42,9 @@ local h_done, h_result, h_cancel, h_wait = handle_methods.done,
 local q_pending = queue_methods.pending
 local queue_of = core.queue_of
 
--- The C q:wait of the loop's queue: ioq.run hands it over (see start), as
--- the queue's own q:wait refuses a queue that a loop drives.
-local q_wait = queue_methods.wait
-
--- What a task's coroutine hands the loop: WAIT when it waits for a wake-up,
--- DONE (then its status and values) when its body has returned. Any other
+-- What a task's coroutine yields when it waits for a wake-up. Any other
 -- yield just lets the other tasks run first.
 local WAIT = setmetatable({}, { __name = "ioq.wait" })
-local DONE = setmetatable({}, { __name = "ioq.done" })
 
 local function fail(msg, err)
   return nil, msg, err
@@ -72,10 +68,11 @@ local running = false      -- true while ioq.run runs
 local loop_q = nil         -- its queue
 local tasks = {}           -- coroutine -> live task
 local alive = 0            -- live tasks
-local ready, rhead, rtail = {}, 1, 0   -- FIFO of tasks to resume
+-- The FIFO of tasks to resume, and their resume, are in C (src/lioq_loop.c;
+-- c_push, c_run, c_nready below).
 local waiters = {}         -- handle -> who awaits it: a task, a function,
                            -- or a list (a table without .co) of those
-local timers = {}          -- min-heap of { at =, fn =, pos = }: fn(t) fires
+local timers = {}          -- min-heap of timer records (see timers below)
 local failed = {}          -- tasks that ended with an error, in order
 local into = {}            -- scratch table for q:wait
 local main_task = nil
@@ -94,13 +91,45 @@ local function current_queue()
 end
 
 ---------------------------------------------------------------- timers
+-- A timer record is any table: `due` is when it fires (nil: not armed),
+-- `fn` what it runs (fn(t)), `at` and `pos` its entry in the heap. The
+-- entries are lazy, as most timers never fire: a stream's timeout is
+-- armed and cancelled again around every read. A cancel leaves the entry
+-- where it is; arming again a record whose entry is still there, for a
+-- later deadline, leaves it too (only an earlier deadline moves it). An
+-- entry that comes to the top early goes back at its record's deadline,
+-- one that comes to the top cancelled leaves; and when most entries are
+-- of cancelled records the heap is rebuilt without them, so it holds at
+-- most about twice the armed timers. So `at` <= `due`, always, and the
+-- top entry, once settled (settle_top), is the next timer to fire.
 
---- Arms timer record `t` (any table; fn(t) runs when it fires) to fire
--- after `seconds`. A record can be armed again once it fired or was
--- cancelled, so a hot path needs no new table per timer.
+local live = 0             -- armed timers (the heap's other entries are
+                           -- of cancelled ones)
+
+local function is_armed(t)
+  return t.due ~= nil
+end
+
+--- Arms timer record `t` to run fn(t) after `seconds`. A record can be
+-- armed again once it fired or was cancelled (or while armed: that moves
+-- its deadline), so a hot path needs no new table per timer.
 local function arm_timer(t, seconds, fn)
-  t.at, t.fn = now() + seconds, fn
-  heap_push(timers, t)
+  local due = now() + seconds
+  t.fn = fn
+  if t.pos then  -- its entry is still there: it stays unless now late
+    local was = t.due
+    t.due = due
+    if was == nil then live = live + 1 end
+    if due < t.at then
+      t.at = due
+      heap_fix(timers, t)
+    end
+  else
+    t.at = due
+    heap_push(timers, t)  -- (may raise out of memory: then not armed)
+    t.due = due
+    live = live + 1
+  end
   return t
 end
 
@@ -109,16 +138,54 @@ local function add_timer(seconds, fn)
 end
 
 local function cancel_timer(t)
-  heap_remove(timers, t)
+  if t.due == nil then return end
+  t.due = nil
+  live = live - 1
+  local n = #timers
+  if n > 2 * live + 32 then heap_filter(timers, is_armed) end
+end
+
+--- Settles the heap's top: drops cancelled entries there and moves the
+-- entries that came up early to their deadlines, until the top entry is
+-- an armed timer's own deadline, the next to fire. Returns it, or nil.
+local function settle_top()
+  local h = timers
+  local top = h[1]
+  while top do
+    local due = top.due
+    if due == nil then
+      heap_remove(h, top)
+    elseif due > top.at then
+      top.at = due
+      heap_fix(h, top)
+    else
+      return top
+    end
+    top = h[1]
+  end
+  return nil
+end
+
+--- Seconds until the next timer fires (0 if due already), or nil.
+local function next_timer()
+  if live == 0 then
+    if timers[1] then heap_filter(timers, is_armed) end
+    return nil
+  end
+  local t = settle_top().at - now()
+  if t < 0 then t = 0 end
+  return t
 end
 
 local function fire_timers()
-  local h = timers
-  if not h[1] then return end
+  if live == 0 then return end
   local t = now()
-  while h[1] and h[1].at <= t do
-    local first = h[1]
-    heap_remove(h, first)
+  while true do
+    local first = settle_top()
+    if not first or first.at > t then return end
+    heap_remove(timers, first)
+    first.due = nil
+    live = live - 1
     first.fn(first)
   end
 end
@@ -131,10 +198,11 @@ local Task = {}
 Task.__index = Task
 Task.__name = "ioq.task"
 
+local c_push  -- below
+
 local function make_ready(task)
   task.status = "ready"
-  rtail = rtail + 1
-  ready[rtail] = task
+  c_push(task)
 end
 
 local function ended(task)
@@ -165,48 +233,38 @@ local function finish(task, ok, ...)
   notify_joiners(task)
 end
 
-local function traceback_handler(err)
-  if type(err) == "string" then
-    return debug.traceback(err, 2)
-  end
-  return err
+-- What a resume of a task's coroutine came back with, when not WAIT (the
+-- C runner, src/lioq_loop.c, calls this): `how` 1, a plain
+-- coroutine.yield() (run again later); 2, the function returned these
+-- values; 3, it raised this error. A task's coroutine runs its function
+-- itself (no xpcall around it, no frame of the loop's below it, so a
+-- suspended task holds little): the traceback is taken here from the
+-- dead coroutine, whose <close> variables close then (once it is no
+-- longer a live task: a wait in them blocks, as outside a task).
+local function resumed(task, how, ...)
+  if how == 1 then return make_ready(task) end
+  if how == 2 then return finish(task, true, ...) end
+  local raw = ...
+  local co = task.co
+  local err = raw
+  if type(raw) == "string" then err = traceback(co, raw) end
+  tasks[co] = nil
+  local _, cerr = coroutine.close(co)
+  if cerr ~= raw then err = cerr end  -- a __close failed: its error wins
+  finish(task, false, err)
 end
 
--- What a resume of a task's coroutine came back with.
-local function resumed(task, ok, a, ...)
-  if a == WAIT then return end
-  if not ok then  -- only if the body could not even start
-    finish(task, false, traceback_handler(a))
-  elseif a == DONE then
-    finish(task, ...)  -- the xpcall status, then the values
-  else  -- a plain coroutine.yield(): run again later
-    make_ready(task)
-  end
-end
-
-local function step(task)
-  task.status = "running"
-  local fn = task.fn
-  if fn then  -- the first run: hand the body its function and arguments
-    local args_ = task.args
-    task.fn, task.args = nil, nil
-    if args_ then
-      resumed(task, resume(task.co, fn, unpack(args_, 1, args_.n)))
-    else
-      resumed(task, resume(task.co, fn))
-    end
-  else
-    resumed(task, resume(task.co))
-  end
-end
-
--- Every task's coroutine runs this (one shared function: no closure per task).
-local function task_body(fn, ...)
-  return DONE, xpcall(fn, traceback_handler, ...)
-end
+-- The loop's hot path in C: the ready FIFO and the resumes (c_run), the
+-- poll that wakes the tasks awaiting handles (c_poll), and the common
+-- case of h:await (c_await). See src/lioq_loop.c.
+local C = core.loop(WAIT, Task, resumed)
+local c_run, c_poll, c_await, c_nready, c_hook =
+  C.run, C.poll, C.await, C.nready, C.hook
+c_push = C.push
 
 local function new_task(fn, ...)
-  local task = setmetatable({ fn = fn, co = coroutine.create(task_body) }, Task)
+  -- fn (and args) until its first run: see src/lioq_loop.c's run
+  local task = setmetatable({ fn = fn, co = coroutine.create(fn) }, Task)
   if select("#", ...) > 0 then task.args = pack(...) end
   tasks[task.co] = task
   alive = alive + 1
@@ -219,9 +277,10 @@ local function current_task()
 end
 
 --- Suspends the running task until something calls wake(task, value);
--- returns that value.
-local function suspend(task)
-  task.status = "waiting"
+-- returns that value. `on`: the handle it waits for, if any (what
+-- Task:cancel gives up); every wait sets it, so nothing need clear it.
+local function suspend(task, on)
+  task.status, task.waiting_on = "waiting", on
   yield(WAIT)
   local v = task.wake_value
   task.wake_value = nil
@@ -238,13 +297,17 @@ end
 ---------------------------------------------------------------- waiters
 -- Several tasks (and ioq.first hooks) may wait for one handle; each is
 -- woken when it resolves. One waiter is stored as itself (the common case
--- costs no table), two or more as a list.
+-- costs no table), two or more as a list. The commonest case of all, one
+-- task in c_await, waits in C (src/lioq_loop.c), not here: every function
+-- below calls c_hook(h) before it looks at waiters[h], which moves such a
+-- task here.
 
 local function is_list(w)
   return type(w) == "table" and w.co == nil
 end
 
 local function add_waiter(h, w)
+  c_hook(h)
   local cur = waiters[h]
   if cur == nil then
     waiters[h] = w
@@ -256,6 +319,7 @@ local function add_waiter(h, w)
 end
 
 local function remove_waiter(h, w)
+  c_hook(h)
   local cur = waiters[h]
   if cur == w then
     waiters[h] = nil
@@ -269,6 +333,7 @@ end
 
 --- True if someone other than `w` waits for `h`.
 local function others_wait(h, w)
+  c_hook(h)
   local cur = waiters[h]
   if cur == nil or cur == w then return false end
   if not is_list(cur) then return true end
@@ -292,7 +357,11 @@ end
 --- Hands a handle that q:wait returned to whoever waits for it.
 local function dispatch(h, closing)
   local w = waiters[h]
-  if w == nil then return unwaited(h, closing) end
+  if w == nil then
+    c_hook(h)  -- (outside c_poll, a task may wait in C)
+    w = waiters[h]
+    if w == nil then return unwaited(h, closing) end
+  end
   waiters[h] = nil
   if type(w) == "function" then
     w()
@@ -341,7 +410,7 @@ end
 -- place; if that fails (out of memory) the waiter goes again, so nothing
 -- is left to wake the task later.
 local function suspend_on(task, h, timer, seconds, on_fire)
-  if waiters[h] == nil then waiters[h] = task else add_waiter(h, task) end
+  add_waiter(h, task)
   if timer then
     local ok, e = pcall(arm_timer, timer, seconds, on_fire)
     if not ok then
@@ -349,10 +418,11 @@ local function suspend_on(task, h, timer, seconds, on_fire)
       error(e, 0)
     end
   end
-  task.waiting_on = h
-  suspend(task)
+  suspend(task, h)
   task.waiting_on = nil
 end
+
+local await_tail  -- below
 
 --- h:await in a task: yields until h resolves.
 local function task_await(task, h, timeout)
@@ -380,7 +450,17 @@ local function task_await(task, h, timeout)
   end
   if timer then timer.h, timer.timed_out = h, false end
   suspend_on(task, h, timer, timeout, await_timed_out)
-  if waiters[h] ~= nil then remove_waiter(h, task) end  -- woken by something else than h
+  return await_tail(task, h, timer)
+end
+
+--- The end of a task's await of h, once it woke (and of c_await's, when
+-- something else than h's end woke it).
+function await_tail(task, h, timer)
+  task.waiting_on = nil
+  -- Woken by something else than h: then it may still be a waiter of h,
+  -- in waiters (not in C: what wakes a task waiting in C, but h's end,
+  -- hooks it over first, see give_up).
+  if waiters[h] ~= nil then remove_waiter(h, task) end
   local timed_out = false
   if timer then
     cancel_timer(timer)
@@ -416,7 +496,7 @@ local run_ready  -- below
 local function drive_until(until_fn, deadline)
   local got, polled = {}, false
   while not until_fn() do
-    if rhead <= rtail then
+    if c_nready() > 0 then
       run_ready()
       if until_fn() then break end
     end
@@ -428,16 +508,14 @@ local function drive_until(until_fn, deadline)
         wait = 0
       end
     end
-    if timers[1] then
-      local t = timers[1].at - now()
-      if t < 0 then t = 0 end
-      if not wait or t < wait then wait = t end
-    end
-    if rhead <= rtail then wait = 0 end  -- tasks to run: only a look
-    local n, msg, err = q_wait(loop_q, wait, got)
-    if not n then return nil, msg, err end
+    local t = next_timer()
+    if t and (not wait or t < wait) then wait = t end
+    if c_nready() > 0 then wait = 0 end  -- tasks to run: only a look
+    -- c_poll wakes the tasks that await in C; the rest is dispatched.
+    local n, kept, err = c_poll(wait, got)
+    if not n then return nil, kept, err end
     polled = true
-    for i = 1, n do
+    for i = 1, kept do
       local h = got[i]
       got[i] = nil
       dispatch(h)
@@ -473,31 +551,65 @@ end
 -- Inside a loop, but not in a task: the wait blocks, dispatching what
 -- others wait for. Elsewhere (no loop, or another queue): the C wait,
 -- which drives h's queue.
-local function wait_for(name, h, timeout)
+-- `up`: 1 when called from the C h:await, which is a frame more between
+-- the caller and here than a Lua tail call would be.
+local function wait_for(name, h, timeout, up)
   -- The checks inline: this is the path of every await.
   local mt = type(h) == "userdata" and getmetatable(h)
-  if not (mt and mt.__name == "ioq.handle") then check_handle(h, name) end
-  if timeout ~= nil then check_timeout(timeout, 1, name) end
+  if not (mt and mt.__name == "ioq.handle") then
+    check_handle(h, name, up and 3 + up)
+  end
+  if timeout ~= nil then check_timeout(timeout, 1, name, up and 3 + up) end
   if running and queue_of(h) == loop_q then
     local task = tasks[running_co()]
     if task then return task_await(task, h, timeout) end
     return loop_wait(h, timeout)
   end
   claim(h)
+  if up then
+    local ok, v, msg, err = pcall(h_wait, h, timeout)
+    if ok then return v, msg, err end
+    return c_raise(name, 1, v, 2 + up)
+  end
   return c_call(name, 1, pcall(h_wait, h, timeout))
 end
 
 --- h:await([timeout]): inside a task, yields until the handle resolves;
--- elsewhere, the same as h:wait([timeout]).
-function handle_methods.await(h, timeout)
-  return wait_for("await", h, timeout)
+-- elsewhere, the same as h:wait([timeout]). h:wait([timeout]): inside a
+-- running loop, h:await (a task never blocks the loop, and no wait there
+-- takes another task's wake-up); elsewhere, drives h's queue until h
+-- resolves. Both are C functions on Lua 5.2 and later (src/lioq_loop.c's
+-- await_method: the common case in C, then wait_for, or after_wake once
+-- something else than h's end woke the task), so a suspended task holds
+-- no frame of them in Lua.
+local function after_wake(h)
+  return await_tail(tasks[running_co()], h)
 end
 
---- h:wait([timeout]): inside a running loop, h:await (a task never blocks
--- the loop, and no wait there takes another task's wake-up); elsewhere,
--- drives h's queue until h resolves.
-function handle_methods.wait(h, timeout)
-  return wait_for("wait", h, timeout)
+if C.await_method then
+  C.set_lua(wait_for, after_wake)
+  handle_methods.await, handle_methods.wait = C.await_method, C.wait_method
+else
+  -- The same in Lua: c_await returns h and its result once h woke the
+  -- task, nothing if something else did, or false at once when the
+  -- common case does not apply.
+  function handle_methods.await(h, timeout)
+    if timeout == nil then
+      local r, a, b, c = c_await(h)
+      if r == h then return a, b, c end
+      if r == nil then return after_wake(h) end
+    end
+    return wait_for("await", h, timeout)
+  end
+
+  function handle_methods.wait(h, timeout)
+    if timeout == nil then
+      local r, a, b, c = c_await(h)
+      if r == h then return a, b, c end
+      if r == nil then return after_wake(h) end
+    end
+    return wait_for("wait", h, timeout)
+  end
 end
 
 --- h:result(): as the C method; also marks the result as seen.
@@ -508,34 +620,24 @@ end
 
 ---------------------------------------------------------------- the loop
 
-function run_ready()
-  -- Tasks made ready while this runs wait for the next round, so a task
-  -- that keeps yielding cannot starve the queue. (A blocking wait in a
-  -- task's nested coroutine runs this too, from inside a round: then an
-  -- entry may be gone already.)
-  local last = rtail
-  while rhead <= last do
-    local task = ready[rhead]
-    ready[rhead] = nil
-    rhead = rhead + 1
-    if task and task.status == "ready" then step(task) end
-  end
-  if rhead > rtail then rhead, rtail = 1, 0 end
-end
+-- Resumes the ready tasks (tasks made ready meanwhile wait for the next
+-- round); in C, see src/lioq_loop.c.
+run_ready = c_run
 
 --- Waits for completions (or the next timer) and wakes their tasks.
 -- Returns false when nothing at all can wake a task any more.
 local function poll()
   local q = loop_q
   local timeout
-  if rhead <= rtail then
+  if c_nready() > 0 then
     timeout = 0
-  elseif timers[1] then
-    timeout = timers[1].at - now()
-    if timeout < 0 then timeout = 0 end
+  else
+    timeout = next_timer()
   end
-  local n, msg = q_wait(q, timeout, into)
-  if not n then error("ioq.run: " .. msg, 0) end
+  -- c_poll wakes the tasks awaiting handles itself, and leaves the other
+  -- handles (kept of them) in `into` for dispatch.
+  local n, kept = c_poll(timeout, into)
+  if not n then error("ioq.run: " .. kept, 0) end
   if n == 0 and timeout == nil then
     -- An endless wait came back empty: nothing is pending, or nothing
     -- pending can ever arrive (receives starved of pool buffers that
@@ -545,7 +647,7 @@ local function poll()
   if n == 0 and q_pending(q) == 0 and timeout > 0 then  -- only timers
     h_wait(q:sleep(timeout))
   end
-  for i = 1, n do
+  for i = 1, kept do
     local h = into[i]
     into[i] = nil
     dispatch(h)
@@ -573,10 +675,14 @@ local function drive()
   end
 end
 
+local function none() return false end
+
 local function reset_loop()
   running, loop_q, main_task = false, nil, nil
+  heap_filter(timers, none)  -- no record keeps an entry of the old heap
   tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
-  ready, rhead, rtail = {}, 1, 0
+  live = 0
+  C.stop()
   return outputs.reset()
 end
 
@@ -609,11 +715,12 @@ function loop.spawn(fn, ...)
   return new_task(fn, ...)
 end
 
---- Starts a run on queue `q`, whose C q:wait is `wait`, with fn(...) as
--- its main task; returns that task and the list that failed tasks go to.
-function loop.start(q, wait, fn, ...)
+--- Starts a run on queue `q` with fn(...) as its main task; returns that
+-- task and the list that failed tasks go to.
+function loop.start(q, fn, ...)
   reset_loop()
-  running, loop_q, q_wait = true, q, wait
+  running, loop_q = true, q
+  C.start(q, waiters)
   main_task = new_task(fn, ...)
   return main_task, failed
 end

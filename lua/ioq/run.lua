@@ -137,7 +137,7 @@ local function run(opts, fn_arg, fn, ...)
   q = q or core.queue()
   local loops, q_wait = loop_queues(q)
   loops[q] = true
-  local main, failures = loop.start(q, q_wait, fn, ...)
+  local main, failures = loop.start(q, fn, ...)
   local ok, err = pcall(loop.drive)
   -- Also after a deadlock or a failed main task: the outputs started so
   -- far are still wanted.

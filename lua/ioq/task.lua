@@ -210,7 +210,10 @@ function Task:cancel()
 end
 
 function Task:__tostring()
-  return string.format("ioq.task (%s): %s", self.status,
+  local status = self.status
+  -- "ready" is also the running task's (the loop need not tell them apart)
+  if status == "ready" and current_task() == self then status = "running" end
+  return string.format("ioq.task (%s): %s", status,
                        tostring(self.co):match("0x%x+") or "")
 end
 
