@@ -30,7 +30,8 @@ static int push_pooled(lua_State *L, lhandle *h, int idx) {
 }
 
 /* Pushes the outcome of handle h, which is at idx: its value, or fail,
-** msg, errno. Returns how many values. */
+** msg, errno. Returns how many values, and leaves nothing else on the
+** stack (the loop's C runner resumes a task with exactly those). */
 int lioq_push_result(lua_State *L, lhandle *h, int idx) {
   int64_t res = h->op.res;
   if (res < 0 && h->op.code == IOQ_CALL && !h->has_msg &&
@@ -71,9 +72,12 @@ int lioq_push_result(lua_State *L, lhandle *h, int idx) {
       lua_getiuservalue(L, idx, HVAL_RESULT);
       return 1;
     case IOQ_POLL:
-      if (h->proc_wait) {
+      if (h->proc_wait) {  /* exactly its values: the C runner counts */
+        int at = lua_gettop(L) + 1, n;
         lua_getiuservalue(L, idx, HVAL_RESULT);
-        return lioq_process_result(L, lua_gettop(L));
+        n = lioq_process_result(L, at);
+        lua_remove(L, at);
+        return n;
       }
       /* The directions ready: "r" (readable, or hung up or failed, which
       ** a read reports), "w", or "rw". */
