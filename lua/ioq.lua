@@ -56,7 +56,8 @@ return {
   -- files, signals, streams
   open = objects.open,           -- ioq.open(path [, mode [, perm]]): an ioq.file
   signals = signals,             -- ioq.signals(name, ...): signals delivered through the queue
-  fs = fs,                       -- ioq.fs.stat(path), ioq.fs.readfile(path)...: the file system
+  fs = fs,                       -- ioq.fs.stat(path), ioq.fs.dir(path)...: the file system
+  resolve = objects.resolve,     -- ioq.resolve(host [, port [, opts]]): a host's addresses
   -- ioq.stream(obj [, opts]): a buffered stream over a socket or file
   stream = function(obj, opts) return require("ioq.stream").new(obj, opts) end,
 }

@@ -86,6 +86,9 @@ typedef struct uring_backend {
 /* A pool op keeps its ioq_job in its private space (which the ring's own
 ** ops use for timespecs and msghdrs, never the pool's). */
 #define WORK_LINK offsetof(ioq_op, be.op)
+
+/* The longest wait while ops are on the pool (see uring_reap). */
+#define WORK_SLICE_NS 10000000
 _Static_assert(sizeof(ioq_job) <= sizeof(((ioq_op *)0)->be.op),
                "an op's private space holds its ioq_job");
 
@@ -941,6 +944,33 @@ static int uring_reap(ioq_backend *b, ioq_event *done, int max,
       work_collect(u);
     if (u->work_done.head != NULL)
       timeout_ns = 0;
+  }
+  if (u->work_live > 0 && timeout_ns != 0 &&
+      io_uring_cq_ready(&u->ring) == 0) {
+    /* While workers run, the wait is a ppoll on the ring and the pool's
+    ** eventfd, then a look at the ring without waiting: valgrind's
+    ** scheduler takes io_uring_enter for a call that never blocks, and
+    ** would run no other thread (a worker) until it returned. The wait
+    ** comes back now and then, should the ring's descriptor not report
+    ** work the kernel defers to us. */
+    struct pollfd p[2];
+    struct timespec ts;
+    int64_t wait = timeout_ns < 0 || timeout_ns > WORK_SLICE_NS
+                 ? WORK_SLICE_NS : timeout_ns;
+    r = io_uring_submit(&u->ring);
+    if (r < 0 && r != -EBUSY && r != -EAGAIN)
+      return r;
+    p[0].fd = u->ring.ring_fd;
+    p[1].fd = u->workers.evfd;
+    p[0].events = p[1].events = POLLIN;
+    p[0].revents = p[1].revents = 0;
+    ts.tv_sec = wait / 1000000000;
+    ts.tv_nsec = wait % 1000000000;
+    if (ppoll(p, 2, &ts, NULL) < 0 && errno == EINTR)
+      return -EINTR;
+    timeout_ns = 0;
+    if (p[1].revents != 0)
+      work_collect(u);
   }
   if (io_uring_cq_ready(&u->ring) > 0) {
     if (io_uring_sq_ready(&u->ring) > 0) {

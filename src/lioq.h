@@ -152,6 +152,7 @@ int lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
 int lioq_pushaddr(lua_State *L, const struct sockaddr_storage *ss,
                   uint32_t len);
 int lioq_checkhow(lua_State *L, int arg);
+int lioq_lookup_errno(int r);
 
 /* lioq_queue.c, lioq_handle.c, lioq_engine.c (see lioq_queue.h) */
 void lioq_open_queue(lua_State *L);

@@ -118,6 +118,13 @@ static void drop_cancel(lhandle *h) {
 static void settle(lhandle *h, int from_gc) {
   int started = h->state == ST_INFLIGHT;  /* the backend took it */
   h->state = ST_DONE;
+  if (h->op.code == IOQ_CALL && h->op.buf != NULL) {  /* the op's reference */
+    lioq_call *c = h->op.buf;
+    h->op.buf = NULL;
+    if (c->settle != NULL)
+      c->settle(c);
+    lioq_call_unref(c);
+  }
   if (h->cancel_queued)
     drop_cancel(h);
   unlink_file(h);

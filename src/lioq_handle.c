@@ -32,21 +32,26 @@ static int push_pooled(lua_State *L, lhandle *h) {
 /* Pushes the handle's outcome: its value, or fail, msg, errno. */
 static int push_result(lua_State *L, lhandle *h) {
   int64_t res = h->op.res;
+  if (res < 0 && h->op.code == IOQ_CALL && !h->has_msg &&
+      res != -ECANCELED && res != -ETIMEDOUT)
+    return lioq_call_result(L, h);  /* its own message */
   if (res < 0) {
     int err = (int)-res;
     luaL_pushfail(L);
     if (h->has_msg)
       lua_getiuservalue(L, 1, HVAL_DATA);
     else if (err == ETIMEDOUT)
-      lua_pushfstring(L, "%s: timed out", lioq_op_names[h->op.code]);
+      lua_pushfstring(L, "%s: timed out", lioq_opname(h));
     else if (err == ECANCELED)
-      lua_pushfstring(L, "%s: canceled", lioq_op_names[h->op.code]);
+      lua_pushfstring(L, "%s: canceled", lioq_opname(h));
     else
-      lua_pushfstring(L, "%s: %s", lioq_op_names[h->op.code], ioq_strerror(err));
+      lua_pushfstring(L, "%s: %s", lioq_opname(h), ioq_strerror(err));
     lua_pushinteger(L, err);
     return 3;
   }
   switch (h->op.code) {
+    case IOQ_CALL:
+      return lioq_call_result(L, h);
     case IOQ_RECV:
       if (h->pooled)
         return push_pooled(L, h);
@@ -149,14 +154,14 @@ static int handle_wait(lua_State *L) {
     if (n == LIOQ_STUCK && h->paused) {  /* an accept waits for its error */
       luaL_pushfail(L);
       lua_pushfstring(L, "%s: paused on an error that h:take() hands over",
-                      lioq_op_names[h->op.code]);
+                      lioq_opname(h));
       lua_pushinteger(L, EAGAIN);
       return 3;
     }
     if (n == LIOQ_STUCK) {
       luaL_pushfail(L);
       lua_pushfstring(L, "%s: every buffer of the queue's pool is held by "
-                      "a buffer view (close the views)", lioq_op_names[h->op.code]);
+                      "a buffer view (close the views)", lioq_opname(h));
       lua_pushinteger(L, ENOBUFS);
       return 3;
     }
@@ -204,7 +209,7 @@ static int take_error(lua_State *L, lhandle *h) {
       list_push(&h->q->unsent, &h->op);
     }
   }
-  return lioq_fail(L, lioq_op_names[h->op.code], err);
+  return lioq_fail(L, lioq_opname(h), err);
 }
 
 /*
@@ -240,7 +245,7 @@ static int handle_take(lua_State *L) {
   }
   if (h->state != ST_DONE) {
     luaL_pushfail(L);
-    lua_pushfstring(L, "%s: nothing yet", lioq_op_names[h->op.code]);
+    lua_pushfstring(L, "%s: nothing yet", lioq_opname(h));
     lua_pushinteger(L, EAGAIN);
     return 3;
   }
@@ -272,7 +277,7 @@ static int handle_index(lua_State *L) {
   key = lua_tostring(L, 2);
   if (key != NULL) {
     if (strcmp(key, "op") == 0) {
-      lua_pushstring(L, lioq_op_names[h->op.code]);
+      lua_pushstring(L, lioq_opname(h));
       return 1;
     }
     if (strcmp(key, "queue") == 0) {
@@ -305,7 +310,7 @@ static int handle_index(lua_State *L) {
 
 static int handle_repr(lua_State *L) {
   lhandle *h = checkhandle(L);
-  lua_pushfstring(L, "ioq.handle (%s, %s): %p", lioq_op_names[h->op.code],
+  lua_pushfstring(L, "ioq.handle (%s, %s): %p", lioq_opname(h),
                   h->state == ST_DONE ? "done" : "pending", (void *)h);
   return 1;
 }

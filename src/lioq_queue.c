@@ -367,6 +367,7 @@ void lioq_open_queue(lua_State *L) {
   lua_newtable(L);                            /* the shared methods */
   luaL_setfuncs(L, lioq_op_methods, 0);
   luaL_setfuncs(L, lioq_fs_methods, 0);
+  luaL_setfuncs(L, lioq_call_methods, 0);
   luaL_setfuncs(L, queue_methods, 0);
   lua_newtable(L);                            /* the metatables, in order */
   lua_newtable(L);                            /* their __index tables */
@@ -375,6 +376,7 @@ void lioq_open_queue(lua_State *L) {
     lua_newtable(L);                          /* its __index */
     luaL_setfuncs(L, lioq_op_methods, 0);
     luaL_setfuncs(L, lioq_fs_methods, 0);
+    luaL_setfuncs(L, lioq_call_methods, 0);
     luaL_setfuncs(L, queue_methods, 0);
     lua_pushstring(L, backends[i]->name);
     lua_setfield(L, -2, "backend");

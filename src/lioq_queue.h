@@ -179,6 +179,47 @@ extern const luaL_Reg lioq_fs_methods[];
 void lioq_fs_settle(lhandle *h, int started, int from_gc);
 int lioq_fs_push_result(lua_State *L, lhandle *h);
 
+/* ---------------------------------------------------------------- calls */
+
+/*
+** An IOQ_CALL op of the binding (lioq_call.c: q:resolve, q:readdir...).
+** op.buf is one of these, malloc'd with the call's own fields after it;
+** op.call is its `run` on a worker thread; op.addr its name. The op holds
+** a reference while it is pending (the engine lets go of it in settle) and
+** a box userdata in the handle's HVAL_DATA holds one, so the result stays
+** for h:result() and the memory outlives whichever goes last, even at
+** lua_close, when the box may be finalized before the queue's close has
+** waited for the worker.
+*/
+typedef struct lioq_call lioq_call;
+struct lioq_call {
+  size_t refs;
+  /* On the Lua thread, once: the op has ended (no Lua calls). Optional. */
+  void (*settle)(lioq_call *c);
+  /* The outcome as Lua values (the handle at 1), but for ECANCELED and
+  ** ETIMEDOUT, which are said the same way for every op. */
+  int (*push)(lua_State *L, lioq_call *c, int64_t res);
+  /* Frees what the call holds (not c itself). Optional. */
+  void (*release)(lioq_call *c);
+};
+
+static inline void lioq_call_unref(lioq_call *c) {
+  if (--c->refs == 0) {
+    if (c->release != NULL)
+      c->release(c);
+    free(c);
+  }
+}
+
+/* The op's name in messages and h.op ("read"; a call's own, "resolve"). */
+static inline const char *lioq_opname(const lhandle *h) {
+  return h->op.code == IOQ_CALL ? (const char *)h->op.addr
+                                : lioq_op_names[h->op.code];
+}
+
+extern const luaL_Reg lioq_call_methods[];
+int lioq_call_result(lua_State *L, lhandle *h);
+
 /* ---------------------------------------------------------------- handle */
 
 void lioq_open_handle(lua_State *L);

@@ -197,7 +197,7 @@ static lioq_file *checksocket(lua_State *L, int arg) {
 ** ENOENT, a lookup to try again later is EAGAIN, no memory ENOMEM, an
 ** address family it cannot do EAFNOSUPPORT; a system error is its errno.
 */
-static int lookup_errno(int r) {
+int lioq_lookup_errno(int r) {
   switch (r) {
 #ifdef EAI_SYSTEM
     case EAI_SYSTEM: return errno != 0 ? errno : EIO;
@@ -287,7 +287,7 @@ resolve: {
     hints.ai_flags = AI_ADDRCONFIG;
     r = getaddrinfo(host, NULL, &hints, &res);
     if (r != 0 || res == NULL) {
-      int err = lookup_errno(r);
+      int err = lioq_lookup_errno(r);
 #ifdef EAI_SYSTEM
       if (r == EAI_SYSTEM)
         lua_pushfstring(L, "cannot resolve '%s': %s", host, strerror(err));
@@ -501,6 +501,13 @@ static int socket_fileno(lua_State *L) {
   return 1;
 }
 
+/* s:kind(): "tcp", "udp6", "unix"... as ioq.socket() took it (the Lua
+** layer asks whether a host needs a lookup). */
+static int socket_kind(lua_State *L) {
+  lua_pushstring(L, kind_name(lioq_checkudata(L, 1, TAG_SOCKET)));
+  return 1;
+}
+
 static int socket_repr(lua_State *L) {
   lioq_file *s = lioq_checkudata(L, 1, TAG_SOCKET);
   if (s->fd == IOQ_NOFD)
@@ -521,6 +528,7 @@ void lioq_open_socket(lua_State *L) {
     {"shutdown", socket_shutdown},
     {"close", socket_close},
     {"fileno", socket_fileno},
+    {"kind", socket_kind},
     {NULL, NULL}
   };
   static const luaL_Reg meta[] = {
