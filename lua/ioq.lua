@@ -21,6 +21,7 @@
 --                      file methods f:stat, f:truncate, f:readv...
 --   ioq/signals.lua    ioq.signals
 --   ioq/stream.lua     ioq.stream, buffered reads and full writes
+--   ioq/process.lua    ioq.process: child processes, p:wait / p:await
 --
 -- Touches nothing itself: the modules it requires add their methods to
 -- the classes of ioq.core. ioq.loop comes first, as it takes the C methods
@@ -33,6 +34,7 @@ local objects = require "ioq.objects"
 require "ioq.multishot"
 local signals = require "ioq.signals"
 local fs = require "ioq.fs"
+local process = require "ioq.process"
 
 return {
   -- the core
@@ -58,6 +60,7 @@ return {
   signals = signals,             -- ioq.signals(name, ...): signals delivered through the queue
   fs = fs,                       -- ioq.fs.stat(path), ioq.fs.dir(path)...: the file system
   resolve = objects.resolve,     -- ioq.resolve(host [, port [, opts]]): a host's addresses
+  process = process,             -- ioq.process{ prog, args..., stdout = "pipe" ... }: a child process
   -- ioq.stream(obj [, opts]): a buffered stream over a socket or file
   stream = function(obj, opts) return require("ioq.stream").new(obj, opts) end,
 }

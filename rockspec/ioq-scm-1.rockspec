@@ -39,6 +39,7 @@ build = {
     ["ioq.signals"] = "lua/ioq/signals.lua",
     ["ioq.fs"] = "lua/ioq/fs.lua",
     ["ioq.stream"] = "lua/ioq/stream.lua",
+    ["ioq.process"] = "lua/ioq/process.lua",
   },
   -- The Makefile reads these source lists too (mk/sources.lua): a new C
   -- file is added here only.
@@ -51,7 +52,7 @@ build = {
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
             "src/lioq_fs.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
-            "src/lioq_signal.c", "src/backend_uring.c", "src/backend_epoll.c",
+            "src/lioq_signal.c", "src/lioq_process.c", "src/backend_uring.c", "src/backend_epoll.c",
             "src/ioq_workers.c", "src/ioq_blocking.c",
             "src/ioq_fs_posix.c", "src/lioq_call.c",
           },
@@ -70,8 +71,8 @@ build = {
             "src/lioq_engine.c", "src/lioq_owner.c", "src/lioq_ops.c", "src/lioq_handle.c",
             "src/lioq_fs.c",
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
-            "src/lioq_signal.c", "src/backend_iocp.c", "src/ioq_win.c",
-            "src/lioq_call.c",
+            "src/lioq_signal.c", "src/lioq_process.c", "src/backend_iocp.c", "src/ioq_win.c",
+            "src/lioq_call.c", "src/ioq_spawn_win.c",
           },
           defines = { "IOQ_HAVE_IOCP", "_WIN32_WINNT=0x0601" },
           libraries = { "ws2_32", "mswsock" },

@@ -62,6 +62,8 @@ enum { K_IO,           /* a kernel packet; CancelIoEx */
        K_POSTED,       /* a packet we posted (nop) */
        K_POOL,         /* a pool thread's packet; CancelSynchronousIo */
        K_LOCAL,        /* no packet: the done list (sleeps, instant ops) */
+       K_WAIT,         /* an object wait's callback posts the packet; a
+                          cancel posts it instead (whoever comes first) */
 };
 
 typedef struct iocp_backend iocp_backend;
@@ -110,6 +112,10 @@ struct rec {
   ** another it receives into pool buffer `buf`, lent to it meanwhile. */
   int stream;
   int32_t buf;
+  /* K_WAIT: the thread pool's wait on the object, and who posts the
+  ** packet: the callback (signaled) or a cancel, whichever swaps first. */
+  HANDLE wait;
+  volatile LONG posted;
 };
 
 struct iocp_backend {
@@ -128,6 +134,8 @@ struct iocp_backend {
 
 #define TO_IOCP(b) ((iocp_backend *)(b))
 #define rec_of(op) ((rec *)(op)->be.op.ptr[0])
+
+static int start_wait(rec *r);
 
 /* ---------------------------------------------------------------- timers */
 
@@ -1063,6 +1071,8 @@ static int start_io(iocp_backend *b, rec *r) {
       return start_accept(b, r);
     case IOQ_CONNECT:
       return start_connect(b, r);
+    case IOQ_POLL:
+      return start_wait(r);
     default:
       break;
   }
@@ -1113,6 +1123,35 @@ static int start_io(iocp_backend *b, rec *r) {
   }
 }
 
+/* ---------------------------------------------------------------- waits */
+
+/*
+** IOQ_POLL on Windows: wait until a handle (a process, an event...) is
+** signaled. The pool's wait calls back once, on a pool thread; the
+** callback or a cancel, whichever comes first, posts the op's one packet,
+** and reap unregisters the wait (waiting for a callback that may still be
+** running) before the record goes.
+*/
+static void post_wait(rec *r, int64_t res) {
+  if (InterlockedExchange(&r->posted, 1) == 0) {
+    r->res = res;
+    PostQueuedCompletionStatus(r->owner->port, 0, KEY_DONE, &r->ov);
+  }
+}
+
+static VOID CALLBACK wait_signaled(PVOID arg, BOOLEAN timed_out) {
+  (void)timed_out;  /* INFINITE: never */
+  post_wait(arg, IOQ_POLLIN);
+}
+
+static int start_wait(rec *r) {
+  r->kind = K_WAIT;
+  if (!RegisterWaitForSingleObject(&r->wait, (HANDLE)r->op->fd, wait_signaled,
+                                   r, INFINITE, WT_EXECUTEONLYONCE))
+    return -ioq_oserr();
+  return 0;
+}
+
 static int iocp_start(ioq_backend *base, ioq_op *op) {
   iocp_backend *b = TO_IOCP(base);
   rec *r;
@@ -1135,7 +1174,7 @@ static int iocp_start(ioq_backend *base, ioq_op *op) {
   }
   /* A timeout for an op that can wait: cancel it when the time is up. */
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && op->code != IOQ_CLOSE &&
-      (r->kind == K_IO || r->kind == K_POOL))
+      (r->kind == K_IO || r->kind == K_POOL || r->kind == K_WAIT))
     timer_add(b, r, ioq_now_ns() + op->timeout_ns);
   b->started++;
   return 0;
@@ -1152,6 +1191,8 @@ static void ask_cancel(iocp_backend *b, rec *r) {
     CancelIoEx((HANDLE)r->op->fd, &r->ov);
   else if (r->kind == K_POOL)
     cancel_pool_op(b, r);
+  else if (r->kind == K_WAIT)
+    post_wait(r, -ECANCELED);
 }
 
 static int iocp_cancel(ioq_backend *base, ioq_op *op) {
@@ -1245,6 +1286,8 @@ static void finish_buf(iocp_backend *b, rec *r, int64_t res, int32_t buf,
   ev->buf = buf;
   ev->more = 0;
   r->op->res = res;
+  if (r->wait != NULL)  /* a callback that lost the race may still run */
+    UnregisterWaitEx(r->wait, INVALID_HANDLE_VALUE);
   free(r->job);  /* its thread is done with it: the packet came */
   free(r);
 }

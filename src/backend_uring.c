@@ -28,6 +28,7 @@
 */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -378,6 +379,7 @@ static int ring_opcode(int code) {
     case IOQ_RECVFROM: return IORING_OP_RECVMSG;
     case IOQ_SENDTO: return IORING_OP_SENDMSG;
     case IOQ_SHUTDOWN: return IORING_OP_SHUTDOWN;
+    case IOQ_POLL: return IORING_OP_POLL_ADD;
     case IOQ_STAT: return IORING_OP_STATX;
     case IOQ_UNLINK: return IORING_OP_UNLINKAT;
     case IOQ_RMDIR: return IORING_OP_UNLINKAT;
@@ -668,6 +670,9 @@ static int uring_pool_create(ioq_backend *b, unsigned count, unsigned size,
 ** submitted. The timeout goes into the heap before the SQE is taken, so a
 ** failure there leaves the ring as it was.
 */
+_Static_assert(IOQ_POLLIN == POLLIN && IOQ_POLLOUT == POLLOUT,
+               "IOQ_POLL's events are poll(2)'s");
+
 static int uring_start(ioq_backend *b, ioq_op *op) {
   uring_backend *u = (uring_backend *)b;
   struct io_uring_sqe *sqe;
@@ -743,6 +748,9 @@ static int uring_start(ioq_backend *b, ioq_op *op) {
       break;
     case IOQ_SHUTDOWN:
       io_uring_prep_shutdown(sqe, op->fd, op->flags);
+      break;
+    case IOQ_POLL:  /* one-shot: the ready events are the result */
+      io_uring_prep_poll_add(sqe, op->fd, (unsigned)op->flags);
       break;
     case IOQ_STAT:
       io_uring_prep_statx(sqe, op->buf ? AT_FDCWD : op->fd,

@@ -36,6 +36,11 @@ typedef enum ioq_opcode {
   IOQ_RECVFROM, /* fd, buf, len; the sender's address lands in addr/addrlen */
   IOQ_SENDTO,   /* fd, buf, len, addr, addrlen */
   IOQ_SHUTDOWN, /* fd, flags (SHUT_RD, SHUT_WR, SHUT_RDWR) */
+  IOQ_POLL,     /* fd, flags: IOQ_POLLIN or IOQ_POLLOUT (one); waits until
+                   the descriptor is ready, res is the ready events (an
+                   error or hang-up counts as ready). On IOCP, fd is a
+                   waitable handle (a process...): res is IOQ_POLLIN once
+                   it is signaled. */
   IOQ_CALL,     /* call, buf: res = call(buf), run on a worker thread (see
                    below); for blocking work no kernel op does */
   /* The file system (paths are NUL-terminated UTF-8 on Windows). */
@@ -72,6 +77,10 @@ typedef int ioq_fd;
 #endif
 #define IOQ_NOFD ((ioq_fd)-1)
 
+/* IOQ_POLL's events: Linux's POLLIN and POLLOUT values, so that the Linux
+** backends pass them through as they are. */
+#define IOQ_POLLIN  0x001
+#define IOQ_POLLOUT 0x004
 /* IOQ_STAT, IOQ_RENAME flags. */
 #define IOQ_NOFOLLOW  1   /* stat the link itself (lstat) */
 #define IOQ_NOREPLACE 1   /* rename fails with EEXIST if the target exists */
@@ -136,7 +145,8 @@ struct ioq_op {
   uint8_t use_pool;         /* IOQ_RECV (multishot): the kernel picks each
                                chunk's buffer from the backend's pool */
   ioq_fd fd;
-  int flags;                /* IOQ_OPEN: O_* flags; IOQ_SHUTDOWN: how */
+  int flags;                /* IOQ_OPEN: O_* flags; IOQ_SHUTDOWN: how;
+                               IOQ_POLL: the events wanted */
   int mode;                 /* IOQ_OPEN: permission bits */
   void *buf;                /* IOQ_READ/IOQ_WRITE: the bytes; IOQ_OPEN: path */
   uint32_t len;

@@ -33,6 +33,7 @@
 #define LIOQ_BUFFER "ioq.buffer"
 #define LIOQ_FILE   "ioq.file"
 #define LIOQ_SOCKET "ioq.socket"
+#define LIOQ_PROCESS "ioq.process"
 
 /* Registry key of the classes' tables that core.classes lists. */
 #define LIOQ_CLASSES "ioq.classes"
@@ -43,7 +44,8 @@
 ** reads, where luaL_checkudata hashes the class name in the registry (a
 ** cost every op would pay several times).
 */
-enum { TAG_QUEUE, TAG_HANDLE, TAG_BUFFER, TAG_FILE, TAG_SOCKET, LIOQ_NTAGS };
+enum { TAG_QUEUE, TAG_HANDLE, TAG_BUFFER, TAG_FILE, TAG_SOCKET, TAG_PROCESS,
+       LIOQ_NTAGS };
 extern const char lioq_tags[LIOQ_NTAGS];
 extern const char *const lioq_class_names[LIOQ_NTAGS];
 
@@ -141,6 +143,12 @@ void lioq_fs_unpark(lioq_file *f);
 /* lioq_signal.c */
 int lioq_signalfd(lua_State *L);
 int lioq_signame(lua_State *L);
+
+/* lioq_process.c */
+void lioq_open_process(lua_State *L);
+int lioq_spawn(lua_State *L);
+int lioq_process_result(lua_State *L, int idx);
+void lioq_process_waitable(lua_State *L, int arg);
 
 /* lioq_socket.c */
 void lioq_open_socket(lua_State *L);

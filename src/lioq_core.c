@@ -19,7 +19,7 @@ static const struct { const char *name; int value; } errnos[] = {
   E(ECONNRESET), E(ENOBUFS), E(EISCONN), E(ENOTCONN), E(ETIMEDOUT),
   E(ECONNREFUSED), E(EHOSTUNREACH), E(EALREADY), E(EINPROGRESS),
   E(ECANCELED), E(EMSGSIZE), E(EDESTADDRREQ), E(EAFNOSUPPORT),
-  E(EPROTONOSUPPORT), E(ENOTEMPTY), E(EDQUOT),
+  E(EPROTONOSUPPORT), E(ENOTEMPTY), E(EDQUOT), E(ESRCH), E(ECHILD),
 #ifdef ETIME
   E(ETIME),
 #endif
@@ -70,6 +70,7 @@ int luaopen_ioq_core(lua_State *L) {
     {"socketpair", lioq_socketpair},
     {"signalfd", lioq_signalfd},
     {"signame", lioq_signame},
+    {"spawn", lioq_spawn},
     {NULL, NULL}
   };
   /* The classes are made once per Lua state: a second require (after
@@ -79,6 +80,7 @@ int luaopen_ioq_core(lua_State *L) {
     lioq_open_buffer(L);
     lioq_open_file(L);
     lioq_open_socket(L);
+    lioq_open_process(L);
     lioq_open_handle(L);
     lioq_open_queue(L);
   }

@@ -50,7 +50,7 @@
 
 const char *const lioq_op_names[IOQ_NOPCODES] = {
   "nop", "read", "write", "fsync", "open", "sleep", "accept", "connect",
-  "recv", "send", "recvfrom", "sendto", "shutdown", "call",
+  "recv", "send", "recvfrom", "sendto", "shutdown", "poll", "call",
   "stat", "unlink", "rmdir", "mkdir", "rename", "link", "symlink", "readlink",
   "truncate", "allocate", "datasync", "close", "readv", "writev", "copy"
 };

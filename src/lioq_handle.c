@@ -69,6 +69,16 @@ static int push_result(lua_State *L, lhandle *h) {
     case IOQ_ACCEPT:
       lua_getiuservalue(L, 1, HVAL_RESULT);
       return 1;
+    case IOQ_POLL:
+      if (h->proc_wait) {
+        lua_getiuservalue(L, 1, HVAL_RESULT);
+        return lioq_process_result(L, lua_gettop(L));
+      }
+      /* The directions ready: "r" (readable, or hung up or failed, which
+      ** a read reports), "w", or "rw". */
+      lua_pushstring(L, (res & IOQ_POLLOUT) && (res & ~IOQ_POLLOUT)
+                        ? "rw" : (res & IOQ_POLLOUT) ? "w" : "r");
+      return 1;
     default:
       if (h->op.code >= IOQ_STAT)
         return lioq_fs_push_result(L, h);

@@ -63,7 +63,8 @@ static lhandle *newop_at(lua_State *L, int code, int nargs, size_t extra,
   /* Only the user values the op needs (reading a missing one gives nil);
   ** the file-system ops keep a second path or object in HVAL_RESULT. */
   int nuv = (code == IOQ_NOP || code == IOQ_SLEEP) ? HVAL_QUEUE
-          : (code == IOQ_OPEN || code == IOQ_ACCEPT || code >= IOQ_CALL)
+          : (code == IOQ_OPEN || code == IOQ_ACCEPT || code == IOQ_POLL ||
+             code >= IOQ_CALL)
           ? HVAL_RESULT : HVAL_FD;  /* fs ops: a second path or object */
   lhandle *h;
   lua_settop(L, nargs);
@@ -95,7 +96,7 @@ static lhandle *newop(lua_State *L, int code, size_t extra, int family,
   /* How many arguments each op takes, the queue included: the handle is
   ** pushed above them, where an absent optional argument reads as nil. */
   static const int nargs[IOQ_NOPCODES] = {
-    1, 5, 5, 2, 4, 2, 2, 4, 4, 4, 4, 5, 3, 1
+    1, 5, 5, 2, 4, 2, 2, 4, 4, 4, 4, 5, 3, 3, 1
   };
   return newop_at(L, code, nargs[code], extra, family, type);
 }
@@ -475,6 +476,46 @@ static int queue_shutdown(lua_State *L) {
   return 1;
 }
 
+/*
+** q:poll(f, "r" | "w"): resolves once the descriptor is readable (or hung
+** up, or failed) or writable, to the directions ready ("r", "w", "rw").
+** One direction per op: the epoll backend waits on one.
+*/
+static int queue_poll(lua_State *L) {
+  static const char *const dirs[] = {"r", "w", NULL};
+  int dir = luaL_checkoption(L, 3, NULL, dirs);
+  lhandle *h = newop(L, IOQ_POLL, 0, 0, 0);
+  setfd(L, h);
+  h->op.flags = dir == 0 ? IOQ_POLLIN : IOQ_POLLOUT;
+  commit(L, h, NULL, 2);
+  return 1;
+}
+
+/*
+** q:wait_process(p): resolves once the child process p has ended, to its
+** exit status and the name of the signal that ended it (or nil); a poll
+** of the process's waitable descriptor (its pidfd, or its handle on
+** Windows), so a timeout or a cancel leaves the child alone.
+*/
+static int queue_wait_process(lua_State *L) {
+  lhandle *h;
+  ioq_fd fd;
+  lua_settop(L, 2);
+  lioq_process_waitable(L, 2);  /* checks p; its waitable, at 3 */
+  h = newop(L, IOQ_POLL, 0, 0, 0);
+  fd = lioq_tofd(L, 3);
+  luaL_argcheck(L, fd != IOQ_NOFD, 2, "process is closed");
+  h->op.fd = fd;
+  h->op.flags = IOQ_POLLIN;
+  h->proc_wait = 1;
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, -2, HVAL_FD);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, HVAL_RESULT);
+  commit(L, h, NULL, 3);
+  return 1;
+}
+
 /* Makes a handle multishot, for the sockets it accepts or the buffers it
 ** receives into. */
 static void multishot(lua_State *L, lhandle *h, lioq_file *s) {
@@ -696,6 +737,8 @@ const luaL_Reg lioq_op_methods[] = {
   {"recvfrom", queue_recvfrom},
   {"sendto", queue_sendto},
   {"shutdown", queue_shutdown},
+  {"poll", queue_poll},
+  {"wait_process", queue_wait_process},
   {"accept_multi", queue_accept_multi},
   {"recv_multi", queue_recv_multi},
   {"recv_pooled", queue_recv_pooled},

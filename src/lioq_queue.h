@@ -86,7 +86,8 @@ enum {
   HVAL_DATA,        /* the buffer, string or path the kernel uses; or the
                      error message of an op that failed before it started */
   HVAL_FD,          /* the file or socket object of its descriptor */
-  HVAL_RESULT       /* the object an open or accept resolves to */
+  HVAL_RESULT       /* the object an open or accept resolves to; the
+                       process a process wait reaps */
 };
 
 /* An item of a multishot op: a descriptor, or a byte count and the pool
@@ -121,6 +122,8 @@ typedef struct lhandle {
   int pooled;              /* q:recv_pooled: resolves to n and a buffer */
   void *view;              /* its buffer view (HVAL_DATA), which the engine
                               lends the pool buffer the bytes came in */
+  int proc_wait;           /* IOQ_POLL for q:wait_process: resolves to the
+                              process's end (HVAL_RESULT), named "wait" */
 } lhandle;
 
 #define handle_of_link(l) \
@@ -129,6 +132,8 @@ typedef struct lhandle {
 /* The op codes' names, for messages ("read: ...") and h.op. */
 extern const char *const lioq_op_names[IOQ_NOPCODES];
 
+/* A handle's name in messages and h.op: its op's, but "wait" for a
+** process wait. */
 /* The metatable of multishot handles, in the registry. */
 #define MULTISHOT_MT "ioq.handle multishot"
 
@@ -211,10 +216,11 @@ static inline void lioq_call_unref(lioq_call *c) {
   }
 }
 
-/* The op's name in messages and h.op ("read"; a call's own, "resolve"). */
+/* The op's name in messages and h.op ("read"; a call's own, "resolve";
+** "wait" for q:wait_process's poll). */
 static inline const char *lioq_opname(const lhandle *h) {
   return h->op.code == IOQ_CALL ? (const char *)h->op.addr
-                                : lioq_op_names[h->op.code];
+         : h->proc_wait ? "wait" : lioq_op_names[h->op.code];
 }
 
 extern const luaL_Reg lioq_call_methods[];

@@ -15,7 +15,7 @@ int lioq_fail(lua_State *L, const char *what, int err) {
 
 const char lioq_tags[LIOQ_NTAGS];
 const char *const lioq_class_names[LIOQ_NTAGS] = {
-  LIOQ_QUEUE, LIOQ_HANDLE, LIOQ_BUFFER, LIOQ_FILE, LIOQ_SOCKET
+  LIOQ_QUEUE, LIOQ_HANDLE, LIOQ_BUFFER, LIOQ_FILE, LIOQ_SOCKET, LIOQ_PROCESS
 };
 
 /* The userdata at idx if it is of class `tag`, else NULL. */
