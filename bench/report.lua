@@ -70,7 +70,8 @@ local BENCHES = {
     id = "copy", title = "Sequential copy of a file, then fsync", unit = "MiB/s",
     rows = {
       { "cp", "cp", "cp SRC DST && sync DST (coreutils: copy_file_range)" },
-      { "ioq", "ioq", "ioq: examples/copy.lua (in the kernel: q:copy, 4 x 8 MiB in flight)" },
+      { "ioq", "ioq", "ioq: examples/copy.lua (in the kernel: q:copy, 4 x 8 MiB in flight, "
+                        .. "a datasync every 64 MiB)" },
       { "luv", "luv", "luv: bench/luv_copy.lua (read+write, 16 x 256 KiB in flight)" },
     },
     vs = { "cp", "luv" },
