@@ -799,10 +799,12 @@ $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
 meta os "$(. /etc/os-release && echo "$PRETTY_NAME"), Linux $(uname -r) $(uname -m)"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 meta lua "$("$LUA" -v 2>&1 | cut -d' ' -f1-2)"
-meta ioq "$("$LUA" -e 'local ioq = require "ioq"
-  print(ioq.version .. " (git " .. arg[1] .. "), io_uring features: " ..
-        table.concat(ioq.queue{ backend = "io_uring" }:features(), " "))' \
-  "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src lua 2>/dev/null || echo +changes)")"
+# The commit goes in through the environment: `lua -e CODE ARG` would run
+# ARG as a script, and give CODE no arg[1].
+meta ioq "$(IOQ_GIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src lua 2>/dev/null || echo +changes)" \
+  "$LUA" -e 'local ioq = require "ioq"
+  print(ioq.version .. " (git " .. os.getenv("IOQ_GIT") .. "), io_uring features: " ..
+        table.concat(ioq.queue{ backend = "io_uring" }:features(), " "))')"
 meta liburing "$(pkg-config --modversion liburing 2>/dev/null || echo unknown)"
 meta gcc "$("$CC" --version | head -n1)"
 meta fio "$(tool_version fio fio)"
