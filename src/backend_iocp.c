@@ -1130,7 +1130,8 @@ static int start_io(iocp_backend *b, rec *r) {
 ** signaled. The pool's wait calls back once, on a pool thread; the
 ** callback or a cancel, whichever comes first, posts the op's one packet,
 ** and reap unregisters the wait (waiting for a callback that may still be
-** running) before the record goes.
+** running) before the record goes. A file, pipe or socket is signaled
+** when some I/O on it ends, which says nothing of readiness: EOPNOTSUPP.
 */
 static void post_wait(rec *r, int64_t res) {
   if (InterlockedExchange(&r->posted, 1) == 0) {
@@ -1145,6 +1146,11 @@ static VOID CALLBACK wait_signaled(PVOID arg, BOOLEAN timed_out) {
 }
 
 static int start_wait(rec *r) {
+  if (GetFileType((HANDLE)r->op->fd) != FILE_TYPE_UNKNOWN)
+    return -EOPNOTSUPP;
+  /* Not a handle one can wait for: say so now (the pool would wait on). */
+  if (WaitForSingleObject((HANDLE)r->op->fd, 0) == WAIT_FAILED)
+    return -ioq_oserr();
   r->kind = K_WAIT;
   if (!RegisterWaitForSingleObject(&r->wait, (HANDLE)r->op->fd, wait_signaled,
                                    r, INFINITE, WT_EXECUTEONLYONCE))

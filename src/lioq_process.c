@@ -21,6 +21,12 @@
 ** reaped hands the pid to one reaper thread, which polls the children's
 ** pidfds and reaps each as it ends. Nothing here ever blocks the loop, and
 ** SIGCHLD is never used (it belongs to the program).
+**
+** On Windows ioq_spawn_win.c starts the child (CreateProcessW); the
+** waitable is the process handle itself (IOQ_POLL on IOCP waits for it on
+** the thread pool), the pipe ends are ioq files (named pipes), p:kill is
+** TerminateProcess with 128 + the signal's Linux number as the exit
+** code, and there is nothing to reap: closing the handle is all.
 */
 #include <errno.h>
 #include <signal.h>

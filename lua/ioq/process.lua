@@ -1,9 +1,11 @@
 --- ioq.process: child processes. ioq.process(spec) starts a program (the
--- C core's spawn: posix_spawn on POSIX systems) and returns an
--- ioq.process object; its pipes are ioq sockets that q:read, q:write and
--- ioq.stream take like any other, and its end is one more completion:
--- p:wait() is a handle (a poll of the child's pidfd), p:await([timeout])
--- waits for it in the way that fits (a task yields, elsewhere it blocks).
+-- C core's spawn: posix_spawn on POSIX systems, CreateProcessW on
+-- Windows) and returns an ioq.process object; its pipes are ioq sockets
+-- (ioq files on Windows: named pipes) that q:read, q:write and ioq.stream
+-- take like any other, and its end is one more completion: p:wait() is a
+-- handle (a poll of the child's pidfd, a wait for its process handle on
+-- Windows), p:await([timeout]) waits for it in the way that fits (a task
+-- yields, elsewhere it blocks).
 --
 -- Holds no state. It adds wait and await to the ioq.process class (the C
 -- class's method table); it requires ioq.core, ioq.args and ioq.loop.
