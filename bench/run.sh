@@ -3,16 +3,15 @@
 #
 #   bash bench/run.sh                    every benchmark; writes
 #                                        bench/results/latest.md and .png
-#   QUICK=1 bash bench/run.sh            the same, short (about 2 minutes)
+#   QUICK=1 bash bench/run.sh            the same, short (about 3 minutes)
 #   bash bench/run.sh echo http          some of them; the report goes to
 #                                        bench/results/tmp/partial.md/.png
 #
 # Benchmarks: nop randread direct copy stat readdir spawn echo http idle.
-# Each runs all of its
-# contenders in the same run, REPS rounds (5; QUICK: 3); round r starts
-# with the r-th contender and goes round from there, so drift in a noisy
-# machine hits every contender alike and none always runs first. The report gives each
-# contender's median, its ratio to the baselines measured in the same
+# Each runs all of its contenders in the same run, REPS rounds (5; QUICK:
+# 3); round r starts with the r-th contender and goes round from there, so
+# drift in a noisy machine hits every contender alike and none always runs
+# first. The report gives each contender's median, its ratio to the baselines measured in the same
 # rounds, and each target as met or missed. A contender that cannot run
 # here (a package missing, a feature it lacks) is a row saying why.
 #
