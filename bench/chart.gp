@@ -14,7 +14,7 @@
 if (!exists("idle")) idle = ''
 if (!exists("data")) data = ''
 
-set terminal pngcairo size 1800,820 font "DejaVu Sans,11" noenhanced
+set terminal pngcairo size 2100,820 font "DejaVu Sans,11" noenhanced
 set output out
 set datafile separator "\t"  # labels have spaces; n/a ratios and absent targets are NaN
 

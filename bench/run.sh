@@ -3,15 +3,15 @@
 #
 #   bash bench/run.sh                    every benchmark; writes
 #                                        bench/results/latest.md and .png
-#   QUICK=1 bash bench/run.sh            the same, short (about 2 minutes)
+#   QUICK=1 bash bench/run.sh            the same, short (about 3 minutes)
 #   bash bench/run.sh echo http          some of them; the report goes to
 #                                        bench/results/tmp/partial.md/.png
 #
-# Benchmarks: nop randread direct copy echo http idle. Each runs all of its
-# contenders in the same run, REPS rounds (5; QUICK: 3); round r starts
-# with the r-th contender and goes round from there, so drift in a noisy
-# machine hits every contender alike and none always runs first. The report gives each
-# contender's median, its ratio to the baselines measured in the same
+# Benchmarks: nop randread direct copy stat readdir spawn echo http idle.
+# Each runs all of its contenders in the same run, REPS rounds (5; QUICK:
+# 3); round r starts with the r-th contender and goes round from there, so
+# drift in a noisy machine hits every contender alike and none always runs
+# first. The report gives each contender's median, its ratio to the baselines measured in the same
 # rounds, and each target as met or missed. A contender that cannot run
 # here (a package missing, a feature it lacks) is a row saying why.
 #
@@ -25,7 +25,7 @@ export LC_ALL=C  # decimal points, sort order and tool output as parsed here
 
 cd "$(dirname "$0")/.."
 
-ALL=(nop randread direct copy echo http idle)
+ALL=(nop randread direct copy stat readdir spawn echo http idle)
 LUA=${LUA:-lua5.4}
 CC=${CC:-cc}
 QUICK=${QUICK:-0}
@@ -44,10 +44,17 @@ HOST=127.0.0.1  # fixed: these benchmarks never leave the machine
 if [ "$QUICK" = 1 ]; then
   NOP_OPS=640000 READ_OPS=200000 DIRECT_OPS=100000 FIO_SECS=1
   BIG_MIB=64 ECHO_SECS=1 WARMUP=0.3 HTTP_SECS=2
+  STAT_OPS=100000 LISTINGS=200 SPAWNS=500
 else
   NOP_OPS=6400000 READ_OPS=1000000 DIRECT_OPS=500000 FIO_SECS=4
   BIG_MIB=1024 ECHO_SECS=5 WARMUP=1 HTTP_SECS=10
+  STAT_OPS=500000 LISTINGS=1000 SPAWNS=3000
 fi
+# The stat and readdir benchmarks' tree: FS_DIRS directories of FS_FILES
+# empty files (bench/fs_bench.c mkfiles); stats go round all the files,
+# listings round the directories. Spawns run SPAWN_PROG, SPAWN_CONC at once.
+FS_DIRS=8 FS_FILES=1000
+SPAWN_PROG=/bin/true SPAWN_CONC=16
 CACHED_MIB=256  # the cached random-read file, also in QUICK runs
 CONNS=100 MSG=128
 # The idle-connection memory benchmark opens this many in QUICK runs too:
@@ -127,6 +134,7 @@ build uring_bench bench/uring_bench.c "$URING_FLAGS"
 build echo_uring bench/net/echo_uring.c "$URING_FLAGS"
 build load bench/net/load.c
 build idle_client bench/net/idle_client.c
+build fs_bench bench/fs_bench.c
 
 export LUA_CPATH="$PWD/build/?.so;;"
 export LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;"
@@ -348,6 +356,85 @@ measure_copy() {
   fi
   rm -f "$dest"
   value=$(awk -v m="$BIG_MIB" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", m / (b - a) }')
+}
+
+################################################################ stat
+
+# The tree the stat and readdir contenders share, made once (fs_bench
+# keeps what exists); every name it holds is in the dentry cache after
+# the first round, so these measure each way's cost per call, not a disk.
+FS_TREE=''
+make_tree() {
+  [ -z "$FS_TREE" ] || return 0
+  FS_TREE=$DATA_DIR/fstree
+  mkdir -p "$DATA_DIR"
+  if [ ! -e "$FS_TREE/d$((FS_DIRS - 1))/f$(printf %04d $((FS_FILES - 1)))" ]; then
+    note "creating $FS_TREE ($FS_DIRS directories of $FS_FILES files)"
+    "$TMP/fs_bench" mkfiles "$FS_TREE" "$FS_DIRS" "$FS_FILES" || die "cannot make $FS_TREE"
+  fi
+}
+
+# What the ioq contenders of these benchmarks need from ioq itself (the
+# calls come from branches merged late): a reason when it is missing.
+needs_ioq() {  # needs_ioq LUA-EXPRESSION WHAT
+  "$LUA" -e "local ioq = require 'ioq'; assert($1)" 2>/dev/null ||
+    { reason="this ioq has no $2"; return 1; }
+}
+
+available_stat() {
+  case $1 in
+    ioq | ioq-raw | ioq-epoll) needs_ioq 'ioq.queue().stat' 'q:stat' ;;
+    luv) needs_luv ;;
+  esac
+}
+measure_stat() {
+  local args=("$FS_TREE" "$FS_DIRS" "$FS_FILES" "$STAT_OPS")
+  case $1 in
+    c) run_rate "$TMP/fs_bench" stat "${args[@]}" ;;
+    ioq) run_rate env IOQ_BACKEND=io_uring "$LUA" bench/platform.lua stat "${args[@]}" ;;
+    ioq-raw) run_rate env IOQ_BACKEND=io_uring "$LUA" bench/platform.lua stat-raw "${args[@]}" ;;
+    ioq-epoll) run_rate env IOQ_BACKEND=epoll "$LUA" bench/platform.lua stat "${args[@]}" ;;
+    luv) run_rate "$LUA" bench/luv_platform.lua stat "${args[@]}" ;;
+  esac
+}
+
+################################################################ readdir
+
+available_readdir() {
+  case $1 in
+    ioq | ioq-epoll) needs_ioq 'ioq.queue().readdir' 'q:readdir' ;;
+    ioq-iter) needs_ioq 'ioq.fs.dir' 'ioq.fs.dir' ;;
+    luv) needs_luv ;;
+  esac
+}
+measure_readdir() {
+  local args=("$FS_TREE" "$FS_DIRS" "$LISTINGS")
+  case $1 in
+    c) run_rate "$TMP/fs_bench" readdir "${args[@]}" ;;
+    ioq) run_rate env IOQ_BACKEND=io_uring "$LUA" bench/platform.lua readdir "${args[@]}" ;;
+    ioq-iter) run_rate env IOQ_BACKEND=io_uring "$LUA" bench/platform.lua readdir-iter "${args[@]}" ;;
+    ioq-epoll) run_rate env IOQ_BACKEND=epoll "$LUA" bench/platform.lua readdir "${args[@]}" ;;
+    luv) run_rate "$LUA" bench/luv_platform.lua readdir "${args[@]}" ;;
+  esac
+}
+
+################################################################ spawn
+
+available_spawn() {
+  [ -x "$SPAWN_PROG" ] || { reason="$SPAWN_PROG is not there"; return 1; }
+  case $1 in
+    ioq | ioq-epoll) needs_ioq 'ioq.process' 'ioq.process' ;;
+    luv) needs_luv ;;
+  esac
+}
+measure_spawn() {
+  local args=("$SPAWN_PROG" "$SPAWNS" "$SPAWN_CONC")
+  case $1 in
+    c) run_rate "$TMP/fs_bench" spawn "${args[@]}" ;;
+    ioq) run_rate env IOQ_BACKEND=io_uring "$LUA" bench/platform.lua spawn "${args[@]}" ;;
+    ioq-epoll) run_rate env IOQ_BACKEND=epoll "$LUA" bench/platform.lua spawn "${args[@]}" ;;
+    luv) run_rate "$LUA" bench/luv_platform.lua spawn "${args[@]}" ;;
+  esac
 }
 
 ################################################################ servers
@@ -711,10 +798,12 @@ $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
 meta os "$(. /etc/os-release && echo "$PRETTY_NAME"), Linux $(uname -r) $(uname -m)"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 meta lua "$("$LUA" -v 2>&1 | cut -d' ' -f1-2)"
-meta ioq "$("$LUA" -e 'local ioq = require "ioq"
-  print(ioq.version .. " (git " .. arg[1] .. "), io_uring features: " ..
-        table.concat(ioq.queue{ backend = "io_uring" }:features(), " "))' \
-  "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src lua 2>/dev/null || echo +changes)")"
+# The commit goes in through the environment: `lua -e CODE ARG` would run
+# ARG as a script, and give CODE no arg[1].
+meta ioq "$(IOQ_GIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src lua 2>/dev/null || echo +changes)" \
+  "$LUA" -e 'local ioq = require "ioq"
+  print(ioq.version .. " (git " .. os.getenv("IOQ_GIT") .. "), io_uring features: " ..
+        table.concat(ioq.queue{ backend = "io_uring" }:features(), " "))')"
 meta liburing "$(pkg-config --modversion liburing 2>/dev/null || echo unknown)"
 meta gcc "$("$CC" --version | head -n1)"
 meta fio "$(tool_version fio fio)"
@@ -723,11 +812,14 @@ meta cqueues "$(pkg_version lua-cqueues) (run under $("$LUA" -v 2>&1 | cut -d' '
 meta nginx "$(tool_version nginx nginx-light), Lua module $(pkg_version libnginx-mod-http-lua)"
 meta wrk "$(tool_version wrk wrk)"
 meta gnuplot "$(tool_version gnuplot gnuplot-nox)"
-if [ -n "$BIG_FILE$CACHED_FILE" ]; then
+if [ -n "$BIG_FILE$CACHED_FILE" ] || selected_has stat || selected_has readdir; then
   meta files "$DATA_DIR on $(df -T "$DATA_DIR" | awk 'NR == 2 { print $2 }')${DIRECT_NOTE:+ ($DIRECT_NOTE)}"
 fi
 meta sizes "NOP: $NOP_OPS ops; cached reads: $READ_OPS ops of 4 KiB on $CACHED_MIB MiB; \
 O_DIRECT reads: $DIRECT_OPS ops on $BIG_MIB MiB (fio: ${FIO_SECS} s); copy: $BIG_MIB MiB; \
+stat: $STAT_OPS stats round $((FS_DIRS * FS_FILES)) files, 64 in flight; \
+readdir: $LISTINGS listings of $FS_FILES-entry directories, 8 in flight; \
+spawn: $SPAWNS runs of $SPAWN_PROG, $SPAWN_CONC at once; \
 echo: $CONNS connections, $MSG B, ${ECHO_SECS} s after ${WARMUP} s; http: wrk -t1 -c100 -d${HTTP_SECS}s; \
 idle: $IDLE_CONNS connections, a round trip on every tenth"
 meta servers "pinned to CPU $SERVER_CPU, load generators (load.c, wrk) to CPU $CLIENT_CPU"
@@ -743,6 +835,9 @@ for bench in "${selected[@]}"; do
     copy)
       cat "$BIG_FILE" >/dev/null  # every contender copies from the page cache
       run_rounds copy cp ioq luv ;;
+    stat) make_tree; run_rounds stat c ioq ioq-raw ioq-epoll luv ;;
+    readdir) make_tree; run_rounds readdir c ioq ioq-iter ioq-epoll luv ;;
+    spawn) run_rounds spawn c ioq ioq-epoll luv ;;
     echo) run_rounds echo c ioq ioq-epoll luv cqueues ;;
     http) run_rounds http nginx nginx-lua ioq ioq-epoll luv ;;
     idle) run_rounds idle c ioq ioq-epoll luv ;;
