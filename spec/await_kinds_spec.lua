@@ -51,6 +51,11 @@ describe("await of every kind of handle", function()
   for _, timeout in ipairs { false, 5 } do
     for name in pairs(cases("", "")) do
       it(name .. (timeout and " with a timeout" or "") .. " in a task gives what h:wait gives", function()
+        if name == "process" and os.getenv("IOQ_VALGRIND")
+            and ioq.queue().backend == "io_uring" then
+          -- as in process_spec: the waiting thread cannot run there
+          pending("valgrind: no pidfd_open, and no thread runs during io_uring_enter")
+        end
         local make, check = cases(dir, file)[name][1], cases(dir, file)[name][2]
         -- outside a loop
         local q = ioq.queue()
