@@ -31,6 +31,38 @@ describe("io_uring setup", function()
     assert.is_true(has(features, "defer_taskrun"), table.concat(features, " "))
   end)
 
+  it("registers its ring fd where it can; queues past the 16 a thread may register work too", function()
+    collectgarbage()  -- earlier specs' queues give their registrations back
+    local probe <close> = ioq.queue()
+    if probe.backend ~= "io_uring" then
+      pending("the io_uring backend is not in use here (" .. probe.backend .. ")")
+      return
+    end
+    local major, minor = io.open("/proc/sys/kernel/osrelease"):read("l"):match("^(%d+)%.(%d+)")
+    if tonumber(major) * 100 + tonumber(minor) < 518 then
+      pending("kernel older than 5.18 has no registered ring fds")
+      return
+    end
+    assert.is_true(has(probe:features(), "registered_ring"), table.concat(probe:features(), " "))
+    local qs, registered = {}, 0
+    for i = 1, 20 do
+      qs[i] = ioq.queue()
+      if has(qs[i]:features(), "registered_ring") then registered = registered + 1 end
+    end
+    assert.is_true(registered >= 1 and registered <= 15, "registered: " .. registered)
+    for i = 20, 1, -1 do
+      local h = qs[i]:nop()
+      assert.is_true(h:wait(1))
+      assert.is_true(qs[i]:sleep(0.001):wait(1))
+      qs[i]:close()
+    end
+    t.setenv("IOQ_URING_NO_RINGFD", "1")
+    local plain <close> = ioq.queue()
+    t.setenv("IOQ_URING_NO_RINGFD")
+    assert.is_false(has(plain:features(), "registered_ring"))
+    assert.is_true(plain:nop():wait(1))
+  end)
+
   for _, level in ipairs { "defer", "coop", "submit_all", "plain" } do
     it("works the same with the '" .. level .. "' setup", function()
       t.setenv("IOQ_URING_SETUP", level)

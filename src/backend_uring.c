@@ -60,6 +60,7 @@ typedef struct uring_backend {
   struct io_uring ring;
   unsigned features;       /* IORING_FEAT_* the kernel reported */
   unsigned setup;          /* the IORING_SETUP_* flags the ring has */
+  int registered;          /* the ring's fd is registered (see below) */
   uring_pool *pool;        /* NULL until asked for */
   pid_t pid;               /* the process that made the ring */
   unsigned long forks;     /* the fork count when pid was last checked */
@@ -556,6 +557,16 @@ static int uring_create(ioq_backend **out, unsigned entries) {
   u->pid = getpid();
   u->forks = forks;
   u->workers.evfd = -1;
+  /*
+  ** A registered ring fd (Linux 5.18) spares every io_uring_enter the
+  ** lookup of the ring's descriptor; liburing then enters through it.
+  ** The registration belongs to this thread, the only one that may drive
+  ** the ring (lioq_checkowner). A thread has room for 16: a queue past
+  ** them, or an older kernel (EINVAL), enters through the descriptor.
+  ** IOQ_URING_NO_RINGFD=1 turns it off, to test what runs without it.
+  */
+  if (getenv("IOQ_URING_NO_RINGFD") == NULL)
+    u->registered = io_uring_register_ring_fd(&u->ring) == 1;
   /* IOQ_NO_MULTISHOT=1 turns both off, to test what runs without them. */
   if (getenv("IOQ_NO_MULTISHOT") == NULL) {
     pthread_once(&probe_once, probe_caps);
@@ -1025,6 +1036,8 @@ static int uring_features(ioq_backend *b, const char **names, int max) {
       names[n++] = flags[i].name;
   if ((u->features & IORING_FEAT_NODROP) && n < max)
     names[n++] = "nodrop";
+  if (u->registered && n < max)
+    names[n++] = "registered_ring";
   if ((b->caps & IOQ_CAP_MULTISHOT_ACCEPT) && n < max)
     names[n++] = "multishot_accept";
   if ((b->caps & IOQ_CAP_POOL) && n < max)

@@ -75,6 +75,11 @@ typedef struct lioq_block {
   int embedded;          /* inside its view's userdata: never freed alone */
 } lioq_block;
 
+/* An ioq.buffer userdata (here for the op constructors' fast checks). */
+typedef struct lbuffer {
+  lioq_block *block;     /* NULL once closed (or before it was allocated) */
+} lbuffer;
+
 /* lioq_buffer.c */
 void lioq_open_buffer(lua_State *L);
 int lioq_buffer_new(lua_State *L);

@@ -8,10 +8,6 @@
 
 #include "lioq.h"
 
-typedef struct lbuffer {
-  lioq_block *block;     /* NULL once closed (or before it was allocated) */
-} lbuffer;
-
 /* Page alignment keeps buffers usable with O_DIRECT. */
 #define BLOCK_ALIGN 4096
 

@@ -281,14 +281,25 @@ static int handle_gc(lua_State *L) {
   return 0;
 }
 
-/* Methods first (the common case), then the fields op, queue, buffer. */
+/*
+** Methods first (the common case), then the fields op, queue, buffer.
+** Upvalues: the methods, the lioq_mts (for the class checks of h.buffer,
+** a field read once per op in loops that reuse buffers).
+*/
 static int handle_index(lua_State *L) {
+  const lioq_mts *c;
+  const void *mt;
   lhandle *h;
   const char *key;
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
     return 1;
-  h = checkhandle(L);
+  c = lua_touserdata(L, lua_upvalueindex(2));
+  mt = lioq_mtof(L, 1);
+  if (mt != NULL && (mt == c->handle[0] || mt == c->handle[1]))
+    h = lua_touserdata(L, 1);
+  else
+    h = checkhandle(L);
   key = lua_tostring(L, 2);
   if (key != NULL) {
     if (strcmp(key, "op") == 0) {
@@ -314,7 +325,9 @@ static int handle_index(lua_State *L) {
     }
     if (strcmp(key, "buffer") == 0) {
       lua_getiuservalue(L, 1, HVAL_DATA);
-      if (lioq_toudata(L, -1, TAG_BUFFER) == NULL)
+      mt = lioq_mtof(L, -1);
+      if ((mt == NULL || mt != c->buffer) &&
+          lioq_toudata(L, -1, TAG_BUFFER) == NULL)
         lua_pushnil(L);
       return 1;
     }
@@ -346,20 +359,24 @@ void lioq_open_handle(lua_State *L) {
     {NULL, NULL}
   };
   /* Handles: a C __index, for the fields that live in each handle. */
+  lioq_mts *mts = lioq_push_mts(L);
   lioq_newmetatable(L, TAG_HANDLE, handle_meta);
+  mts->handle[0] = lua_topointer(L, -1);
   lua_newtable(L);
   luaL_setfuncs(L, handle_methods, 0);
   lua_pushvalue(L, -1);
   lioq_setclass(L, TAG_HANDLE);
-  lua_pushcclosure(L, handle_index, 1);
+  lua_pushvalue(L, -3);  /* the lioq_mts */
+  lua_pushcclosure(L, handle_index, 2);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
   /* Multishot handles: the same class, plus a __gc for untaken items. */
   lioq_newmetatable(L, TAG_HANDLE, handle_meta);
+  mts->handle[1] = lua_topointer(L, -1);
   lua_insert(L, -2);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, handle_gc);
   lua_setfield(L, -2, "__gc");
   lua_setfield(L, LUA_REGISTRYINDEX, MULTISHOT_MT);
-  lua_pop(L, 1);
+  lua_pop(L, 2);
 }

@@ -10,13 +10,59 @@
 
 #include "lioq_queue.h"
 
-static void use_position(lua_State *L, lqueue *q, lhandle *h, int fidx);
+static void use_position(lqueue *q, lhandle *h, lioq_file *f);
 
-/* Puts a pending op on the list of the file object at `idx`, if any. */
-static void link_file(lua_State *L, lhandle *h, int idx) {
-  lioq_file *f = lioq_toudata(L, idx, TAG_FILE);
-  if (f == NULL)
+/*
+** The buffer, file or socket object at idx and its class (*tag), by the
+** address of its metatable (see lioq_mts); NULL for anything else, which
+** the general checks then look at.
+*/
+static void *argobj(lua_State *L, const lqueue *q, int idx, int *tag) {
+  const lioq_mts *c = q != NULL ? q->mts : NULL;
+  const void *mt = c != NULL ? lioq_mtof(L, idx) : NULL;
+  if (mt == NULL)
+    return NULL;
+  if (mt == c->file) *tag = TAG_FILE;
+  else if (mt == c->socket) *tag = TAG_SOCKET;
+  else if (mt == c->buffer) *tag = TAG_BUFFER;
+  else return NULL;
+  return lua_touserdata(L, idx);
+}
+
+/*
+** The file or socket object at idx, or NULL. Objects of those classes
+** with a metatable of their own (a signals file) take the general check.
+*/
+static lioq_file *fileobj(lua_State *L, const lqueue *q, int idx) {
+  int tag = -1;
+  lioq_file *f = argobj(L, q, idx, &tag);
+  if (f != NULL)
+    return tag == TAG_FILE || tag == TAG_SOCKET ? f : NULL;
+  if (lua_type(L, idx) != LUA_TUSERDATA)
+    return NULL;
+  if ((f = lioq_toudata(L, idx, TAG_FILE)) == NULL)
     f = lioq_toudata(L, idx, TAG_SOCKET);
+  return f;
+}
+
+/* The block of the buffer at arg (open), or NULL if it is no buffer. */
+static lioq_block *bufferarg(lua_State *L, const lqueue *q, int arg) {
+  int tag = -1;
+  lbuffer *ub = argobj(L, q, arg, &tag);
+  if (tag != TAG_BUFFER)
+    return NULL;
+  luaL_argcheck(L, ub->block != NULL, arg, "buffer is closed");
+  return ub->block;
+}
+
+/* The block of the buffer at arg, open and idle (lioq_checkidle). */
+static lioq_block *idlebuffer(lua_State *L, const lqueue *q, int arg) {
+  lioq_block *b = bufferarg(L, q, arg);
+  return b != NULL ? lioq_idleblock(L, arg, b) : lioq_checkidle(L, arg);
+}
+
+/* Puts a pending op on the list of file object f, if any. */
+static void link_file(lhandle *h, lioq_file *f) {
   if (f == NULL)
     return;
   h->file = f;
@@ -121,28 +167,33 @@ static void lioq_anchor(lua_State *L, lhandle *h) {
 
 /*
 ** Queues the anchored op, which uses `block` (or NULL) and is pending on
-** the file object at `fidx` (or 0). Cannot fail.
+** file object f (or NULL). Cannot fail.
 */
-static void lioq_enqueue(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
+static void lioq_enqueue(lhandle *h, lioq_block *block, lioq_file *f) {
   lqueue *q = h->q;
   if (block != NULL) {
     block->busy = 1;
     block->refs++;
     h->block = block;
   }
-  if (fidx != 0) {
-    link_file(L, h, fidx);
-    if (h->op.code == IOQ_READ || h->op.code == IOQ_WRITE ||
-        h->op.code == IOQ_READV || h->op.code == IOQ_WRITEV)
-      use_position(L, q, h, fidx);
-  }
+  link_file(h, f);
+  if (h->op.code == IOQ_READ || h->op.code == IOQ_WRITE ||
+      h->op.code == IOQ_READV || h->op.code == IOQ_WRITEV)
+    use_position(q, h, f);
   h->state = ST_UNSENT;
   list_push(&q->unsent, &h->op);
 }
 
-static void commit(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
+/* Commits an op pending on file object f (setfd's), or on none. */
+static void commit_on(lua_State *L, lhandle *h, lioq_block *block,
+                      lioq_file *f) {
   lioq_anchor(L, h);
-  lioq_enqueue(L, h, block, fidx);
+  lioq_enqueue(h, block, f);
+}
+
+/* Commits an op pending on the file object at fidx (or on none: 0). */
+static void commit(lua_State *L, lhandle *h, lioq_block *block, int fidx) {
+  commit_on(L, h, block, fidx != 0 ? fileobj(L, h->q, fidx) : NULL);
 }
 
 static int64_t lioq_checkoffset(lua_State *L, int arg) {
@@ -170,11 +221,12 @@ static uint32_t checklength(lua_State *L, int arg, size_t max) {
 }
 
 /* The buffer (open) at `arg`, or NULL for a string; raises for others. */
-static lioq_block *checkdataarg(lua_State *L, int arg) {
+static lioq_block *checkdataarg(lua_State *L, const lqueue *q, int arg) {
   lioq_block *b;
   if (lua_type(L, arg) == LUA_TSTRING)
     return NULL;
-  if ((b = lioq_testblock(L, arg)) == NULL)
+  if ((b = bufferarg(L, q, arg)) == NULL &&
+      (b = lioq_testblock(L, arg)) == NULL)
     luaL_typeerror(L, arg, "ioq.buffer or string");
   return b;
 }
@@ -183,9 +235,9 @@ static lioq_block *checkdataarg(lua_State *L, int arg) {
 ** The bytes of the buffer or string at `arg` (a buffer is then returned
 ** in *bp, a string gives NULL), and their size.
 */
-static const void *checkdata(lua_State *L, int arg, size_t *size,
-                             lioq_block **bp) {
-  lioq_block *b = checkdataarg(L, arg);
+static const void *checkdata(lua_State *L, const lqueue *q, int arg,
+                             size_t *size, lioq_block **bp) {
+  lioq_block *b = checkdataarg(L, q, arg);
   if (b == NULL) {
     *bp = NULL;
     return lua_tolstring(L, arg, size);
@@ -196,13 +248,23 @@ static const void *checkdata(lua_State *L, int arg, size_t *size,
 }
 
 /* Sets the op's descriptor, from the argument at 2; the handle keeps a
-** file object there alive. */
-static void setfd(lua_State *L, lhandle *h) {
-  h->op.fd = lioq_checkfd(L, 2);
+** file object there alive. Returns that file or socket object, or NULL
+** (a number, a Lua io file). */
+static lioq_file *setfd(lua_State *L, lhandle *h) {
+  lioq_file *f = fileobj(L, h->q, 2);
+  if (f != NULL) {
+    luaL_argcheck(L, f->fd != IOQ_NOFD, 2, lioq_is_socket(f)
+                  ? "attempt to use a closed socket"
+                  : "attempt to use a closed file");
+    h->op.fd = f->fd;
+  } else {
+    h->op.fd = lioq_checkfd(L, 2);
+  }
   if (lua_type(L, 2) == LUA_TUSERDATA) {
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, HVAL_FD);
   }
+  return f;
 }
 
 /* Keeps the buffer, string or path at `arg` alive while the kernel uses it. */
@@ -219,14 +281,12 @@ static void keepdata(lua_State *L, int arg) {
 ** write to a file opened to append keeps offset -1: the end of the file.
 ** Called by commit, once nothing can fail.
 */
-static void use_position(lua_State *L, lqueue *q, lhandle *h, int fidx) {
-  lioq_file *f;
+static void use_position(lqueue *q, lhandle *h, lioq_file *f) {
   h->pos_file = NULL;
   h->at_position = h->op.offset == -1;
   if (!(q->backend->caps & IOQ_CAP_NO_POSITION) || !h->at_position)
     return;
-  f = lioq_toudata(L, fidx, TAG_FILE);
-  if (f == NULL || (f->append && h->op.code == IOQ_WRITE))
+  if (f == NULL || lioq_is_socket(f) || (f->append && h->op.code == IOQ_WRITE))
     return;
   h->op.offset = f->pos;
   f->pos += h->op.len;
@@ -236,40 +296,38 @@ static void use_position(lua_State *L, lqueue *q, lhandle *h, int fidx) {
 /* q:read(f, buf [, offset [, length]]) */
 static int queue_read(lua_State *L) {
   lhandle *h = newop(L, IOQ_READ, 0, 0, 0);
-  lioq_block *b;
-  setfd(L, h);
-  b = lioq_checkidle(L, 3);
+  lioq_file *f = setfd(L, h);
+  lioq_block *b = idlebuffer(L, h->q, 3);
   h->op.offset = lioq_checkoffset(L, 4);
   h->op.len = checklength(L, 5, b->size);
   h->op.buf = b->data;
   keepdata(L, 3);
-  commit(L, h, b, 2);
+  commit_on(L, h, b, f);
   return 1;
 }
 
 /* q:write(f, data [, offset [, length]]): data is a buffer or a string. */
 static int queue_write(lua_State *L) {
   lhandle *h = newop(L, IOQ_WRITE, 0, 0, 0);
+  lioq_file *f = setfd(L, h);
   lioq_block *b;
   size_t size;
-  setfd(L, h);
-  h->op.buf = (void *)checkdata(L, 3, &size, &b);  /* the kernel only reads */
+  h->op.buf = (void *)checkdata(L, h->q, 3, &size, &b);  /* only read */
   h->op.offset = lioq_checkoffset(L, 4);
   h->op.len = checklength(L, 5, size);
   keepdata(L, 3);  /* a string stays alive while the kernel reads it */
   /* On a socket a write is a send: write(2) would raise SIGPIPE once the
   ** peer has gone, where a send says EPIPE (the offset means nothing). */
-  if (lioq_toudata(L, 2, TAG_SOCKET) != NULL)
+  if (f != NULL && lioq_is_socket(f))
     h->op.code = IOQ_SEND;
-  commit(L, h, b, 2);
+  commit_on(L, h, b, f);
   return 1;
 }
 
 /* q:fsync(f) */
 static int queue_fsync(lua_State *L) {
   lhandle *h = newop(L, IOQ_FSYNC, 0, 0, 0);
-  setfd(L, h);
-  commit(L, h, NULL, 2);
+  commit_on(L, h, NULL, setfd(L, h));
   return 1;
 }
 
@@ -340,8 +398,14 @@ static lioq_file *checksocketarg(lua_State *L) {
 
 /* The socket at arg 2, open; the handle keeps it alive. */
 static lioq_file *opensocket(lua_State *L, lhandle *h) {
-  lioq_file *s = lioq_checkopen(L, 2, TAG_SOCKET);
-  setfd(L, h);
+  int tag = -1;
+  lioq_file *s = argobj(L, h->q, 2, &tag);
+  if (tag != TAG_SOCKET)
+    s = lioq_checkudata(L, 2, TAG_SOCKET);
+  luaL_argcheck(L, s->fd != IOQ_NOFD, 2, "attempt to use a closed socket");
+  h->op.fd = s->fd;
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, HVAL_FD);
   return s;
 }
 
@@ -408,13 +472,12 @@ static int queue_connect(lua_State *L) {
 ** Also q:recvfrom, which has room for the sender's address. */
 static int recv_op(lua_State *L, int code, size_t extra) {
   lhandle *h = newop(L, code, extra, 0, 0);
-  lioq_block *b;
-  opensocket(L, h);
-  b = lioq_checkidle(L, 3);
+  lioq_file *s = opensocket(L, h);
+  lioq_block *b = idlebuffer(L, h->q, 3);
   h->op.len = checklength(L, 4, b->size);
   h->op.buf = b->data;
   keepdata(L, 3);
-  commit(L, h, b, 2);
+  commit_on(L, h, b, s);
   return 1;
 }
 
@@ -431,7 +494,7 @@ static int queue_recvfrom(lua_State *L) {
 /* Fills a send or sendto of the buffer or string at arg 3. */
 static void send_data(lua_State *L, lhandle *h, lioq_block **bp) {
   size_t size;
-  h->op.buf = (void *)checkdata(L, 3, &size, bp);
+  h->op.buf = (void *)checkdata(L, h->q, 3, &size, bp);
   h->op.len = checklength(L, 4, size);
   keepdata(L, 3);
 }
@@ -439,10 +502,10 @@ static void send_data(lua_State *L, lhandle *h, lioq_block **bp) {
 /* q:send(s, data [, length]): the byte count (may be short). */
 static int queue_send(lua_State *L) {
   lhandle *h = newop(L, IOQ_SEND, 0, 0, 0);
+  lioq_file *s = opensocket(L, h);
   lioq_block *b;
-  opensocket(L, h);
   send_data(L, h, &b);
-  commit(L, h, b, 2);
+  commit_on(L, h, b, s);
   return 1;
 }
 
@@ -452,7 +515,7 @@ static int queue_sendto(lua_State *L) {
   lhandle *h;
   lioq_block *b;
   int err;
-  checkdataarg(L, 3);
+  checkdataarg(L, NULL, 3);
   h = newop(L, IOQ_SENDTO, sizeof(struct sockaddr_storage), 0, 0);  /* 6 */
   if ((err = resolve(L, h, 4)) != 0)
     lua_insert(L, 6);
@@ -701,7 +764,7 @@ int lioq_handle_resubmit(lua_State *L) {
       h->op.len = (uint32_t)b->size;
     }
   }
-  lioq_enqueue(L, h, b, 4);
+  lioq_enqueue(h, b, lua_type(L, 4) == LUA_TUSERDATA ? fileobj(L, q, 4) : NULL);
   return 1;
 }
 

@@ -13,6 +13,9 @@
 /* Registry key of the queue metatables, one per backend, in backend order. */
 #define QUEUE_METATABLES "ioq.queue metatables"
 
+/* Registry key of the queue methods' lioq_mts. */
+#define QUEUE_MTS "ioq.queue classes"
+
 /* Backends this build has, best first. */
 static const ioq_backend_class *const backends[] = {
 #ifdef IOQ_HAVE_URING
@@ -266,6 +269,9 @@ int lioq_queue_new(lua_State *L) {
   q->linger_ns = linger;
   q->pool_count = (unsigned)pool_count;
   q->pool_size = (unsigned)pool_size;
+  lua_getfield(L, LUA_REGISTRYINDEX, QUEUE_MTS);
+  q->mts = lua_touserdata(L, -1);  /* the registry keeps it */
+  lua_pop(L, 1);
   luaL_setmetatable(L, LIOQ_QUEUE);  /* for __gc, before the ring exists */
   lua_newtable(L);
   lua_setiuservalue(L, -2, QVAL_ANCHORS);
@@ -343,6 +349,32 @@ static int methods_pairs(lua_State *L) {
   return 3;
 }
 
+/*
+** The lioq_mts of this Lua state (see lioq_queue.h), made by the first
+** class that needs it, after the buffer, file and socket classes; the
+** handle and queue classes add their own metatables. The registry keeps
+** it for the life of the state.
+*/
+lioq_mts *lioq_push_mts(lua_State *L) {
+  lioq_mts *mts;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, QUEUE_MTS) == LUA_TUSERDATA)
+    return lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  mts = lua_newuserdatauv(L, sizeof *mts, 0);
+  memset(mts, 0, sizeof *mts);
+  mts->mark = lioq_tags;
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, QUEUE_MTS);
+  luaL_getmetatable(L, LIOQ_BUFFER);
+  mts->buffer = lua_topointer(L, -1);
+  luaL_getmetatable(L, LIOQ_FILE);
+  mts->file = lua_topointer(L, -1);
+  luaL_getmetatable(L, LIOQ_SOCKET);
+  mts->socket = lua_topointer(L, -1);
+  lua_pop(L, 3);
+  return mts;
+}
+
 void lioq_open_queue(lua_State *L) {
   static const luaL_Reg queue_methods[] = {
     {"submit", queue_submit},
@@ -361,23 +393,35 @@ void lioq_open_queue(lua_State *L) {
     {NULL, NULL}
   };
   int i;
+  lioq_mts *mts = lioq_push_mts(L);  /* the methods' upvalue */
   /* Queues: one metatable per backend, whose __index table holds the
   ** methods and the backend's name, so both q:read and q.backend are one
-  ** plain table lookup. */
+  ** plain table lookup. The methods are the same closures everywhere. */
   lua_newtable(L);                            /* the shared methods */
-  luaL_setfuncs(L, lioq_op_methods, 0);
-  luaL_setfuncs(L, lioq_fs_methods, 0);
-  luaL_setfuncs(L, lioq_call_methods, 0);
-  luaL_setfuncs(L, queue_methods, 0);
+  lua_insert(L, -2);
+  lua_pushvalue(L, -1);
+  lua_insert(L, -3);                          /* mts, methods, mts */
+  luaL_setfuncs(L, lioq_op_methods, 1);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, lioq_fs_methods, 1);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, lioq_call_methods, 1);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, queue_methods, 1);
+  lua_remove(L, -2);
   lua_newtable(L);                            /* the metatables, in order */
   lua_newtable(L);                            /* their __index tables */
   for (i = 0; backends[i] != NULL; i++) {
     lioq_newmetatable(L, TAG_QUEUE, queue_meta);
+    if (i < (int)(sizeof mts->queue / sizeof mts->queue[0]))
+      mts->queue[i] = lua_topointer(L, -1);
     lua_newtable(L);                          /* its __index */
-    luaL_setfuncs(L, lioq_op_methods, 0);
-    luaL_setfuncs(L, lioq_fs_methods, 0);
-    luaL_setfuncs(L, lioq_call_methods, 0);
-    luaL_setfuncs(L, queue_methods, 0);
+    lua_pushnil(L);
+    while (lua_next(L, -6)) {                 /* the shared methods */
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
     lua_pushstring(L, backends[i]->name);
     lua_setfield(L, -2, "backend");
     lua_pushvalue(L, -1);

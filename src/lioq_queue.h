@@ -73,6 +73,7 @@ typedef struct lqueue {
                               queue holds a reference until it is collected */
   unsigned pool_count, pool_size;
   int64_t linger_ns;       /* how long close waits for output ops */
+  const struct lioq_mts *mts;  /* this Lua state's class metatables */
   ioq_event events[REAP_BATCH];
   unsigned char act[REAP_BATCH];
 } lqueue;
@@ -140,6 +141,42 @@ extern const char *const lioq_op_names[IOQ_NOPCODES];
 
 /* The metatable of multishot handles, in the registry. */
 #define MULTISHOT_MT "ioq.handle multishot"
+
+/* ---------------------------------------------------------- class checks */
+
+/*
+** The class checks of the hot path. lioq_checkudata reads a class tag out
+** of an object's metatable (five API calls); the queue's methods compare
+** the address of the metatable with those of this Lua state's classes
+** instead, kept in a lioq_mts: the first upvalue of every queue method
+** (lioq_open_queue makes it, once per state, and keeps it in the
+** registry). A function that has no such upvalue gets NULL from
+** lioq_mts_of, and the general checks, which also name the error.
+*/
+typedef struct lioq_mts {
+  const char *mark;         /* lioq_tags: this is a lioq_mts */
+  const void *queue[4];     /* one per backend (unused: NULL) */
+  const void *handle[2];    /* handles, multishot handles */
+  const void *buffer, *file, *socket;
+} lioq_mts;
+
+/* Pushes this state's lioq_mts, made on first use (lioq_queue.c). */
+lioq_mts *lioq_push_mts(lua_State *L);
+
+static inline const lioq_mts *lioq_mts_of(lua_State *L) {
+  const lioq_mts *c = lua_touserdata(L, lua_upvalueindex(1));
+  return c != NULL && c->mark == lioq_tags ? c : NULL;
+}
+
+/* The address of the metatable of the value at idx, or NULL. */
+static inline const void *lioq_mtof(lua_State *L, int idx) {
+  const void *mt = NULL;
+  if (lua_getmetatable(L, idx)) {
+    mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+  }
+  return mt;
+}
 
 /* ---------------------------------------------------------------- engine */
 
@@ -237,6 +274,13 @@ int lioq_push_result(lua_State *L, lhandle *h, int idx);
 
 /* The queue at argument 1 (the receiver of every queue method). */
 static inline lqueue *lioq_checkqueue(lua_State *L) {
+  const lioq_mts *c = lioq_mts_of(L);
+  if (c != NULL) {
+    const void *mt = lioq_mtof(L, 1);
+    if (mt != NULL && (mt == c->queue[0] || mt == c->queue[1] ||
+                       mt == c->queue[2] || mt == c->queue[3]))
+      return lua_touserdata(L, 1);
+  }
   return lioq_checkudata(L, 1, TAG_QUEUE);
 }
 
