@@ -309,6 +309,19 @@ describe("ioq.process", function()
     end
   end)
 
+  it("a working directory that cannot be entered is named as the cause", function()
+    any()
+    util.posix_only("the cwd check of POSIX spawns")
+    local p, msg, err = ioq.process{ "true", cwd = "/no/such/dir" }
+    assert.is_nil(p)
+    assert.are.equal(E.ENOENT, err)
+    assert.are.equal("spawn: cwd /no/such/dir: No such file or directory", msg)
+    p, msg, err = ioq.process{ "true", cwd = "/etc/passwd" }
+    assert.is_nil(p)
+    assert.are.equal(E.ENOTDIR, err)
+    assert.matches("^spawn: cwd /etc/passwd: ", msg)
+  end)
+
   it("misuse raises, naming the argument", function()
     assert.has_error(function() ioq.process("ls") end,
       "bad argument #1 to 'process' (table expected, got string)")

@@ -717,6 +717,21 @@ static int checkstdio(lua_State *L, int i, ioq_fd *fd) {
   return how;
 }
 
+#ifndef _WIN32
+/* Why `cwd` cannot be a child's working directory, as an errno; 0 if it
+** can. */
+static int cwd_error(const char *cwd) {
+  struct stat st;
+  if (stat(cwd, &st) != 0)
+    return errno;
+  if (!S_ISDIR(st.st_mode))
+    return ENOTDIR;
+  if (access(cwd, X_OK) != 0)
+    return errno;
+  return 0;
+}
+#endif
+
 /*
 ** core.spawn{ prog, args..., env =, cwd =, stdin =, stdout =, stderr = }:
 ** starts the program; returns the process object, or fail, msg, errno.
@@ -817,6 +832,18 @@ static int process_spawn(lua_State *L) {
   return 1;
 failed:
   luaL_pushfail(L);
+#ifndef _WIN32
+  {
+    /* A cwd that cannot be entered fails the spawn as a missing program
+    ** would (ENOENT...): say which of the two it was. */
+    int cerr = cwd != NULL ? cwd_error(cwd) : 0;
+    if (cerr != 0) {
+      lua_pushfstring(L, "spawn: cwd %s: %s", cwd, ioq_strerror(cerr));
+      lua_pushinteger(L, cerr);
+      return 3;
+    }
+  }
+#endif
   lua_pushfstring(L, "spawn: %s: %s", argv[0], ioq_strerror(err));
   lua_pushinteger(L, err);
   return 3;
