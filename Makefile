@@ -127,7 +127,8 @@ demo: $(CORE)
 # The benchmark suite (BENCHMARKS.md): every benchmark, each contender in
 # the same run, alternating; writes bench/results/latest.md and latest.png.
 # QUICK=1: short runs, about two minutes. BENCH="echo http": only those
-# (nop randread direct copy echo http idle; report in bench/results/tmp/partial.md).
+# (nop randread direct copy echo http idle stat readdir spawn; report in
+# bench/results/tmp/partial.md).
 # Contenders need fio gnuplot-nox nginx-light libnginx-mod-http-lua lua-luv
 # lua-cqueues wrk; a missing one is a row saying so, and the run prints the
 # apt-get line.
