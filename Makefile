@@ -24,7 +24,7 @@ BUILD       ?= build
 SRCS        := $(shell $(LUA) mk/sources.lua linux)
 HDRS        := $(wildcard src/*.h)
 CORE        := $(BUILD)/ioq/core.so
-SHIMS       := $(BUILD)/no_ext_arg.so  # LD_PRELOAD shims, see "test shims"
+SHIMS       := $(BUILD)/no_ext_arg.so $(BUILD)/slow_lookup.so  # LD_PRELOAD shims, see "test shims"
 TESTLIB     := $(BUILD)/ioq_test.so $(BUILD)/no_uring $(BUILD)/alloc_host \
                $(SHIMS)
 LUA_LIBS    ?= $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null || echo -llua5.4)
@@ -66,10 +66,17 @@ $(BUILD)/no_ext_arg.so: spec/support/no_ext_arg.c Makefile
 	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC $(URING_CFLAGS) -O2 -g -shared \
 	  -o $@ spec/support/no_ext_arg.c -ldl
 
+# Host names whose lookup is slow or gives chosen addresses
+# (spec/connect_name_spec.lua).
+$(BUILD)/slow_lookup.so: spec/support/slow_lookup.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(WARNINGS) -D_GNU_SOURCE -fPIC -O2 -g -shared \
+	  -o $@ spec/support/slow_lookup.c -ldl
+
 .PHONY: asan-shims
 asan-build: asan-shims
 asan-shims:
-	$(MAKE) BUILD=build-asan build-asan/no_ext_arg.so
+	$(MAKE) BUILD=build-asan build-asan/no_ext_arg.so build-asan/slow_lookup.so
 
 ASAN_FLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
                -fno-sanitize-recover=all

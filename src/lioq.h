@@ -162,6 +162,7 @@ int lioq_socketpair(lua_State *L);
 lioq_file *lioq_socket_prepare(lua_State *L, int family, int type);
 int lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
                 struct sockaddr_storage *ss, uint32_t *len);
+int lioq_addr_is_name(lua_State *L, int family, int hostarg, int portarg);
 int lioq_pushaddr(lua_State *L, const struct sockaddr_storage *ss,
                   uint32_t len);
 int lioq_checkhow(lua_State *L, int arg);

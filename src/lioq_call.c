@@ -1,8 +1,11 @@
 /*
 ** lioq_call.c: queue ops whose work is a blocking call on a worker thread
 ** (IOQ_CALL, see ioq.h): q:resolve, a name lookup (getaddrinfo; GetAddrInfoW
-** on Windows), and q:opendir / q:readdir, a directory's entries in batches
-** (readdir; FindFirstFileExW and FindNextFileW on Windows).
+** on Windows); q:connect and q:sendto to a host name, which look it up
+** and then connect or send on the worker (lioq_ops.c makes them through
+** lioq_named_new and lioq_named_commit); and q:opendir / q:readdir, a
+** directory's entries in batches (readdir; FindFirstFileExW and
+** FindNextFileW on Windows).
 **
 ** Each call is a lioq_call (lioq_queue.h) with its own fields after it: the
 ** inputs, copied, so the worker never reads Lua memory; the outputs, which
@@ -19,6 +22,7 @@
 
 #ifndef _WIN32
 #include <dirent.h>
+#include <poll.h>
 #include <sys/stat.h>
 #endif
 
@@ -66,14 +70,21 @@ static void *newcall(lua_State *L, int nargs, size_t size, const char *name,
   return c;
 }
 
-/* Queues the call made by newcall (its handle on top): nothing fails now.
-** A finalizer run by an allocation since newop may have closed the queue. */
-static int commitcall(lua_State *L, lioq_call *c) {
+/* Queues the call made by newcall (its handle on top), which uses `block`
+** (or NULL) and is pending on the object at `fidx` (or 0): nothing fails
+** now. A finalizer run by an allocation since newop may have closed the
+** queue. */
+static int commitcall_on(lua_State *L, lioq_call *c, lioq_block *block,
+                         int fidx) {
   lhandle *h = lua_touserdata(L, -1);
   luaL_argcheck(L, h->q->backend != NULL, 1, "queue is closed");
-  lioq_commit(L, h, NULL, 0);
+  lioq_commit(L, h, block, fidx);
   c->refs++;  /* the op's, until settle */
   return 1;
+}
+
+static int commitcall(lua_State *L, lioq_call *c) {
+  return commitcall_on(L, c, NULL, 0);
 }
 
 /* The call of the handle at 1, whose op has ended. */
@@ -117,9 +128,20 @@ typedef struct resolve_call {
 #else
   struct addrinfo *res;
 #endif
+  /* A connect or sendto to the name (0: a plain lookup): what the worker
+  ** does with the addresses, on the socket fd (kept open while the op is
+  ** pending: the handle holds the socket, and its close waits for the op). */
+  int code;                /* IOQ_CONNECT, IOQ_SENDTO, or 0 */
+  ioq_fd fd;
+  const void *data;        /* sendto's bytes (the handle keeps them) */
+  uint32_t len;
   char host[1];            /* the name, NUL-terminated (allocated longer) */
 } resolve_call;
 
+static void resolve_release(lioq_call *base);
+
+/* On a worker: looks c->host up. The count of inet and inet6 addresses
+** in c->res, or -errno (c->gai set when the lookup itself failed). */
 static int64_t resolve_run(void *ctx) {
   resolve_call *c = ctx;
   int64_t n = 0, aborted;
@@ -181,6 +203,26 @@ static void resolve_release(lioq_call *base) {
   }
 }
 
+/* fail, msg, errno: the lookup's own text when it was the lookup that
+** failed, else the errno's. */
+static int push_failure(lua_State *L, resolve_call *c, int64_t res) {
+  int err = (int)-res;
+  luaL_pushfail(L);
+  if (c->gai != 0)
+#ifdef _WIN32
+    lua_pushfstring(L, "%s: cannot resolve '%s': %s", c->opname, c->host,
+                    ioq_strerror(err));
+#else
+    lua_pushfstring(L, "%s: cannot resolve '%s': %s", c->opname, c->host,
+                    c->gai == EAI_SYSTEM ? strerror(c->sys)
+                                         : gai_strerror(c->gai));
+#endif
+  else
+    lua_pushfstring(L, "%s: %s", c->opname, ioq_strerror(err));
+  lua_pushinteger(L, err);
+  return 3;
+}
+
 static int resolve_push(lua_State *L, lioq_call *base, int64_t res,
                         int idx) {
   resolve_call *c = (resolve_call *)base;
@@ -191,23 +233,8 @@ static int resolve_push(lua_State *L, lioq_call *base, int64_t res,
   struct addrinfo *ai;
 #endif
   (void)idx;  /* nothing of the handle's is needed */
-  if (res < 0) {
-    int err = (int)-res;
-    luaL_pushfail(L);
-    if (c->gai != 0)
-#ifdef _WIN32
-      lua_pushfstring(L, "%s: cannot resolve '%s': %s", c->opname, c->host,
-                      ioq_strerror(err));
-#else
-      lua_pushfstring(L, "%s: cannot resolve '%s': %s", c->opname, c->host,
-                      c->gai == EAI_SYSTEM ? strerror(c->sys)
-                                           : gai_strerror(c->gai));
-#endif
-    else
-      lua_pushfstring(L, "%s: %s", c->opname, ioq_strerror(err));
-    lua_pushinteger(L, err);
-    return 3;
-  }
+  if (res < 0)
+    return push_failure(L, c, res);
   lua_createtable(L, (int)res, 0);
   for (ai = c->res; ai != NULL; ai = ai->ai_next) {
     struct sockaddr_storage ss;
@@ -292,6 +319,230 @@ static int queue_resolve(lua_State *L) {
   c->port = (int)port;
   memcpy(c->host, host, len + 1);
   return commitcall(L, &c->base);
+}
+
+/* ---------------------------------------------------------------- names */
+
+/*
+** q:connect and q:sendto to a host name: one op, an IOQ_CALL named as the
+** op, whose worker looks the name up, then connects (each address of the
+** socket's family in turn, until one answers: the system's order, as
+** getaddrinfo gives it) or sends to the first address. So neither the
+** lookup nor the connect blocks the calling thread, and a cancel or a
+** timeout ends the op at either step: the lookup when it returns (it
+** cannot be interrupted), a wait for the connect at once (POSIX: the
+** workers' signal interrupts poll; Windows: the pool's call cannot be
+** interrupted, so it waits in short slices and asks between them).
+**
+** Why a call and not the engine's own connect after a q:resolve-like
+** step: the handle would have to change its op while pending (a lookup,
+** then a connect per address), which the engine, the backends' timeouts
+** and h:cancel know nothing of; on the worker the whole op is one call,
+** and its outcome is said exactly as the direct op says it.
+*/
+
+#ifdef _WIN32
+/* How long a wait on the pool sleeps before it asks whether to stop. */
+#define SLICE_US 20000
+#endif
+
+/* Waits until the socket fd is writable; *failed: a connect on it has
+** failed (Windows says so apart). 0, or -errno (a cancel's, a timeout's). */
+static int wait_writable(ioq_fd fd, int *failed) {
+  for (;;) {
+    int n, aborted;
+#ifdef _WIN32
+    fd_set w, e;
+    struct timeval tv;
+    FD_ZERO(&w);
+    FD_ZERO(&e);
+    FD_SET((SOCKET)fd, &w);
+    FD_SET((SOCKET)fd, &e);
+    tv.tv_sec = 0;
+    tv.tv_usec = SLICE_US;
+    n = select(0, NULL, &w, &e, &tv);
+    if ((aborted = ioq_blocking_aborted()) != 0)
+      return aborted;
+    if (n < 0)
+      return -ioq_sockerr();
+    if (n > 0) {
+      *failed = FD_ISSET((SOCKET)fd, &e) != 0;
+      return 0;
+    }
+#else
+    struct pollfd p;
+    p.fd = fd;
+    p.events = POLLOUT;
+    p.revents = 0;
+    n = poll(&p, 1, -1);  /* a cancel or a timeout interrupts it */
+    if ((aborted = ioq_blocking_aborted()) != 0)
+      return aborted;
+    if (n < 0 && errno != EINTR)
+      return -errno;
+    if (n > 0) {
+      *failed = 0;
+      return 0;
+    }
+#endif
+  }
+}
+
+/* Connects the socket to one address: 0, or -errno. */
+static int connect_one(ioq_fd fd, const struct sockaddr *sa, uint32_t len) {
+  int r, failed;
+#ifdef _WIN32
+  SOCKET s = (SOCKET)fd;
+  u_long on = 1, off = 0;
+  int err = 0, elen = sizeof err;
+  if (ioctlsocket(s, FIONBIO, &on) != 0)
+    return -ioq_sockerr();
+  r = 0;
+  if (connect(s, sa, (int)len) != 0) {
+    if (WSAGetLastError() != WSAEWOULDBLOCK)
+      r = -ioq_sockerr();
+    else if ((r = wait_writable(fd, &failed)) == 0 && failed)
+      r = getsockopt(s, SOL_SOCKET, SO_ERROR, (char *)&err, &elen) != 0
+        ? -ioq_sockerr()
+        : -ioq_win_errno((unsigned long)(err != 0 ? err : WSAECONNREFUSED));
+  }
+  /* Blocking again, as a new socket is: the backend's own calls that
+  ** are not overlapped expect it. */
+  ioctlsocket(s, FIONBIO, &off);
+  return r;
+#else
+  if (connect(fd, sa, len) == 0)
+    return 0;
+  if (errno != EINPROGRESS && errno != EINTR)
+    return -errno;
+  for (;;) {
+    if ((r = wait_writable(fd, &failed)) != 0)
+      return r;
+    /* Connecting again says how it went, and after a failure leaves the
+    ** socket free for the next address (after SO_ERROR, Linux's next
+    ** connect would fail with ECONNABORTED). */
+    if (connect(fd, sa, len) == 0 || errno == EISCONN)
+      return 0;
+    if (errno != EALREADY && errno != EINPROGRESS && errno != EINTR)
+      return -errno;
+  }
+#endif
+}
+
+/* Sends the datagram to one address: the byte count, or -errno. */
+static int64_t send_one(resolve_call *c, const struct sockaddr *sa,
+                        uint32_t len) {
+  for (;;) {
+    int r, failed, aborted;
+#ifdef _WIN32
+    int n = sendto((SOCKET)c->fd, c->data, (int)c->len, 0, sa, (int)len);
+    if (n >= 0)
+      return n;
+    if (WSAGetLastError() != WSAEWOULDBLOCK)
+      return -ioq_sockerr();
+#else
+    ssize_t n = sendto(c->fd, c->data, c->len, MSG_NOSIGNAL, sa, len);
+    if (n >= 0)
+      return n;
+    if (errno == EINTR) {
+      if ((aborted = ioq_blocking_aborted()) != 0)
+        return aborted;
+      continue;
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return -errno;
+#endif
+    (void)aborted;
+    if ((r = wait_writable(c->fd, &failed)) != 0)
+      return r;
+  }
+}
+
+/* On a worker: the lookup, then the connect or the sendto. */
+static int64_t named_run(void *ctx) {
+  resolve_call *c = ctx;
+  int64_t r, last = 0;
+  int aborted;
+#ifdef _WIN32
+  ADDRINFOW *ai;
+#else
+  struct addrinfo *ai;
+#endif
+  resolve_release(&c->base);  /* a run again after EINTR starts afresh */
+  c->gai = 0;
+  if ((r = resolve_run(c)) < 0)
+    return r;
+  for (ai = c->res; ai != NULL; ai = ai->ai_next) {
+    struct sockaddr_storage ss;
+    uint32_t len = (uint32_t)ai->ai_addrlen;
+    if (ai->ai_family != c->family || len > sizeof ss)
+      continue;
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, ai->ai_addr, len);
+    /* sin_port and sin6_port lie at the same place. */
+    ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)c->port);
+    if (c->code == IOQ_SENDTO)
+      return send_one(c, (struct sockaddr *)&ss, len);
+    if ((r = connect_one(c->fd, (struct sockaddr *)&ss, len)) == 0)
+      return 0;
+    if ((aborted = ioq_blocking_aborted()) != 0)
+      return aborted;
+    last = r;  /* the last address's error is the op's */
+  }
+  if (last == 0) {  /* no address of the socket's family */
+#ifdef _WIN32
+    c->gai = WSAHOST_NOT_FOUND;
+#else
+    c->gai = EAI_NONAME;
+#endif
+    last = -ENOENT;
+  }
+  return last;
+}
+
+static int named_push(lua_State *L, lioq_call *base, int64_t res, int idx) {
+  resolve_call *c = (resolve_call *)base;
+  (void)idx;
+  if (res < 0)
+    return push_failure(L, c, res);
+  if (c->code == IOQ_CONNECT)
+    lua_pushboolean(L, 1);
+  else
+    lua_pushinteger(L, (lua_Integer)res);
+  return 1;
+}
+
+void *lioq_named_new(lua_State *L, int code, int nargs, int hostarg) {
+  size_t len;
+  const char *host = lua_tolstring(L, hostarg, &len);
+  lua_Integer port = lua_tointeger(L, hostarg + 1);
+  const char *name = lioq_op_names[code];
+  resolve_call *c = newcall(L, nargs, sizeof *c + len, name, named_run);
+  c->opname = name;
+  c->base.push = named_push;
+  c->base.release = resolve_release;
+  c->code = code;
+  c->port = (int)port;
+  c->fd = IOQ_NOFD;
+  memcpy(c->host, host, len + 1);
+  return c;
+}
+
+int lioq_named_commit(lua_State *L, void *call, const void *data,
+                      uint32_t len, lioq_block *block) {
+  resolve_call *c = call;
+  lhandle *h = lua_touserdata(L, -1);
+  lioq_file *s;
+  luaL_argcheck(L, h->q->backend != NULL, 1, "queue is closed");
+  s = lioq_checkopen(L, 2, TAG_SOCKET);
+  lua_pushvalue(L, 2);  /* the handle keeps the socket */
+  lua_setiuservalue(L, -2, HVAL_FD);
+  h->op.fd = s->fd;
+  c->fd = s->fd;
+  c->family = s->family;
+  c->socktype = s->type;
+  c->data = data;
+  c->len = len;
+  return commitcall_on(L, &c->base, block, 2);
 }
 
 /* ---------------------------------------------------------------- directories */

@@ -453,10 +453,22 @@ static int resolve(lua_State *L, lhandle *h, int hostarg) {
   return -err;
 }
 
+/* Whether the host at hostarg is a name for the socket at 2: the op then
+** looks it up on a worker thread (lioq_call.c), never on this one. */
+static int named(lua_State *L, int hostarg) {
+  lua_settop(L, hostarg + 1);  /* a missing port reads as nil, as in newop */
+  return lioq_addr_is_name(L, checksocketarg(L)->family, hostarg,
+                           hostarg + 1);
+}
+
 /* q:connect(s, host, port) or q:connect(s, path): resolves to true. */
 static int queue_connect(lua_State *L) {
   lhandle *h;
   int err;
+  if (named(L, 3)) {
+    void *c = lioq_named_new(L, IOQ_CONNECT, 4, 3);
+    return lioq_named_commit(L, c, NULL, 0, NULL);
+  }
   h = newop(L, IOQ_CONNECT, sizeof(struct sockaddr_storage), 0, 0);  /* 5 */
   if ((err = resolve(L, h, 3)) != 0)
     lua_insert(L, 5);  /* the message under the handle */
@@ -516,6 +528,16 @@ static int queue_sendto(lua_State *L) {
   lioq_block *b;
   int err;
   checkdataarg(L, NULL, 3);
+  if (named(L, 4)) {
+    void *c = lioq_named_new(L, IOQ_SENDTO, 5, 4);
+    const void *data;
+    size_t size;
+    data = checkdata(L, NULL, 3, &size, &b);  /* after the objects: see newop */
+    lua_pushvalue(L, 3);  /* the handle keeps the bytes */
+    lua_setiuservalue(L, -2, HVAL_RESULT);
+    return lioq_named_commit(L, c, data, size > IOQ_MAX_RW ? IOQ_MAX_RW
+                             : (uint32_t)size, b);
+  }
   h = newop(L, IOQ_SENDTO, sizeof(struct sockaddr_storage), 0, 0);  /* 6 */
   if ((err = resolve(L, h, 4)) != 0)
     lua_insert(L, 6);

@@ -267,6 +267,19 @@ static inline const char *lioq_opname(const lhandle *h) {
 extern const luaL_Reg lioq_call_methods[];
 int lioq_call_result(lua_State *L, lhandle *h, int idx);
 
+/*
+** q:connect and q:sendto to a host name (lioq_ops.c asks
+** lioq_addr_is_name): lioq_named_new makes the handle of op `code`, the
+** queue's first `nargs` arguments with the host at hostarg and the port
+** after it, and every object it needs (the handle on top); it returns
+** the call, which lioq_named_commit queues on the socket at 2 with the
+** bytes a sendto sends (kept alive by the caller in the handle, `block`
+** made busy as commit does).
+*/
+void *lioq_named_new(lua_State *L, int code, int nargs, int hostarg);
+int lioq_named_commit(lua_State *L, void *call, const void *data,
+                      uint32_t len, lioq_block *block);
+
 /* ---------------------------------------------------------------- handle */
 
 void lioq_open_handle(lua_State *L);

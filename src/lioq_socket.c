@@ -218,17 +218,70 @@ int lioq_lookup_errno(int r) {
   }
 }
 
+/* toaddr's answer for a host name when it may not look it up. */
+#define ADDR_NAME 1
+
+/*
+** The address of `host` for `family` without a lookup: "*" or "" (any),
+** "localhost" (the loopback address), or a numeric address, an IPv6 one
+** with a scope ("fe80::1%eth0") too: getaddrinfo with AI_NUMERICHOST
+** parses it and never asks the network. 1 when it is one of those, 0 for a
+** name (*ss then holds the family and port).
+*/
+static int numeric_addr(int family, const char *host, size_t hlen,
+                        struct sockaddr_storage *ss, uint32_t *len) {
+  struct addrinfo hints, *res = NULL;
+  if (family == AF_INET) {
+    struct sockaddr_in *in = (struct sockaddr_in *)ss;
+    in->sin_family = AF_INET;
+    *len = sizeof *in;
+    if (hlen == 0 || strcmp(host, "*") == 0)
+      in->sin_addr.s_addr = htonl(INADDR_ANY);
+    else if (strcmp(host, "localhost") == 0)
+      in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+      goto scoped;
+    return 1;
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    in6->sin6_family = AF_INET6;
+    *len = sizeof *in6;
+    if (hlen == 0 || strcmp(host, "*") == 0)
+      ;  /* the any address, ::, is all zeros */
+    else if (strcmp(host, "localhost") == 0)
+      in6->sin6_addr.s6_addr[15] = 1;  /* ::1 */
+    else if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+      goto scoped;
+    return 1;
+  }
+scoped:
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = family;
+  hints.ai_flags = AI_NUMERICHOST;
+  if (getaddrinfo(host, NULL, &hints, &res) != 0 || res == NULL)
+    return 0;
+  if (res->ai_addrlen <= sizeof *ss) {
+    uint16_t port = ((struct sockaddr_in *)ss)->sin_port;  /* the same
+                                                  place in sockaddr_in6 */
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = (uint32_t)res->ai_addrlen;
+    ((struct sockaddr_in *)ss)->sin_port = port;
+  }
+  freeaddrinfo(res);
+  return 1;
+}
+
 /*
 ** Fills *ss with the address for a socket of `family`: for AF_UNIX the path
 ** at hostarg (a leading '@' names an abstract socket); otherwise the host at
-** hostarg ("*" or "" for any address, "localhost", a numeric address, or a
-** name for getaddrinfo, which blocks) and the port at portarg. Bad
-** arguments raise. Returns 0; or, for a name that does not resolve,
+** hostarg (see numeric_addr, or a name) and the port at portarg. Bad
+** arguments raise. A name is looked up when `lookup` is set, on this
+** thread (getaddrinfo blocks): 0, or for a name that does not resolve,
 ** -errno with the message pushed (the caller turns it into fail, msg,
-** errno).
+** errno). Without `lookup` a name gives ADDR_NAME.
 */
-int lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
-                struct sockaddr_storage *ss, uint32_t *len) {
+static int toaddr(lua_State *L, int family, int hostarg, int portarg,
+                  struct sockaddr_storage *ss, uint32_t *len, int lookup) {
   size_t hlen;
   const char *host = luaL_checklstring(L, hostarg, &hlen);
   lua_Integer port;
@@ -253,32 +306,13 @@ int lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
   port = luaL_checkinteger(L, portarg);
   luaL_argcheck(L, port >= 0 && port <= 65535, portarg,
                 "port must be in 0..65535");
-  if (family == AF_INET) {
-    struct sockaddr_in *in = (struct sockaddr_in *)ss;
-    in->sin_family = AF_INET;
-    in->sin_port = htons((uint16_t)port);
-    *len = sizeof *in;
-    if (hlen == 0 || strcmp(host, "*") == 0)
-      in->sin_addr.s_addr = htonl(INADDR_ANY);
-    else if (strcmp(host, "localhost") == 0)
-      in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    else if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
-      goto resolve;
+  /* sin_port and sin6_port lie at the same place. */
+  ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+  if (numeric_addr(family, host, hlen, ss, len))
     return 0;
-  } else {
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons((uint16_t)port);
-    *len = sizeof *in6;
-    if (hlen == 0 || strcmp(host, "*") == 0)
-      ;  /* the any address, ::, is all zeros */
-    else if (strcmp(host, "localhost") == 0)
-      in6->sin6_addr.s6_addr[15] = 1;  /* ::1 */
-    else if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
-      goto resolve;
-    return 0;
-  }
-resolve: {
+  if (!lookup)
+    return ADDR_NAME;
+  {
     struct addrinfo hints, *res = NULL;
     int r;
     uint16_t nport = htons((uint16_t)port);
@@ -298,13 +332,30 @@ resolve: {
     }
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     *len = (uint32_t)res->ai_addrlen;
-    if (family == AF_INET)
-      ((struct sockaddr_in *)ss)->sin_port = nport;
-    else
-      ((struct sockaddr_in6 *)ss)->sin6_port = nport;
+    ((struct sockaddr_in *)ss)->sin_port = nport;
     freeaddrinfo(res);
     return 0;
   }
+}
+
+/* The address (see toaddr), a name looked up on this thread: s:bind's. */
+int lioq_toaddr(lua_State *L, int family, int hostarg, int portarg,
+                struct sockaddr_storage *ss, uint32_t *len) {
+  return toaddr(L, family, hostarg, portarg, ss, len, 1);
+}
+
+/*
+** Whether the host at hostarg is a name a socket of `family` has to look
+** up (q:connect and q:sendto then make an op that looks it up on a worker
+** thread, lioq_call.c). Raises for a bad host or port as lioq_toaddr does;
+** 0 for any other argument, which lioq_toaddr then names.
+*/
+int lioq_addr_is_name(lua_State *L, int family, int hostarg, int portarg) {
+  struct sockaddr_storage ss;
+  uint32_t len;
+  if (family == AF_UNIX || lua_type(L, hostarg) != LUA_TSTRING)
+    return 0;
+  return toaddr(L, family, hostarg, portarg, &ss, &len, 0) == ADDR_NAME;
 }
 
 /* Pushes an address as host, port (2 values) or a Unix path (1 value). */

@@ -11,7 +11,7 @@ local core = require "ioq.core"
 local args = require "ioq.args"
 local loop = require "ioq.loop"
 
-local ipairs, pairs, pcall, type = ipairs, pairs, pcall, type
+local ipairs, pcall, type = ipairs, pcall, type
 local argerror, c_call = args.argerror, args.c_call
 local loop_queue, blocking_queue, current_queue, wait_for =
   loop.queue, loop.blocking_queue, loop.current_queue, loop.wait_for
@@ -62,61 +62,14 @@ end
 --- s:accept(), s:connect(host, port), s:recv(buf [, length]),
 -- s:send(data [, length]), s:recvfrom(buf [, length]),
 -- s:sendto(data, host, port): the op on the running loop's queue (or a
--- private one outside a loop); each returns a handle to await.
-for _, name in ipairs { "accept", "recv", "send", "recvfrom" } do
+-- private one outside a loop); each returns a handle to await. A host
+-- name is looked up by the op itself, on a worker thread (connect tries
+-- each address in turn), so neither blocks the loop.
+for _, name in ipairs { "accept", "connect", "recv", "send", "recvfrom", "sendto" } do
   local fn = queue_methods[name]
   socket_methods[name] = function(s, a, b, c)
     return start(name, fn, s, a, b, c)
   end
-end
-
--- The lookup hints for each kind of socket that takes a host name.
-local LOOKUP = { connect = {}, sendto = {} }
-for op, hints in pairs(LOOKUP) do
-  hints.tcp = { family = "inet", socktype = "stream", op = op }
-  hints.tcp6 = { family = "inet6", socktype = "stream", op = op }
-  hints.udp = { family = "inet", socktype = "dgram", op = op }
-  hints.udp6 = { family = "inet6", socktype = "dgram", op = op }
-end
-local s_kind = socket_methods.kind
-
---- The address to hand the C op for `host` on socket s: the host itself
--- when the C side takes it without a lookup (a Unix path, a numeric
--- address, "localhost", "*"), else the first address q:resolve gives,
--- awaited here (the task yields; outside a loop this blocks). On a failed
--- lookup, nil and the lookup's handle, which holds the failure in the
--- op's name ("connect: cannot resolve 'x': ...", as the C op says it).
-local function lookup(op, s, host)
-  -- Not a socket: no lookup, and the op's own check names the mistake.
-  local ok, kind = pcall(s_kind, s)
-  local hints = ok and type(host) == "string" and LOOKUP[op][kind]
-  if not hints or host == "" or host == "*" or host == "localhost"
-     or host:find(":", 1, true) or host:find("^[%d.]+$") or host:find("%z") then
-    return host
-  end
-  local q = current_queue()
-  local h = queue_methods.resolve(q, host, nil, hints)
-  local list = wait_for(op, h)
-  if not list or not list[1] then return nil, h end
-  return list[1].host
-end
-
---- s:connect(host, port) and s:sendto(data, host, port): a host name is
--- looked up through the queue first (q:resolve, which never blocks the
--- loop), then the op starts with its first address; the returned handle
--- is the op's, or, when the lookup failed, the lookup's (nil, "connect:
--- cannot resolve ...", ENOENT...).
-local q_connect, q_sendto = queue_methods.connect, queue_methods.sendto
-function socket_methods.connect(s, host, port)
-  local addr, failed = lookup("connect", s, host)
-  if not addr then return failed end
-  return start("connect", q_connect, s, addr, port)
-end
-
-function socket_methods.sendto(s, data, host, port)
-  local addr, failed = lookup("sendto", s, host)
-  if not addr then return failed end
-  return start("sendto", q_sendto, s, data, addr, port)
 end
 
 ---------------------------------------------------------------- open, sleep
