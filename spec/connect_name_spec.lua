@@ -205,6 +205,25 @@ describe("q:connect and q:sendto to a host name", function()
     lst:close()
   end)
 
+  it("s:bind looks a name up on the calling thread; a scoped IPv6 address is numeric", function()
+    local name = host_name()
+    if not name then pending("this host's name does not resolve") end
+    local s <close> = ioq.socket("tcp")
+    assert.is_true(s:bind(name, 0))
+    local v, msg, err = ioq.socket("tcp"):bind("no-such-host.invalid", 0)
+    assert.is_nil(v)
+    if err == E.EAGAIN then pending("no resolver reachable here") end
+    assert.are.equal(E.ENOENT, err, msg)
+    assert.matches("^bind: cannot resolve 'no%-such%-host%.invalid': .", msg)
+    -- a scope names an interface: a bind there fails (or not) as the
+    -- kernel says, never as a lookup
+    local s6 <close> = ioq.socket("udp6")
+    if s6 then
+      v, msg = s6:bind("fe80::1%1", 0)
+      assert.is_falsy(not v and msg:find("cannot resolve", 1, true), msg)
+    end
+  end)
+
   it("raises on bad arguments as the direct op does", function()
     local q <close> = ioq.queue()
     local s <close> = ioq.socket("tcp")
