@@ -552,8 +552,7 @@ static int socket_fileno(lua_State *L) {
   return 1;
 }
 
-/* s:kind(): "tcp", "udp6", "unix"... as ioq.socket() took it (the Lua
-** layer asks whether a host needs a lookup). */
+/* s:kind(): "tcp", "udp6", "unix"... as ioq.socket() took it. */
 static int socket_kind(lua_State *L) {
   lua_pushstring(L, kind_name(lioq_checkudata(L, 1, TAG_SOCKET)));
   return 1;
