@@ -85,7 +85,10 @@ end
 -- Runs `code` in a child Lua with the lookup shim preloaded.
 local function with_shim(code, env)
   util.posix_only("LD_PRELOAD")
-  local preload = (util.preload and util.preload .. " " or "") .. build .. "/slow_lookup.so"
+  local shim = build .. "/slow_lookup.so"
+  -- Without it the names below go to the real resolver, and wait for it.
+  assert(io.open(shim), shim .. " is not built (make " .. shim .. ")"):close()
+  local preload = (util.preload and util.preload .. " " or "") .. shim
   local e = { LD_PRELOAD = preload }
   for k, v in pairs(env or {}) do e[k] = v end
   local ok, status, out = util.run_lua(code, e, "timeout 60")
@@ -324,6 +327,26 @@ describe("lookups of connect and sendto (lookup shim)", function()
       assert(q:pending() == 0)
       print("ok")
     ]], { SLOW_LOOKUP_MS = "400" })
+    assert.matches("ok", out)
+  end)
+
+  it("q:close lets an unawaited sendto to a name finish, as other sends", function()
+    local out = with_shim([[
+      local ioq = require "ioq"
+      local r = ioq.socket("udp")
+      assert(r:bind("127.0.0.1", 0))
+      local _, port = r:getsockname()
+      local q = ioq.queue()
+      local h = q:sendto(ioq.socket("udp"), "kept", "127.0.0.1.slow.test", port)
+      q:submit()
+      q:close()  -- while the lookup still runs
+      assert(h:result() == 4, select(2, h:result()))
+      local rq <close> = ioq.queue()
+      local buf = ioq.buffer(16)
+      local n = rq:recv(r, buf):wait(5) and buf:tostring(1, 4)
+      assert(n == "kept", tostring(n))
+      print("ok")
+    ]], { SLOW_LOOKUP_MS = "200" })
     assert.matches("ok", out)
   end)
 

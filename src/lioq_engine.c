@@ -480,6 +480,8 @@ int lioq_is_output(const ioq_op *op) {
     case IOQ_SHUTDOWN: case IOQ_WRITEV: case IOQ_TRUNCATE: case IOQ_ALLOCATE:
     case IOQ_DATASYNC: case IOQ_CLOSE: case IOQ_COPY:
       return !op->multishot;
+    case IOQ_CALL:  /* a sendto to a host name: lookup and send on a worker */
+      return op->addr == (const void *)lioq_op_names[IOQ_SENDTO];
     default:
       return 0;
   }
