@@ -44,9 +44,11 @@ enum {
   LV_QUEUE,      /* the running loop's queue, or nil */
   LV_WSLOTS,     /* the array of waiters: [h->loop_waiter] the task that
                     awaits h */
-  LV_WAIT_FOR,   /* loop.lua's wait_for and after_wake (see */
-  LV_AFTER_WAKE, /* await_method) */
-  LOOP_NUV = LV_AFTER_WAKE
+  LV_WAIT_FOR,   /* loop.lua's wait_for, after_wake, arm_await and */
+  LV_AFTER_WAKE, /* timed_end (see await_method) */
+  LV_ARM,
+  LV_TIMED_END,
+  LOOP_NUV = LV_TIMED_END
 };
 
 /* The functions' upvalues: the loop, then what never changes. Keys and
@@ -396,23 +398,32 @@ static int loop_poll(lua_State *L) {
 }
 
 /*
-** The common case of h:await(): in the task the runner is resuming, a
-** pending handle of the loop's queue, no timeout, no cancel pending,
+** The common case of h:await([timeout]): in the task the runner is
+** resuming, a pending handle of the loop's queue, no cancel pending,
 ** nobody else awaiting it. Then the task becomes h's waiter, WAIT is on
-** top, and it returns 1: the caller yields. Otherwise it returns 0, the
-** stack as it was but for a nil timeout, for the general await in Lua.
+** top, and it returns 1 (untimed; the stack h, WAIT) or 2 (a timeout, the
+** task's timer armed by loop.lua's arm_await; the stack h, task, WAIT):
+** the caller yields. Otherwise it returns 0, the stack as it was but for
+** a nil timeout, for the general await in Lua. `timed_ok`: whether a
+** timeout may take this way (only where set_lua gave arm_await).
 */
-static int try_await(lua_State *L, lloop *s) {
+static int try_await(lua_State *L, lloop *s, int timed_ok) {
   lhandle *h;
-  int ishandle;
-  if (L != s->cur || lua_gettop(L) > 2 || !lua_isnoneornil(L, 2) ||
-      !lua_isyieldable(L))
+  int ishandle, timed = 0, task, wslots;
+  if (L != s->cur || lua_gettop(L) > 2 || !lua_isyieldable(L))
     return 0;
-  lua_settop(L, 1);
+  if (!lua_isnoneornil(L, 2)) {
+    /* (Anything but a number >= 0 is the Lua path's to refuse; NaN too.) */
+    if (!timed_ok || lua_type(L, 2) != LUA_TNUMBER || !(lua_tonumber(L, 2) >= 0))
+      return 0;
+    timed = 1;
+  } else {
+    lua_settop(L, 1);
+  }
   /* A handle: the metatable of single-shot ones (multishot handles have
   ** their own, and take the general way). */
   ishandle = lua_getmetatable(L, 1) && lua_rawequal(L, -1, UV(UV_HANDLE_MT));
-  lua_settop(L, 1);
+  lua_settop(L, 1 + timed);
   if (!ishandle)
     return 0;
   h = lua_touserdata(L, 1);
@@ -421,27 +432,47 @@ static int try_await(lua_State *L, lloop *s) {
     return 0;
   /* The task: on the runner's stack (it is inside lua_resume). */
   lua_pushvalue(s->runner, s->task_idx);
-  lua_xmove(s->runner, L, 1);  /* 2 */
-  if (field_truthy(L, 2, K_CANCEL_PENDING)) {
-    lua_settop(L, 1);
+  lua_xmove(s->runner, L, 1);
+  task = lua_gettop(L);
+  if (field_truthy(L, task, K_CANCEL_PENDING)) {
+    lua_settop(L, 1 + timed);
     return 0;
   }
-  getuv(L, LV_WSLOTS);  /* 3 */
-  if (lua_rawgeti(L, 3, h->slot) != LUA_TNIL) {
-    lua_settop(L, 1);
+  getuv(L, LV_WSLOTS);
+  wslots = lua_gettop(L);
+  if (lua_rawgeti(L, wslots, h->slot) != LUA_TNIL) {
+    lua_settop(L, 1 + timed);
     return 0;  /* an op done that had this slot: not taken yet */
   }
   lua_pop(L, 1);
   /* What may raise (out of memory) first: then nothing waits yet. */
   lua_pushvalue(L, 1);
-  rawsetfield(L, 2, K_WAITING_ON);
-  lua_pushvalue(L, 2);
-  lua_rawseti(L, 3, h->slot);
+  rawsetfield(L, task, K_WAITING_ON);
+  lua_pushvalue(L, task);
+  lua_rawseti(L, wslots, h->slot);
   h->loop_waiter = h->slot;
-  set_status(L, 2, S_WAITING);
-  lua_settop(L, 1);
+  if (timed) {
+    /* arm_await(task, h, timeout); if it fails, h has no waiter again. */
+    getuv(L, LV_ARM);
+    lua_pushvalue(L, task);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+      h->loop_waiter = 0;
+      lua_pushnil(L);
+      lua_rawseti(L, wslots, h->slot);
+      lua_error(L);
+    }
+  }
+  set_status(L, task, S_WAITING);
+  if (timed) {
+    lua_copy(L, task, 2);  /* the timeout's place */
+    lua_settop(L, 2);
+  } else {
+    lua_settop(L, 1);
+  }
   lua_pushvalue(L, UV(UV_WAIT));
-  return 1;
+  return 1 + timed;
 }
 
 /*
@@ -452,7 +483,7 @@ static int try_await(lua_State *L, lloop *s) {
 ** when it does not apply.
 */
 static int loop_await(lua_State *L) {
-  if (try_await(L, getloop(L)))
+  if (try_await(L, getloop(L), 0))
     return lua_yield(L, 1);
   lua_pushboolean(L, 0);
   return 1;
@@ -466,7 +497,10 @@ static int loop_await(lua_State *L) {
 ** common case is try_await; anything else is loop.lua's wait_for(name,
 ** h, timeout, 1) (1: this frame, which its errors count to name the
 ** caller's line); after a wake-up that was not h's end,
-** loop.lua's after_wake(h). set_lua(wait_for, after_wake) gives both.
+** loop.lua's after_wake(h). A timed await in C arms the task's timer with
+** loop.lua's arm_await(task, h, timeout) and, once h woke it, hands the
+** result through timed_end(task, h, ...) (which disarms it and names a
+** timeout). set_lua(wait_for, after_wake, arm_await, timed_end) gives them.
 */
 static int all_results_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
@@ -474,12 +508,21 @@ static int all_results_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L);
 }
 
+/* ctx: what try_await returned (2: timed, the task at 2). */
 static int await_woken_k(lua_State *L, int status, lua_KContext ctx) {
+  int base = (int)ctx;
   (void)status;
-  (void)ctx;
-  /* The stack: h, then what the resume brought. */
-  if (lua_gettop(L) >= 2 && lua_rawequal(L, 1, 2))
-    return lua_gettop(L) - 2;  /* h's result */
+  /* The stack: h, [the task,] then what the resume brought. */
+  if (lua_gettop(L) > base && lua_rawequal(L, 1, base + 1)) {
+    if (base == 1)
+      return lua_gettop(L) - 2;  /* h's result */
+    /* timed_end(task, h, h's result...) */
+    lua_copy(L, 2, 1);  /* task, task, h, ... */
+    getuv(L, LV_TIMED_END);
+    lua_replace(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);  /* (it does not yield) */
+    return lua_gettop(L);
+  }
   lua_settop(L, 1);
   getuv(L, LV_AFTER_WAKE);
   lua_insert(L, 1);
@@ -489,8 +532,9 @@ static int await_woken_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int await_method(lua_State *L, const char *name) {
   lloop *s = getloop(L);
-  if (try_await(L, s))
-    return lua_yieldk(L, 1, 0, await_woken_k);
+  int r = try_await(L, s, 1);
+  if (r)
+    return lua_yieldk(L, 1, r, await_woken_k);
   getuv(L, LV_WAIT_FOR);
   lua_insert(L, 1);
   lua_pushstring(L, name);
@@ -509,11 +553,15 @@ static int loop_wait_method(lua_State *L) {
   return await_method(L, "wait");
 }
 
-/* set_lua(wait_for, after_wake): see await_method. */
+/* set_lua(wait_for, after_wake, arm_await, timed_end): see await_method. */
 static int loop_set_lua(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  lua_settop(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  lua_settop(L, 4);
+  setuv(L, LV_TIMED_END);
+  setuv(L, LV_ARM);
   setuv(L, LV_AFTER_WAKE);
   setuv(L, LV_WAIT_FOR);
   return 0;

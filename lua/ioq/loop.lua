@@ -583,11 +583,38 @@ end
 -- something else than h's end woke the task), so a suspended task holds
 -- no frame of them in Lua.
 local function after_wake(h)
-  return await_tail(tasks[running_co()], h)
+  local task = tasks[running_co()]
+  local timer = task.timer  -- armed by arm_await for h, if timed
+  if timer and timer.h ~= h then timer = nil end
+  return await_tail(task, h, timer)
+end
+
+--- A timed await that waits in C: the task's timer record (see
+-- task_await) gives up on h after `timeout`.
+local function arm_await(task, h, timeout)
+  local timer = task.timer
+  if not timer then
+    timer = { task = task, h = false, timed_out = false }
+    task.timer = timer
+  end
+  timer.h, timer.timed_out = h, false
+  arm_timer(timer, timeout, await_timed_out)
+end
+
+--- The end of arm_await's await, once h woke the task: its result (what
+-- follows h), or a timeout when the timer's give_up cancelled the op.
+local function timed_end(task, h, v, msg, err, ...)
+  local timer = task.timer
+  cancel_timer(timer)
+  timer.h = nil
+  if timer.timed_out and v == nil and err == E.ECANCELED then
+    return fail_timed_out(h.op)
+  end
+  return v, msg, err, ...
 end
 
 if C.await_method then
-  C.set_lua(wait_for, after_wake)
+  C.set_lua(wait_for, after_wake, arm_await, timed_end)
   handle_methods.await, handle_methods.wait = C.await_method, C.wait_method
 else
   -- The same in Lua: c_await returns h and its result once h woke the
