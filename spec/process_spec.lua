@@ -333,6 +333,53 @@ describe("ioq.process", function()
     assert.has_error(function() ioq.process{ "ls", stdin = "stdout" } end)
   end)
 
+  it("reads the spec raw: a proxy's __len and __index are not used", function()
+    -- Strings made by __index were collected while C held them, and a
+    -- huge __len overflowed the argument array.
+    local proxy = setmetatable({}, {
+      __len = function() return math.maxinteger // 4 end,
+      __index = function() return "true" end,
+    })
+    assert.has_error(function() ioq.process(proxy) end,
+      "bad argument #1 to 'process' (the program to run expected at [1])")
+  end)
+
+  it("a pipe end the child gets stays put when the script's 0 and 1 are closed", function()
+    any()
+    util.posix_only("closing descriptors in a shell")
+    local ok, code, out = util.run_lua([[
+      local ioq = require "ioq"
+      local p = assert(ioq.process{ "sh", "-c", "echo to-stderr >&2",
+        stdout = "null", stderr = "pipe" })
+      local q = ioq.queue()
+      local b = ioq.buffer(100)
+      local h = q:recv(p.stderr, b)
+      h:wait(5)
+      local n = h:result()
+      io.stderr:write("got [", n and n > 0 and b:tostring(1, n) or "", "]\n")
+    ]], nil, "sh -c 'exec \"$@\" 0<&- 1>&-' sh")
+    assert.is_true(ok, tostring(code) .. out)
+    assert.matches("got %[to%-stderr\n%]", out)
+  end)
+
+  it("a relative program is looked for in the cwd it runs in", function()
+    any()
+    util.posix_only("a shell script")
+    local dir = util.tmpfile()
+    os.remove(dir)
+    assert(ioq.fs.mkdir(dir))
+    local script = dir .. "/t.sh"
+    assert(ioq.fs.writefile(script, "#!/bin/sh\necho from-cwd\n"))
+    os.execute("chmod +x '" .. script .. "'")
+    local p = assert(ioq.process{ "./t.sh", cwd = dir, stdout = "pipe" })
+    local line = ioq.stream(p.stdout):read_line()
+    assert.are.equal("from-cwd", line)
+    assert.are.equal(0, (p:await()))
+    p:close()
+    os.remove(script)
+    os.remove(dir)
+  end)
+
   it("passes each argument as it is (quoted for the C runtime on Windows)", function()
     any()
     local args = { "a b", "", 'q"x\\', "c\\\\d", '\\"', "e f\\", "tab\there",

@@ -6,6 +6,7 @@
 ** A worker blocked in a system call is ended by a cancel or a timeout with
 ** SIGURG, sent to that thread only (see `kick`).
 */
+#include <dlfcn.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -66,8 +67,19 @@ static void on_kick(int sig, siginfo_t *info, void *ctx) {
   }
 }
 
+void ioq_pin_library(void) {
+  static int pinned;
+  Dl_info info;
+  if (!pinned && dladdr((void *)&pinned, &info) && info.dli_fname != NULL &&
+      dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) != NULL)
+    pinned = 1;
+}
+
 static void install_kick(void) {
   struct sigaction sa;
+  /* The handler stays installed after every queue has gone: its code
+  ** must stay too. */
+  ioq_pin_library();
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_kick;
   sa.sa_flags = SA_SIGINFO;  /* and no SA_RESTART */

@@ -57,6 +57,11 @@ typedef struct ioq_workers {
 
 /* Makes the eventfd (non-blocking, close-on-exec); no thread yet. 0 or
 ** -errno. `off`: where ops keep their ioq_job. */
+/* Keeps this library loaded for the life of the process (a thread or a
+** signal handler of ours may outlive the Lua state that loaded it, whose
+** lua_close would unload it). */
+void ioq_pin_library(void);
+
 int ioq_workers_init(ioq_workers *w, size_t off);
 /* Stops and joins the threads (none in a forked child: they stayed in the
 ** parent), closes the eventfd. Every op pushed must have been taken. */

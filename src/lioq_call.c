@@ -742,6 +742,8 @@ static int kind_of(DIR *d, const struct dirent *e) {
 }
 
 static int dir_open(dir_call *c) {
+  if (c->ds->d != NULL)  /* a call made again after EINTR: opened already */
+    return 0;
   /* O_CLOEXEC through opendir's own open (glibc and musl set it). */
   if ((c->ds->d = opendir(c->path)) == NULL)
     return -errno;

@@ -43,6 +43,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ioq_workers.h"  /* ioq_pin_library */
+
 extern char **environ;
 #endif
 
@@ -183,13 +185,8 @@ static int use_pidfd(void) {
 ** missing) may outlive the Lua state, whose lua_close unloads this
 ** library: once one has started, the library stays loaded.
 */
-static int pinned;
-
 static void pin_library(void) {
-  Dl_info info;
-  if (!pinned && dladdr(&pinned, &info) && info.dli_fname != NULL &&
-      dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) != NULL)
-    pinned = 1;
+  ioq_pin_library();
 }
 
 /* Starts a detached thread with every signal blocked (signals are the
@@ -245,8 +242,11 @@ static void *reaper_main(void *arg) {
         cap = n + 1;
       }
     }
-    if (n + 1 > cap)  /* out of memory: look again soon */
-      n = 0, timeout = 50;
+    if (n + 1 > cap) {  /* out of memory: look again soon */
+      pthread_mutex_unlock(&reaper_lock);
+      usleep(50000);
+      continue;
+    }
     fds[0].fd = reaper_wake[0];
     fds[0].events = POLLIN;
     for (i = 0; i < n; i++) {
@@ -256,8 +256,10 @@ static void *reaper_main(void *arg) {
         timeout = 50;
     }
     pthread_mutex_unlock(&reaper_lock);
-    if (poll(fds, (nfds_t)(n + 1), timeout) < 0 && errno != EINTR)
-      timeout = 50;
+    if (poll(fds, (nfds_t)(n + 1), timeout) < 0 && errno != EINTR) {
+      usleep(50000);  /* not a busy loop on a poll that keeps failing */
+      continue;
+    }
     if (fds[0].revents & POLLIN) {
       char buf[64];
       while (read(reaper_wake[0], buf, sizeof buf) > 0)
@@ -436,6 +438,16 @@ static int make_ends(stdio *io) {
         goto fail;
       io[i].parent = sv[0];
       io[i].child = sv[1];
+      if (sv[1] < 3) {
+        /* With 0, 1 or 2 closed in this process, the child's end could be
+        ** one of them, which setting up another of the three overwrites:
+        ** move it above. */
+        int up = fcntl(sv[1], F_DUPFD_CLOEXEC, 3);
+        if (up < 0)
+          goto fail;
+        close(sv[1]);
+        io[i].child = sv[1] = up;
+      }
       if (fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK) != 0)
         goto fail;
       /* One direction each: the child cannot read its own stdout. */
@@ -498,17 +510,26 @@ static int file_actions(posix_spawn_file_actions_t *fa, stdio *io,
 }
 
 /*
-** The program to run: argv[0] itself when it names a path, else the first
+** The program to run: argv[0] itself when it names a path (a relative one
+** is looked for in cwd, where the child runs it), else the first
 ** executable of that name in our PATH (also when the child gets another
 ** environment), pushed as a string. 0, or ENOENT/EACCES: found before the
 ** child exists, so the error is clear wherever exec's own cannot come
 ** back (valgrind, a C library that does not report it).
 */
-static int find_program(lua_State *L, const char *prog) {
+static int find_program(lua_State *L, const char *prog, const char *cwd) {
   const char *path = getenv("PATH"), *p;
   int err = ENOENT;
   if (strchr(prog, '/') != NULL) {
     lua_pushstring(L, prog);
+    if (prog[0] != '/' && cwd != NULL) {
+      /* The child runs it after changing to cwd: look for it there. */
+      int r;
+      lua_pushfstring(L, "%s/%s", cwd, prog);
+      r = access(lua_tostring(L, -1), X_OK) == 0 ? 0 : errno;
+      lua_pop(L, 1);
+      return r;
+    }
     return access(prog, X_OK) == 0 ? 0 : errno;
   }
   if (path == NULL)
@@ -613,19 +634,24 @@ static char **string_array(lua_State *L, lua_Integer n) {
   return a;
 }
 
+/* More arguments than any system takes (Linux: 2^31 - 1 strings, but at
+** most a quarter of the stack's limit in bytes). */
+#define MAX_ARGS 1000000
+
 /*
-** The argument vector: spec[1..n], strings without zero bytes. The
-** strings stay in the spec table, which is on the stack at 1 for the
-** whole call.
+** The argument vector: spec[1..n], strings without zero bytes. The spec
+** is read raw (no __len, no __index), so the strings stay in the spec
+** table, which is on the stack at 1 for the whole call.
 */
 static char **checkargv(lua_State *L) {
-  lua_Integer n = luaL_len(L, 1), i;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 1), i;
   char **argv;
   luaL_argcheck(L, n >= 1, 1, "the program to run expected at [1]");
+  luaL_argcheck(L, n <= MAX_ARGS, 1, "too many arguments");
   argv = string_array(L, n);
   for (i = 1; i <= n; i++) {
     size_t len;
-    if (lua_geti(L, 1, i) != LUA_TSTRING)
+    if (lua_rawgeti(L, 1, i) != LUA_TSTRING)
       luaL_argerror(L, 1, lua_pushfstring(L, "[%I] must be a string, got %s",
                     (lua_Integer)i, luaL_typename(L, -1)));
     argv[i - 1] = (char *)lua_tolstring(L, -1, &len);
@@ -645,7 +671,8 @@ static char **checkenv(lua_State *L) {
   lua_Integer n = 0;
   char **envp;
   int tab;
-  if (lua_getfield(L, 1, "env") == LUA_TNIL) {
+  lua_pushliteral(L, "env");
+  if (lua_rawget(L, 1) == LUA_TNIL) {
     lua_pop(L, 1);
     return NULL;
   }
@@ -693,7 +720,8 @@ static int checkstdio(lua_State *L, int i, ioq_fd *fd) {
   static const char *const names[] = {"stdin", "stdout", "stderr"};
   const char *name = names[i];
   int how = IO_INHERIT;
-  lua_getfield(L, 1, name);
+  lua_pushstring(L, name);
+  lua_rawget(L, 1);  /* raw: the object stays in the spec while we spawn */
   if (lua_type(L, -1) == LUA_TSTRING) {
     const char *s = lua_tostring(L, -1);
     if (strcmp(s, "inherit") == 0) how = IO_INHERIT;
@@ -747,7 +775,8 @@ static int process_spawn(lua_State *L) {
   lua_settop(L, 1);
   argv = checkargv(L);
   envp = checkenv(L);
-  if (lua_getfield(L, 1, "cwd") != LUA_TNIL) {
+  lua_pushliteral(L, "cwd");
+  if (lua_rawget(L, 1) != LUA_TNIL) {  /* kept on the stack */
     size_t len;
     luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 1,
                   "cwd must be a string or nil");
@@ -779,7 +808,7 @@ static int process_spawn(lua_State *L) {
     pid_t pid;
     int wfd;
     const char *file;
-    if ((err = find_program(L, argv[0])) != 0)
+    if ((err = find_program(L, argv[0], cwd)) != 0)
       goto failed;
     file = lua_tostring(L, -1);  /* kept on the stack */
     for (i = 0; i < 3; i++) {
