@@ -185,6 +185,48 @@ for _, mode in ipairs { "pool", "no pool" } do
       end)
     end)
 
+    it("h:resubmit while a finalizer it runs resubmits the same handle: queued once", function()
+      -- Making the new view can run a finalizer; one that resubmitted h
+      -- got it queued, then the outer call queued it again. In a child
+      -- Lua: the collector's timing there is the script's alone.
+      local ok, code, out = util.run_lua([[
+        local ioq = require "ioq"
+        local q = ioq.queue()
+        local a, b = ioq.socketpair()
+        local h = q:recv_pooled(a)
+        assert(q:send(b, "x"):wait(2))
+        local _, v = h:wait(2)  -- kept open: the next resubmit makes a view
+        collectgarbage("incremental", 0, 100)  -- every allocation steps the GC
+        local inner, outer_err
+        for _ = 1, 20000 do
+          local inside = false
+          setmetatable({}, { __gc = function()
+            if inside and pcall(h.resubmit, h) then inner = true end
+          end })
+          inside = true
+          local ok, e = pcall(h.resubmit, h)
+          inside = false
+          if not ok then outer_err = e end
+          if inner or not ok then break end
+          v:close()
+          assert(q:send(b, "y"):wait(2))
+          _, v = h:wait(2)
+        end
+        collectgarbage("incremental", 200, 100)
+        if not inner then print("no finalizer ran inside"); return end
+        assert(q:pending() == 1, "pending " .. q:pending())
+        assert(q:send(b, "zz"):wait(2))
+        assert(h:wait(2))
+        assert(q:pending() == 0, "pending " .. q:pending())
+        print("outer: " .. tostring(outer_err))
+      ]], mode == "no pool" and { IOQ_NO_MULTISHOT = "1" } or nil, "timeout 30")
+      assert.is_true(ok, tostring(code) .. ": " .. out)
+      if out:match("no finalizer ran inside") then
+        pending("no finalizer ran inside h:resubmit in 20000 tries")
+      end
+      assert.matches("outer: .*handle is pending", out)
+    end)
+
     it("keeps buffers a script dropped from leaking (collected views go back)", function()
       local q <close> = ioq.queue { recv_buffers = 2, recv_buffer_size = 16 }
       check_pool(q)

@@ -768,6 +768,9 @@ int lioq_handle_resubmit(lua_State *L) {
       return luaL_error(L, LIOQ_BUSY);
   }
   lioq_reserve_slot(L, q);
+  /* Making the view above may have run a finalizer that resubmitted this
+  ** very handle: queueing it twice would corrupt the unsent list. */
+  luaL_argcheck(L, h->state == ST_DONE, 1, "handle is pending");
   lua_pushvalue(L, 1);                            /* the handle on top */
   lua_pushvalue(L, 2);
   lua_replace(L, 1);                              /* the queue at 1 */

@@ -808,6 +808,15 @@ static int process_spawn(lua_State *L) {
     pid_t pid;
     int wfd;
     const char *file;
+    /* A cwd that cannot be entered would fail the exec as a missing
+    ** program does (or, where exec's error cannot come back, the child
+    ** alone): found first, and named. */
+    if (cwd != NULL && (err = cwd_error(cwd)) != 0) {
+      luaL_pushfail(L);
+      lua_pushfstring(L, "spawn: cwd %s: %s", cwd, ioq_strerror(err));
+      lua_pushinteger(L, err);
+      return 3;
+    }
     if ((err = find_program(L, argv[0], cwd)) != 0)
       goto failed;
     file = lua_tostring(L, -1);  /* kept on the stack */
@@ -861,18 +870,6 @@ static int process_spawn(lua_State *L) {
   return 1;
 failed:
   luaL_pushfail(L);
-#ifndef _WIN32
-  {
-    /* A cwd that cannot be entered fails the spawn as a missing program
-    ** would (ENOENT...): say which of the two it was. */
-    int cerr = cwd != NULL ? cwd_error(cwd) : 0;
-    if (cerr != 0) {
-      lua_pushfstring(L, "spawn: cwd %s: %s", cwd, ioq_strerror(cerr));
-      lua_pushinteger(L, cerr);
-      return 3;
-    }
-  }
-#endif
   lua_pushfstring(L, "spawn: %s: %s", argv[0], ioq_strerror(err));
   lua_pushinteger(L, err);
   return 3;
