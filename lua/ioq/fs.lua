@@ -15,12 +15,10 @@ local objects = require "ioq.objects"
 local error, getmetatable, ipairs, pairs, pcall, select, type, tostring =
   error, getmetatable, ipairs, pairs, pcall, select, type, tostring
 local argerror, c_call = args.argerror, args.c_call
-local loop_queue, blocking_queue, current_queue, wait_for =
-  loop.queue, loop.blocking_queue, loop.current_queue, loop.wait_for
+local current_queue, wait_for = loop.current_queue, loop.wait_for
 
 local queue_methods = core.classes.queue
 local file_methods = core.classes.file
-local q_submit = queue_methods.submit
 local E = core.errno
 
 local M = {}
@@ -28,18 +26,9 @@ local M = {}
 ---------------------------------------------------------------- file methods
 
 --- Starts op `name` on the running loop's queue, or outside a loop on a
--- private one, where it is handed to the kernel at once.
-local function start(name, fn, f, a, b, c)
-  local q = loop_queue()
-  local outside = not q
-  if outside then q = blocking_queue() end
-  local ok, h, msg, err = pcall(fn, q, f, a, b, c)
-  if ok then
-    if outside and h then q_submit(q) end
-    return h, msg, err
-  end
-  return c_call(name, 2, ok, h)
-end
+-- private one, where it is handed to the kernel at once (as the file and
+-- socket methods of ioq.objects do).
+local start = objects.start
 
 local file_ops = {
   -- method name = the queue's op

@@ -76,6 +76,10 @@ end
 
 local M = {}
 
+-- Shared with the modules that add more methods to the same classes
+-- (ioq.fs).
+M.start = start
+
 --- ioq.sleep(seconds): suspends the task (or blocks, outside a loop).
 function M.sleep(seconds)
   if not (type(seconds) == "number" and seconds >= 0) then
