@@ -128,14 +128,15 @@ static void settle(lhandle *h, int from_gc) {
   if (h->cancel_queued)
     drop_cancel(h);
   unlink_file(h);
-  if (from_gc && h->items.v != NULL)  /* nobody can take them */
+  if (from_gc && h->side == SIDE_MULTI && h->items.v != NULL)  /* nobody
+                                                        can take them */
     lioq_items_free(h);
   if (h->block != NULL) {
     h->block->busy = 0;
     lioq_block_unref(h->block);
     h->block = NULL;
   }
-  if (h->file_out != NULL) {
+  if (h->side == SIDE_OUT) {
     if (h->op.res >= 0) {
       if (from_gc)  /* nobody can see the file object any more */
         ioq_close((ioq_fd)h->op.res, h->op.code == IOQ_ACCEPT);
@@ -143,15 +144,17 @@ static void settle(lhandle *h, int from_gc) {
         h->file_out->fd = (ioq_fd)h->op.res;
     }
     h->file_out = NULL;
+    h->side = SIDE_NONE;
   }
   if (h->op.code >= IOQ_STAT)  /* what a file-system op holds (lioq_fs.c) */
     lioq_fs_settle(h, started, from_gc);
-  if (h->pos_file != NULL) {  /* fewer bytes moved than use_position took */
+  if (h->side == SIDE_POS) {  /* fewer bytes moved than use_position took */
     lioq_file *f = h->pos_file;
     int64_t moved = h->op.res > 0 ? h->op.res : 0;
     if (!from_gc && moved < h->op.len && f->pos == h->op.offset + h->op.len)
       f->pos = h->op.offset + moved;
     h->pos_file = NULL;
+    h->side = SIDE_NONE;
   }
 }
 
@@ -312,7 +315,8 @@ static int apply(lqueue *q, const ioq_event *ev, int from_gc) {
       h->block->size = (size_t)ev->res;  /* no pool: its own buffer, cut */
     /* A pooled receive: the bytes are in pool buffer ev->buf, which its
     ** view takes (not in a finalizer: the view may be finalized). */
-    if (ev->buf >= 0 && (ev->res <= 0 || from_gc || h->view == NULL ||
+    if (ev->buf >= 0 && (ev->res <= 0 || from_gc || h->side != SIDE_VIEW ||
+        h->view == NULL ||
         !lioq_buffer_set_view(h->view, h->pool, ev->buf, (size_t)ev->res)))
       ioq_pool_release(h->pool, ev->buf);
     settle(h, from_gc);

@@ -276,7 +276,7 @@ static int handle_take(lua_State *L) {
 ** being collected with its queue, whose destroy does that instead. */
 static int handle_gc(lua_State *L) {
   lhandle *h = lua_touserdata(L, 1);
-  if (h != NULL && h->state == ST_DONE)
+  if (h != NULL && h->state == ST_DONE && h->side == SIDE_MULTI)
     lioq_items_free(h);
   return 0;
 }

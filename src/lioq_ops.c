@@ -131,6 +131,7 @@ static lhandle *newop_at(lua_State *L, int code, int nargs, size_t extra,
     h->file_out = code == IOQ_OPEN ? lioq_file_prepare(L)
                                    : lioq_socket_prepare(L, family, type);
     lua_setiuservalue(L, -2, HVAL_RESULT);
+    h->side = SIDE_OUT;
   }
   luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
   lioq_reserve_slot(L, q);
@@ -282,7 +283,6 @@ static void keepdata(lua_State *L, int arg) {
 ** Called by commit, once nothing can fail.
 */
 static void use_position(lqueue *q, lhandle *h, lioq_file *f) {
-  h->pos_file = NULL;
   h->at_position = h->op.offset == -1;
   if (!(q->backend->caps & IOQ_CAP_NO_POSITION) || !h->at_position)
     return;
@@ -291,6 +291,7 @@ static void use_position(lqueue *q, lhandle *h, lioq_file *f) {
   h->op.offset = f->pos;
   f->pos += h->op.len;
   h->pos_file = f;
+  h->side = SIDE_POS;
 }
 
 /* q:read(f, buf [, offset [, length]]) */
@@ -606,6 +607,7 @@ static int queue_wait_process(lua_State *L) {
 static void multishot(lua_State *L, lhandle *h, lioq_file *s) {
   luaL_setmetatable(L, MULTISHOT_MT);
   h->op.multishot = 1;
+  h->side = SIDE_MULTI;
   h->family = s->family;
   h->type = s->type;
 }
@@ -703,6 +705,7 @@ static int queue_recv_pooled(lua_State *L) {
   h->pooled = 1;
   /* Its buffer (objects first), under the handle; then the checks. */
   h->view = pooled_data(L, q, use_pool);
+  h->side = SIDE_VIEW;
   lua_insert(L, 5);
   luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
   opensocket(L, h);
@@ -732,7 +735,7 @@ int lioq_handle_resubmit(lua_State *L) {
   lhandle *h = lioq_checkudata(L, 1, TAG_HANDLE);
   lqueue *q = h->q;
   lioq_block *b = NULL;
-  void *view = h->view;
+  void *view = h->side == SIDE_VIEW ? h->view : NULL;
   int code = h->op.code;
   int64_t off = h->at_position ? -1 : h->op.offset;
   ioq_fd fd = h->op.fd;

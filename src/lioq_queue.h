@@ -91,6 +91,9 @@ enum {
                        process a process wait reaps */
 };
 
+/* Which member of a handle's union is in use. */
+enum { SIDE_NONE, SIDE_OUT, SIDE_POS, SIDE_VIEW, SIDE_MULTI };
+
 /* An item of a multishot op: a descriptor, or a byte count and the pool
 ** buffer that holds the bytes (buf -1: none), or -errno. */
 typedef struct lioq_item {
@@ -102,35 +105,47 @@ typedef struct lhandle {
   ioq_op op;               /* first: an ioq_op* is an lhandle* */
   lqueue *q;
   lioq_block *block;       /* the buffer's bytes, referenced while pending */
-  lioq_file *file_out;     /* open, accept: receives the new descriptor */
-  int slot;                /* index in the anchor table while pending */
-  int state;
-  int has_msg;             /* HVAL_DATA holds the error message */
-  /* Multishot ops: what arrived and Lua has not taken yet, oldest first
-  ** (a descriptor, or a byte count with its pool buffer). */
-  ioq_ring items;           /* of lioq_item */
-  int family, type;        /* multishot accept: the sockets it makes */
-  ioq_pool *pool;          /* multishot receive: where its items' buffers
-                              go back to (each item holds a reference) */
-  struct lhandle *cancel_next;  /* on q->cancels */
-  int cancel_queued;
-  int paused;              /* multishot accept: stopped on an error item
-                              until Lua takes it */
-  lioq_file *pos_file;     /* the file whose kept position the op moved */
-  int at_position;         /* asked for the current position (offset -1) */
   lioq_file *file;         /* the file object the op is pending on */
   lioq_oplink link;        /* in file->ops */
-  int pooled;              /* q:recv_pooled: resolves to n and a buffer */
-  void *view;              /* its buffer view (HVAL_DATA), which the engine
-                              lends the pool buffer the bytes came in */
-  int proc_wait;           /* IOQ_POLL for q:wait_process: resolves to the
-                              process's end (HVAL_RESULT), named "wait" */
+  struct lhandle *cancel_next;  /* on q->cancels */
+  ioq_pool *pool;          /* multishot and pooled receives: where their
+                              buffers go back to (each item holds a
+                              reference) */
+  /* What only some ops need, one at a time (`side` says which): every
+  ** handle pays for the largest, not for the sum (idle servers hold a
+  ** pending handle per connection). */
+  union {
+    lioq_file *file_out;   /* SIDE_OUT: open, accept: receives the new
+                              descriptor */
+    lioq_file *pos_file;   /* SIDE_POS: the file whose kept position the
+                              op moved */
+    void *view;            /* SIDE_VIEW: q:recv_pooled's buffer view
+                              (HVAL_DATA), which the engine lends the pool
+                              buffer the bytes came in */
+    struct {               /* SIDE_MULTI: multishot ops */
+      /* What arrived and Lua has not taken yet, oldest first (a
+      ** descriptor, or a byte count with its pool buffer). */
+      ioq_ring items;      /* of lioq_item */
+      int family, type;    /* multishot accept: the sockets it makes */
+    };
+  };
+  int slot;                /* index in the anchor table while pending */
   /* The coroutine loop's (src/lioq_loop.c; nothing else reads or writes
   ** these, and 0 is their rest state): the index in the loop's array of
   ** waiters of the one task that awaits this handle (0: none there), and
   ** whether lua/ioq/loop.lua's waiters table may hold waiters of it. */
   int loop_waiter;
-  int loop_shared;
+  uint8_t loop_shared;
+  uint8_t state;           /* ST_* */
+  uint8_t side;            /* SIDE_*: which member of the union is in use */
+  uint8_t has_msg;         /* HVAL_DATA holds the error message */
+  uint8_t cancel_queued;
+  uint8_t paused;          /* multishot accept: stopped on an error item
+                              until Lua takes it (a close: lioq_fs.c) */
+  uint8_t at_position;     /* asked for the current position (offset -1) */
+  uint8_t pooled;          /* q:recv_pooled: resolves to n and a buffer */
+  uint8_t proc_wait;       /* IOQ_POLL for q:wait_process: resolves to the
+                              process's end (HVAL_RESULT), named "wait" */
 } lhandle;
 
 #define handle_of_link(l) \
