@@ -11,7 +11,7 @@
 #include "lioq_queue.h"
 
 static lhandle *checkhandle(lua_State *L) {
-  return lioq_checkudata(L, 1, TAG_HANDLE);
+  return lioq_checkhandle(L);
 }
 
 /*
@@ -291,6 +291,7 @@ static int handle_index(lua_State *L) {
   const void *mt;
   lhandle *h;
   const char *key;
+  size_t len;
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
     return 1;
@@ -300,17 +301,28 @@ static int handle_index(lua_State *L) {
     h = lua_touserdata(L, 1);
   else
     h = checkhandle(L);
-  key = lua_tostring(L, 2);
+  /* The field by its name's length first: no string compares for the
+  ** common h.buffer of loops that reuse buffers. */
+  key = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &len) : NULL;
   if (key != NULL) {
-    if (strcmp(key, "op") == 0) {
+    if (len == 2 && memcmp(key, "op", 2) == 0) {
       lua_pushstring(L, lioq_opname(h));
       return 1;
     }
-    if (strcmp(key, "queue") == 0) {
+    if (len == 5 && memcmp(key, "queue", 5) == 0) {
       lua_getiuservalue(L, 1, HVAL_QUEUE);
       return 1;
     }
-    if (strcmp(key, "length") == 0) {  /* bytes a transfer asked for */
+    if (len == 6 && memcmp(key, "buffer", 6) == 0) {
+      lua_getiuservalue(L, 1, HVAL_DATA);
+      mt = lioq_mtof(L, -1);
+      if ((mt == NULL || mt != c->buffer) &&
+          lioq_toudata(L, -1, TAG_BUFFER) == NULL)
+        lua_pushnil(L);
+      return 1;
+    }
+    if (len == 6 && memcmp(key, "length", 6) == 0) {  /* bytes a transfer
+                                                          asked for */
       switch (h->op.code) {
         case IOQ_READ: case IOQ_WRITE: case IOQ_RECV: case IOQ_SEND:
         case IOQ_RECVFROM: case IOQ_SENDTO:
@@ -322,14 +334,6 @@ static int handle_index(lua_State *L) {
         default:
           break;
       }
-    }
-    if (strcmp(key, "buffer") == 0) {
-      lua_getiuservalue(L, 1, HVAL_DATA);
-      mt = lioq_mtof(L, -1);
-      if ((mt == NULL || mt != c->buffer) &&
-          lioq_toudata(L, -1, TAG_BUFFER) == NULL)
-        lua_pushnil(L);
-      return 1;
     }
   }
   lua_pushnil(L);
@@ -363,7 +367,8 @@ void lioq_open_handle(lua_State *L) {
   lioq_newmetatable(L, TAG_HANDLE, handle_meta);
   mts->handle[0] = lua_topointer(L, -1);
   lua_newtable(L);
-  luaL_setfuncs(L, handle_methods, 0);
+  lua_pushvalue(L, -3);  /* the lioq_mts: their class checks */
+  luaL_setfuncs(L, handle_methods, 1);
   lua_pushvalue(L, -1);
   lioq_setclass(L, TAG_HANDLE);
   lua_pushvalue(L, -3);  /* the lioq_mts */

@@ -732,7 +732,7 @@ static int queue_recv_pooled(lua_State *L) {
 ** usual case: a loop that closes each buffer it got makes none).
 */
 int lioq_handle_resubmit(lua_State *L) {
-  lhandle *h = lioq_checkudata(L, 1, TAG_HANDLE);
+  lhandle *h = lioq_checkhandle(L);
   lqueue *q = h->q;
   lioq_block *b = NULL;
   void *view = h->side == SIDE_VIEW ? h->view : NULL;

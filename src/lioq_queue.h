@@ -312,6 +312,18 @@ static inline lqueue *lioq_checkqueue(lua_State *L) {
   return lioq_checkudata(L, 1, TAG_QUEUE);
 }
 
+/* The handle at argument 1 (the receiver of every handle method, whose
+** first upvalue is the lioq_mts too). */
+static inline struct lhandle *lioq_checkhandle(lua_State *L) {
+  const lioq_mts *c = lioq_mts_of(L);
+  if (c != NULL) {
+    const void *mt = lioq_mtof(L, 1);
+    if (mt != NULL && (mt == c->handle[0] || mt == c->handle[1]))
+      return lua_touserdata(L, 1);
+  }
+  return lioq_checkudata(L, 1, TAG_HANDLE);
+}
+
 static inline lqueue *lioq_checkopenqueue(lua_State *L) {
   lqueue *q = lioq_checkqueue(L);
   luaL_argcheck(L, q->backend != NULL, 1, "queue is closed");
