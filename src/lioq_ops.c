@@ -113,7 +113,8 @@ static lhandle *newop_at(lua_State *L, int code, int nargs, size_t extra,
              code >= IOQ_CALL)
           ? HVAL_RESULT : HVAL_FD;  /* fs ops: a second path or object */
   lhandle *h;
-  lua_settop(L, nargs);
+  if (lua_gettop(L) != nargs)  /* usually equal: a cheaper call */
+    lua_settop(L, nargs);
   h = lua_newuserdatauv(L, sizeof *h + extra, nuv);
   memset(h, 0, sizeof *h + extra);
   if (extra > 0)
