@@ -55,7 +55,7 @@ build = {
             "src/lioq_buffer.c", "src/lioq_file.c", "src/lioq_socket.c",
             "src/lioq_signal.c", "src/lioq_process.c", "src/backend_uring.c", "src/backend_epoll.c",
             "src/ioq_workers.c", "src/ioq_blocking.c",
-            "src/ioq_fs_posix.c", "src/lioq_call.c", "src/lioq_stream.c",
+            "src/ioq_fs_posix.c", "src/lioq_call.c",
           },
           defines = { "_GNU_SOURCE", "IOQ_HAVE_URING", "IOQ_HAVE_EPOLL" },
           libraries = { "uring", "pthread" },

@@ -74,32 +74,6 @@ describe("ioq.stream", function()
     end)
   end)
 
-  it("lets other tasks run during a long run of writes sent at once", function()
-    ioq.run(function()
-      local a, b = ioq.socketpair()
-      local w <close> = ioq.stream(a)
-      local r <close> = ioq.stream(b)
-      local ran = false
-      ioq.spawn(function() ran = true end)
-      for _ = 1, 64 do assert(w:write_all("x")) end  -- each fits at once
-      assert.is_true(ran)
-      assert.are.equal(string.rep("x", 64), r:read_exact(64))
-    end)
-  end)
-
-  it("fails a write to a closed peer as a queued send fails", function()
-    ioq.run(function()
-      local a, b = ioq.socketpair()
-      local w <close> = ioq.stream(a)
-      b:close()
-      local queued = { ioq.current():send(a, "x"):await() }
-      assert.is_nil(queued[1])
-      assert.is_truthy(queued[3] == E.EPIPE or queued[3] == E.ECONNRESET, tostring(queued[3]))
-      assert.are.equal("send: ", queued[2]:sub(1, 6))
-      assert.are.same(queued, { w:write_all("hello") })
-    end)
-  end)
-
   it("works over files", function()
     local name = util.tmpfile()
     ioq.run(function()

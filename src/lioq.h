@@ -155,9 +155,6 @@ int lioq_spawn(lua_State *L);
 int lioq_process_result(lua_State *L, int idx);
 void lioq_process_waitable(lua_State *L, int arg);
 
-/* lioq_stream.c (POSIX) */
-int lioq_try_send(lua_State *L);
-
 /* lioq_socket.c */
 void lioq_open_socket(lua_State *L);
 int lioq_socket_new(lua_State *L);

@@ -72,9 +72,6 @@ int luaopen_ioq_core(lua_State *L) {
     {"signalfd", lioq_signalfd},
     {"signame", lioq_signame},
     {"spawn", lioq_spawn},
-#ifndef _WIN32
-    {"try_send", lioq_try_send},
-#endif
     {NULL, NULL}
   };
   /* The classes are made once per Lua state: a second require (after

@@ -24,10 +24,6 @@ local queue_methods = core.classes.queue
 local q_recv_pooled, q_read = queue_methods.recv_pooled, queue_methods.read
 local h_done, h_resubmit = core.classes.handle.done, core.classes.handle.resubmit
 local queue_of = core.queue_of
-local try_send = core.try_send  -- nil where sends are always queued
-
--- At most this many writes in a row go out without suspending the task.
-local DIRECT_RUN = 16
 
 -- The fields a stream shares with every other until it sets its own: an
 -- idle stream is a small table (a server may hold many thousands).
@@ -37,7 +33,6 @@ local Stream = {
   buf = false,     -- a file's read buffer, made on its first read
   recv = false,    -- a socket's pooled receive, started again for each read
   eof = false,
-  direct = 0,      -- writes sent at once since the task last suspended
   timeout = nil,
   max_line = 1024 * 1024,
 }
@@ -123,7 +118,6 @@ local function receive(self)
       h = q_recv_pooled(q, self.obj)
       self.recv = h
     end
-    self.direct = 0
     n, buf, err = h:await(self.timeout)
   else
     local own = self.buf
@@ -296,32 +290,14 @@ function Stream:read(n)
 end
 
 --- s:write_all(data): writes every byte (looping over short writes);
--- true, or nil, msg, errno. On a socket, what the socket takes at once is
--- sent without suspending the task (see try_send); only the rest waits,
--- as a queued send. A run of such writes is bounded (DIRECT_RUN), so a
--- task that only writes to a fast reader still lets the others run.
+-- true, or nil, msg, errno.
 function Stream:write_all(data)
   check(self, "write_all")
   if type(data) ~= "string" then
     argerror(1, "write_all", "string expected, got " .. type(data))
   end
-  local len = #data
-  if len == 0 then return true end
-  local rest = data
-  if self.socket and try_send then
-    local direct = self.direct
-    if direct < DIRECT_RUN then
-      local n, msg, err = try_send(self.obj, data, 1)
-      if not n then return nil, msg, err end
-      if n == len then
-        self.direct = direct + 1
-        return true
-      end
-      if n > 0 then rest = data:sub(n + 1) end
-    end
-  end
-  self.direct = 0  -- what follows suspends the task
   local q = queue()
+  local rest = data
   while #rest > 0 do
     local h = self.socket and q:send(self.obj, rest) or q:write(self.obj, rest)
     local n, msg, err = h:await(self.timeout)
