@@ -25,6 +25,30 @@ describe("buffer", function()
     end
   end)
 
+  it("splits at a delimiter: the bytes before and after it, up to j", function()
+    local s = "GET / HTTP/1.1\r\n\r\nbody\0tail"
+    local b = ioq.buffer(s .. "garbage")
+    for _, case in ipairs {
+      { "\r\n\r\n", #s }, { "\r\n\r\n", 19 }, { "\r\n\r\n", 18 }, { "\r\n\r\n", -8 },
+      { "\r\n\r\n", -1000 }, { "\r\n\r\n", 1000 }, { "G", 1 }, { "l", #s }, { "zz" },
+    } do
+      local d, j = case[1], case[2]
+      local hay = s .. "garbage"
+      hay = hay:sub(1, j or -1)
+      local i, e = hay:find(d, 1, true)
+      local want = i and { hay:sub(1, i - 1), hay:sub(e + 1) } or { nil }
+      assert.are.same(want, { b:split(d, j) }, d .. " " .. tostring(j))
+    end
+    -- max: the most bytes allowed before the delimiter
+    assert.are.same({ "GET / HTTP/1.1", "body\0tail" }, { b:split("\r\n\r\n", #s, 14) })
+    assert.are.same({ nil }, { b:split("\r\n\r\n", #s, 13) })
+    assert.are.same({ "", "ET" }, { b:split("G", 3, 0) })
+    assert.has_error(function() b:split("") end)
+    assert.has_error(function() b:split("x", 1, -1) end)
+    b:close()
+    assert.has_error(function() b:split("x") end)
+  end)
+
   it("sets and fills bytes in place", function()
     local b = ioq.buffer(8)
     b:set("abc")

@@ -53,6 +53,23 @@ describe("ioq.stream", function()
     end)
   end)
 
+  it("takes a record of max_line bytes, and refuses one more, however it came", function()
+    for _, split in ipairs { false, true } do
+      over_pair({ max_line = 16 }, function(s, send)
+        local ok, long = string.rep("a", 16), string.rep("b", 17)
+        ioq.spawn(function()
+          if split then send(ok:sub(1, 5)); send(ok:sub(6) .. "\r\n\r") end
+          send((split and "" or ok .. "\r\n\r") .. "\nrest")
+        end)
+        assert.are.equal(ok, s:read_until("\r\n\r\n"))
+        assert.are.equal("rest", s:read(4))
+        ioq.spawn(function() send(long .. "\r\n\r\n") end)
+        assert.are.same({ nil, "read_until: record too long", E.EMSGSIZE },
+          { s:read_until("\r\n\r\n") })
+      end)
+    end
+  end)
+
   it("times out reads with the stream's timeout", function()
     over_pair({ timeout = 0.05 }, function(s)
       assert.are.same({ nil, "recv: timed out", E.ETIMEDOUT }, { s:read_line() })

@@ -215,6 +215,41 @@ static int buffer_find(lua_State *L) {
   return 2;
 }
 
+/*
+** buf:split(s [, j [, max]]): where the bytes of s first occur within
+** bytes 1..j (default all), the bytes before them and the bytes after
+** them up to j, as two strings; nil if they do not occur there, or occur
+** only after more than `max` bytes (default: no limit). What a stream
+** reading records does with a receive that holds a whole one: one call
+** in place of a find and two tostrings.
+*/
+static int buffer_split(lua_State *L) {
+  lioq_block *b = lioq_checkidle(L, 1);
+  size_t n, len;
+  const char *needle = luaL_checklstring(L, 2, &n);
+  lua_Integer j = luaL_optinteger(L, 3, -1);
+  lua_Integer size = (lua_Integer)b->size;
+  lua_Integer max = luaL_optinteger(L, 4, LUA_MAXINTEGER);
+  const unsigned char *at;
+  size_t before;
+  luaL_argcheck(L, n > 0, 2, "non-empty string expected");
+  luaL_argcheck(L, max >= 0, 4, "non-negative integer expected");
+  if (j < 0)  /* string.sub's rules for j */
+    j = j < -size ? 0 : size + j + 1;
+  else if (j > size)
+    j = size;
+  len = (size_t)j;
+  at = find_bytes(b->data, len, (const unsigned char *)needle, n);
+  before = at != NULL ? (size_t)(at - b->data) : 0;
+  if (at == NULL || (lua_Unsigned)before > (lua_Unsigned)max) {
+    luaL_pushfail(L);
+    return 1;
+  }
+  lua_pushlstring(L, (const char *)b->data, before);
+  lua_pushlstring(L, (const char *)at + n, len - before - n);
+  return 2;
+}
+
 /* buf:set(s [, i]): copies s into the buffer from position i (default 1). */
 static int buffer_set(lua_State *L) {
   lioq_block *b = lioq_checkidle(L, 1);
@@ -282,6 +317,7 @@ void lioq_open_buffer(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"tostring", buffer_tostring},
     {"find", buffer_find},
+    {"split", buffer_split},
     {"set", buffer_set},
     {"fill", buffer_fill},
     {"busy", buffer_busy},

@@ -22,8 +22,11 @@ local loop = require "ioq.loop"
 local pack = table.pack
 local queue_methods = core.classes.queue
 local q_recv_pooled, q_read = queue_methods.recv_pooled, queue_methods.read
-local h_done, h_resubmit = core.classes.handle.done, core.classes.handle.resubmit
-local queue_of = core.queue_of
+local q_send, q_write = queue_methods.send, queue_methods.write
+local handle_methods = core.classes.handle
+-- (h:await is ioq.loop's, which it set when required above.)
+local h_done, h_resubmit, h_await = handle_methods.done, handle_methods.resubmit, handle_methods.await
+local b_split = core.classes.buffer.split
 
 -- The fields a stream shares with every other until it sets its own: an
 -- idle stream is a small table (a server may hold many thousands).
@@ -32,6 +35,7 @@ local Stream = {
   size = 65536,
   buf = false,     -- a file's read buffer, made on its first read
   recv = false,    -- a socket's pooled receive, started again for each read
+  recv_q = false,  -- the queue it is on (a stream may outlive a loop)
   eof = false,
   timeout = nil,
   max_line = 1024 * 1024,
@@ -112,20 +116,20 @@ local function receive(self)
   local n, buf, err
   if self.socket then
     local q, h = queue(), self.recv
-    if h and h_done(h) and queue_of(h) == q then
+    if h and self.recv_q == q and h_done(h) then
       h_resubmit(h)
     else
       h = q_recv_pooled(q, self.obj)
-      self.recv = h
+      self.recv, self.recv_q = h, q
     end
-    n, buf, err = h:await(self.timeout)
+    n, buf, err = h_await(h, self.timeout)
   else
     local own = self.buf
     if not own then
       own = core.buffer(self.size)
       self.buf = own
     end
-    n, buf, err = q_read(queue(), self.obj, own):await(self.timeout)
+    n, buf, err = h_await(q_read(queue(), self.obj, own), self.timeout)
     if n then buf = own end
   end
   if not n then return nil, buf, err end
@@ -173,45 +177,45 @@ end
 -- readable); nil, "read_until: record too long", EMSGSIZE past max_line
 -- (read_line names itself).
 local function read_until(self, delim, name)
-  local too_long = name .. ": record too long"
-  local from = self.pos
+  local data, pos = self.data, self.pos
+  local from = pos
+  if pos > #data then
+    -- Nothing pending (a new request, as a rule): cut the record out of
+    -- the buffer the bytes came in, without a string of them all.
+    local buf, n, err = receive(self)
+    if not buf then return nodata(buf, n, err) end
+    local s, rest = b_split(buf, delim, n, self.max_line)
+    if s then
+      release(self, buf)
+      self.data, self.pos = rest, 1
+      return s
+    end
+    -- Found too far on (then n > max_line, which the loop below
+    -- refuses), or not at all: a match can only start at the end, where
+    -- more bytes may finish it.
+    self.data, self.pos = buf:tostring(1, n), 1
+    release(self, buf)
+    from = math.max(n - #delim + 2, 1)
+  end
   while true do
     local i, j = self.data:find(delim, from, true)
     if i and i - self.pos > self.max_line then
-      return nil, too_long, E.EMSGSIZE
+      return nil, name .. ": record too long", E.EMSGSIZE
     elseif i then
       local s = self.data:sub(self.pos, i - 1)
       self.pos = j + 1
       return s
     end
-    if available(self) > self.max_line then
-      return nil, too_long, E.EMSGSIZE
+    -- Too long only once no delimiter can still end a record of
+    -- max_line bytes: the bytes past it may be a delimiter's start.
+    if available(self) > self.max_line + #delim - 1 then
+      return nil, name .. ": record too long", E.EMSGSIZE
     end
-    if available(self) == 0 then
-      -- Nothing pending (a new request, as a rule): look for the
-      -- delimiter in the buffer the bytes came in, and copy out only the
-      -- record and what follows it.
-      local buf, n, err = receive(self)
-      if not buf then return nodata(buf, n, err) end
-      local at, last = buf:find(delim, 1, n)
-      if at and at - 1 <= self.max_line then
-        local s = buf:tostring(1, at - 1)
-        self.data, self.pos = last < n and buf:tostring(last + 1, n) or "", 1
-        release(self, buf)
-        return s
-      end
-      self.data, self.pos = buf:tostring(1, n), 1
-      release(self, buf)
-      -- Found too far on (the search above says so), or not at all: a
-      -- match can only start at the end, where more bytes may finish it.
-      from = at and 1 or math.max(n - #delim + 2, 1)
-    else
-      -- Search again only where a new match could start.
-      local rescan = math.max(available(self) - #delim + 2, 1)
-      local ok, msg, err = fill(self)
-      if not ok then return nodata(ok, msg, err) end
-      from = rescan
-    end
+    -- Search again only where a new match could start.
+    local rescan = math.max(available(self) - #delim + 2, 1)
+    local ok, msg, err = fill(self)
+    if not ok then return nodata(ok, msg, err) end
+    from = rescan
   end
 end
 
@@ -299,8 +303,8 @@ function Stream:write_all(data)
   local q = queue()
   local rest = data
   while #rest > 0 do
-    local h = self.socket and q:send(self.obj, rest) or q:write(self.obj, rest)
-    local n, msg, err = h:await(self.timeout)
+    local h = (self.socket and q_send or q_write)(q, self.obj, rest)
+    local n, msg, err = h_await(h, self.timeout)
     if not n then return nil, msg, err end
     if n == 0 then return nil, "write: no progress", E.EIO end
     rest = n < #rest and rest:sub(n + 1) or ""
