@@ -43,10 +43,13 @@ local function serve(client)
       s:write_all(BAD)
       return
     end
-    local connection = (head:match("\n[Cc]onnection:[ \t]*([^\r\n]*)") or ""):lower()
+    local fields = head:lower()  -- header names are case-insensitive
+    local at = fields:find("\nconnection:", 1, true)
+    local connection = at and fields:match("^[ \t]*([^\r\n]*)", at + 12) or ""
     local close = connection == "close" or (version == "1.0" and connection ~= "keep-alive")
     -- A request body (rare for hello-world clients) is read and dropped.
-    local length = tonumber(head:match("\n[Cc]ontent%-[Ll]ength:[ \t]*(%d+)"))
+    at = fields:find("\ncontent-length:", 1, true)
+    local length = at and tonumber(fields:match("^[ \t]*(%d+)", at + 16))
     if length and length > 0 and not s:read_exact(length) then return end
     if not s:write_all(close and OK_CLOSE or OK) or close then return end
   end

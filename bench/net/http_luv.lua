@@ -105,9 +105,12 @@ local function serve(client)
           out[#out + 1], closing = BAD, true
           break
         end
-        local connection = (head:match("\n[Cc]onnection:[ \t]*([^\r\n]*)") or ""):lower()
+        local fields = head:lower()  -- header names are case-insensitive
+        local at = fields:find("\nconnection:", 1, true)
+        local connection = at and fields:match("^[ \t]*([^\r\n]*)", at + 12) or ""
         local close_after = connection == "close" or (version == "1.0" and connection ~= "keep-alive")
-        local length = tonumber(head:match("\n[Cc]ontent%-[Ll]ength:[ \t]*(%d+)"))
+        at = fields:find("\ncontent-length:", 1, true)
+        local length = at and tonumber(fields:match("^[ \t]*(%d+)", at + 16))
         owed = close_after and OK_CLOSE or OK
         if length and length > 0 then
           body_left = length
