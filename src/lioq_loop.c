@@ -47,11 +47,7 @@
 
 /* The loop's user values: what changes. */
 enum {
-  LV_TASKS = 1,  /* [id] the task table of record id (it holds the task and
-                    its coroutine alive) */
-  LV_HANDLES,    /* [id] the handle record id last awaited in C: what keeps
-                    the handle of a task waiting in C reachable from Lua */
-  LV_RECS,       /* the userdata that holds the records (see grow) */
+  LV_RECS = 1,   /* the userdata that holds the records (see grow) */
   LV_RING,       /* the userdata that holds the FIFO */
   LV_WAITERS,    /* loop.lua's waiters table (per run) */
   LV_QUEUE,      /* the running loop's queue, or nil */
@@ -71,7 +67,12 @@ enum {
   UV_TASK,       /* the Task class (the metatable of tasks) */
   UV_RESUMED,    /* resumed(task, ok, ...): the Lua end of a resume that
                     did not come back with WAIT */
-  UV_HANDLE_MT,  /* the metatable of (single-shot) handles */
+  UV_TASKS,      /* [id] the task table of record id (it holds the task and
+                    its coroutine alive) */
+  UV_HANDLES,    /* [id] the handle record id last awaited in C: what keeps
+                    the handle of a task waiting in C reachable from Lua */
+  /* (These two are the loop's for its life, emptied between runs: an
+  ** upvalue is cheaper to reach than a user value.) */
   K_STATUS, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING, K_FN, K_ARGS,
   S_WAITING,
   NUPVALUES = S_WAITING
@@ -87,8 +88,8 @@ static const char *const upvalue_strings[] = {
 /* What the hot path needs of a live task. Record 0 is never used (a
 ** handle's loop_waiter 0 means none). */
 typedef struct ltask {
-  lua_State *co;       /* its coroutine (LV_TASKS[id].co holds it) */
-  lhandle *h;          /* the handle it awaits in C (LV_HANDLES[id]) */
+  lua_State *co;       /* its coroutine (UV_TASKS[id].co holds it) */
+  lhandle *h;          /* the handle it awaits in C (UV_HANDLES[id]) */
   int queued;          /* its entries in the FIFO */
   int next_free;       /* on the free list: the next free record */
   unsigned char live;  /* between new and free */
@@ -104,6 +105,7 @@ typedef struct lloop {
   int cur_id;            /* and its record */
   int depth;             /* runs of run() in progress (they nest) */
   const void *wait;      /* WAIT (kept by an upvalue), to compare yields */
+  const void *handle_mt; /* the metatable of (single-shot) handles */
   ltask *recs;           /* LV_RECS's array: [0, nrecs) */
   int nrecs, top;        /* its size; records [1, top] were ever used */
   int free_head;         /* the free list of records (0: empty) */
@@ -201,10 +203,13 @@ static void release(lloop *s, int id) {
 
 /* The records and the FIFO, empty: at a run's start and end. */
 static void reset(lua_State *L, lloop *s) {
-  lua_newtable(L);
-  setuv(L, LV_TASKS);
-  lua_newtable(L);
-  setuv(L, LV_HANDLES);
+  int id;
+  for (id = 1; id <= s->top; id++) {
+    lua_pushnil(L);
+    lua_rawseti(L, UV(UV_TASKS), id);
+    lua_pushnil(L);
+    lua_rawseti(L, UV(UV_HANDLES), id);
+  }
   s->recs = grow(L, LV_RECS, NULL, 0, 16, sizeof *s->recs);
   s->nrecs = 16;
   s->top = 0;
@@ -212,6 +217,7 @@ static void reset(lua_State *L, lloop *s) {
   s->ring = grow(L, LV_RING, NULL, 0, 64, sizeof *s->ring);
   s->ring_size = 64;
   s->head = s->tail = 0;
+  s->depth = 0;
   s->cur = NULL;
   s->cur_id = 0;
 }
@@ -279,9 +285,8 @@ static int loop_new(lua_State *L) {
     }
     id = s->top + 1;
   }
-  getuv(L, LV_TASKS);
   lua_pushvalue(L, 1);
-  lua_rawseti(L, -2, id);  /* (may raise: then nothing changed) */
+  lua_rawseti(L, UV(UV_TASKS), id);  /* (may raise: then nothing changed) */
   if (id == s->free_head)
     s->free_head = s->recs[id].next_free;
   else
@@ -310,13 +315,11 @@ static int loop_free(lua_State *L) {
     t->h->loop_waiter = 0;
   t->live = 0;
   t->cwait = t->woke = 0;
-  getuv(L, LV_TASKS);
   lua_pushnil(L);
-  lua_rawseti(L, -2, id);
+  lua_rawseti(L, UV(UV_TASKS), id);
   if (t->h != NULL) {
-    getuv(L, LV_HANDLES);
     lua_pushnil(L);
-    lua_rawseti(L, -2, id);
+    lua_rawseti(L, UV(UV_HANDLES), id);
   }
   if (t->queued == 0)
     release(s, id);
@@ -334,17 +337,16 @@ static void hook(lua_State *L, lloop *s, int hidx) {
   h->loop_shared = 1;
   if (h->loop_waiter != 0) {
     int id = h->loop_waiter;
-    getuv(L, LV_TASKS);            /* top+1 */
-    lua_rawgeti(L, top + 1, id);   /* top+2: the task */
-    getuv(L, LV_WAITERS);          /* top+3 */
+    lua_rawgeti(L, UV(UV_TASKS), id);  /* top+1: the task */
+    getuv(L, LV_WAITERS);              /* top+2 */
     lua_pushvalue(L, hidx);
-    lua_pushvalue(L, top + 2);
-    lua_rawset(L, top + 3);  /* first, as it may raise (out of memory) */
+    lua_pushvalue(L, top + 1);
+    lua_rawset(L, top + 2);  /* first, as it may raise (out of memory) */
     /* (Neither field is new in the table: these allocate nothing.) */
     lua_pushvalue(L, hidx);
-    rawsetfield(L, top + 2, K_WAITING_ON);
+    rawsetfield(L, top + 1, K_WAITING_ON);
     lua_pushvalue(L, UV(S_WAITING));
-    rawsetfield(L, top + 2, K_STATUS);
+    rawsetfield(L, top + 1, K_STATUS);
     s->recs[id].cwait = 0;
     h->loop_waiter = 0;
   }
@@ -368,8 +370,7 @@ static int loop_sync(lua_State *L) {
   int id = (int)(t - s->recs);
   t->slow = 1;
   if (t->cwait) {
-    getuv(L, LV_HANDLES);
-    lua_rawgeti(L, -1, id);
+    lua_rawgeti(L, UV(UV_HANDLES), id);
     hook(L, s, lua_gettop(L));
   }
   return 0;
@@ -412,18 +413,16 @@ static int loop_run(lua_State *L) {
   int last = s->tail;
   lua_State *prev = s->cur;
   int prev_id = s->cur_id;
-  int base;
+  int depth = s->depth + 1;
   lua_settop(L, 0);
   if (!lua_checkstack(L, 16))
     luaL_error(L, "not enough memory");
-  base = 0;
-  s->depth++;
+  s->depth = depth;
   while (s->head < last && s->head < s->tail) {
     int id = s->ring[s->head++];
     ltask *t = &s->recs[id];
     lua_State *co;
     int st, nres = 0, narg = 0;
-    lua_settop(L, base);
     t->queued--;
     if (!t->live) {
       if (t->queued == 0)
@@ -436,57 +435,56 @@ static int loop_run(lua_State *L) {
       continue;  /* running (a nested run), or dead */
     if (!lua_checkstack(co, 8))
       luaL_error(L, "not enough memory");
-    if (!t->started) {  /* the first run */
-      getuv(L, LV_TASKS);
-      lua_rawgeti(L, base + 1, id);  /* base+2: the task */
-      if (rawgetfield(L, base + 2, K_ARGS) == LUA_TTABLE) {  /* base+3 */
+    if (t->woke) {
+      t->woke = 0;
+      if (t->slow) {  /* canceled meanwhile? then it reads task.canceled */
+        int canceled;
+        lua_rawgeti(L, UV(UV_TASKS), id);
+        canceled = field_truthy(L, 1, K_CANCELED);
+        lua_settop(L, 0);
+        if (canceled)
+          goto resume;
+      }
+      /* The values go straight to the coroutine's stack. (task.waiting_on
+      ** is not set for a wait in C: Task:cancel reads it only after sync
+      ** put it there.) */
+      lua_rawgeti(L, UV(UV_HANDLES), id);   /* 1: the handle */
+      lua_pushboolean(L, 1);
+      narg = 1 + lioq_push_result(L, t->h, 1);
+      lua_xmove(L, co, narg);
+      lua_settop(L, 0);
+    } else if (!t->started) {  /* the first run */
+      lua_rawgeti(L, UV(UV_TASKS), id);  /* 1: the task */
+      if (rawgetfield(L, 1, K_ARGS) == LUA_TTABLE) {  /* 2 */
         lua_Integer j, n;
-        lua_getfield(L, base + 3, "n");
+        lua_getfield(L, 2, "n");
         n = lua_tointeger(L, -1);
         lua_pop(L, 1);
         if (n < 0 || n > 1000000 || !lua_checkstack(L, (int)n + 8) ||
             !lua_checkstack(co, (int)n + 8))
           luaL_error(L, "not enough memory");
         for (j = 1; j <= n; j++)
-          lua_rawgeti(L, base + 3, j);
+          lua_rawgeti(L, 2, j);
         narg = (int)n;
       }
-      lua_remove(L, base + 3);
+      lua_remove(L, 2);
       lua_pushnil(L);
-      rawsetfield(L, base + 2, K_FN);
+      rawsetfield(L, 1, K_FN);
       lua_pushnil(L);
-      rawsetfield(L, base + 2, K_ARGS);
-      lua_remove(L, base + 2);
-      lua_remove(L, base + 1);
+      rawsetfield(L, 1, K_ARGS);
+      lua_xmove(L, co, narg);
+      lua_settop(L, 0);
       t->started = 1;
-    } else if (t->woke) {
-      t->woke = 0;
-      if (t->slow) {  /* canceled meanwhile? then it reads task.canceled */
-        getuv(L, LV_TASKS);
-        lua_rawgeti(L, base + 1, id);
-        if (field_truthy(L, base + 2, K_CANCELED))
-          goto resume;
-        lua_settop(L, base);
-      }
-      /* (task.waiting_on is not set for a wait in C: Task:cancel reads
-      ** it only after sync put it there.) */
-      getuv(L, LV_HANDLES);
-      lua_rawgeti(L, base + 1, id);   /* base+2: the handle */
-      lua_pushboolean(L, 1);
-      narg = 1 + lioq_push_result(L, t->h, base + 2);
-      lua_remove(L, base + 2);
-      lua_remove(L, base + 1);
     }
   resume:
-    lua_xmove(L, co, narg);
-    lua_settop(L, base);
     s->cur = co;
     s->cur_id = id;
     st = lioq_resume(co, L, narg, &nres);
     s->cur = prev;
     s->cur_id = prev_id;
+    s->depth = depth;  /* (a nested run that raised left it higher) */
     if (st == LUA_YIELD && nres == 1 && lua_topointer(co, -1) == s->wait) {
-      lua_pop(co, 1);
+      lua_settop(co, -2);
       continue;  /* it waits for a wake-up */
     }
     if (st != LUA_YIELD && st != LUA_OK)
@@ -498,14 +496,12 @@ static int loop_run(lua_State *L) {
     ** yield, its values), 2 (the function returned, its results) or 3 (it
     ** raised, the error). */
     lua_pushvalue(L, UV(UV_RESUMED));
-    getuv(L, LV_TASKS);
-    lua_rawgeti(L, -1, id);
-    lua_remove(L, -2);
+    lua_rawgeti(L, UV(UV_TASKS), id);
     lua_pushinteger(L, st == LUA_YIELD ? 1 : st == LUA_OK ? 2 : 3);
     lua_xmove(co, L, nres);
     lua_call(L, 2 + nres, 0);
   }
-  s->depth--;
+  s->depth = depth - 1;
   if (s->head >= s->tail)
     s->head = s->tail = 0;
   return 0;
@@ -581,55 +577,49 @@ static int loop_poll(lua_State *L) {
 static int try_await(lua_State *L, lloop *s, int timed_ok) {
   lhandle *h;
   ltask *t;
-  int ishandle, timed = 0, id;
-  if (L != s->cur || lua_gettop(L) > 2 || !lua_isyieldable(L))
+  int n = lua_gettop(L), timed = 0, id;
+  if (L != s->cur || n > 2 || !lua_isyieldable(L))
     return 0;
-  if (!lua_isnoneornil(L, 2)) {
-    /* (Anything but a number >= 0 is the Lua path's to refuse; NaN too.) */
-    if (!timed_ok || lua_type(L, 2) != LUA_TNUMBER || !(lua_tonumber(L, 2) >= 0))
-      return 0;
-    timed = 1;
-  } else {
-    lua_settop(L, 1);
+  if (n == 2) {
+    if (lua_isnil(L, 2)) {
+      lua_settop(L, 1);
+    } else {
+      /* (Anything but a number >= 0 is the Lua path's to refuse; NaN
+      ** too.) */
+      if (!timed_ok || lua_type(L, 2) != LUA_TNUMBER ||
+          !(lua_tonumber(L, 2) >= 0))
+        return 0;
+      timed = 1;
+    }
   }
   /* A handle: the metatable of single-shot ones (multishot handles have
-  ** their own, and take the general way). */
-  ishandle = lua_getmetatable(L, 1) && lua_rawequal(L, -1, UV(UV_HANDLE_MT));
-  lua_settop(L, 1 + timed);
-  if (!ishandle)
-    return 0;
+  ** their own, and take the general way). From here the stack is h,
+  ** [timeout,] its metatable, until the end. */
   h = lua_touserdata(L, 1);
-  if (h->q != s->q || h->state == ST_DONE || h->op.multishot ||
-      h->loop_shared || h->loop_waiter != 0 || h->slot <= 0)
+  if (h == NULL || !lua_getmetatable(L, 1))
     return 0;
   id = s->cur_id;
   t = &s->recs[id];
-  if (!t->live)
-    return 0;
+  if (lua_topointer(L, -1) != s->handle_mt || h->q != s->q ||
+      h->state == ST_DONE || h->op.multishot || h->loop_shared ||
+      h->loop_waiter != 0 || h->slot <= 0 || !t->live)
+    goto general;
   if (t->slow || timed) {  /* its table: the cancel fields, the timer */
-    getuv(L, LV_TASKS);
-    lua_rawgeti(L, -1, id);
-    lua_remove(L, -2);
-    if (t->slow && field_truthy(L, 2 + timed, K_CANCEL_PENDING)) {
-      lua_settop(L, 1 + timed);
-      return 0;
-    }
-    if (!timed)
-      lua_pop(L, 1);
+    lua_rawgeti(L, UV(UV_TASKS), id);  /* 3 + timed */
+    if (t->slow && field_truthy(L, 3 + timed, K_CANCEL_PENDING))
+      goto general;
   }
   /* What may raise (out of memory) first: then nothing waits yet. */
-  getuv(L, LV_HANDLES);
   lua_pushvalue(L, 1);
-  lua_rawseti(L, -2, id);
-  lua_pop(L, 1);
+  lua_rawseti(L, UV(UV_HANDLES), id);
   if (timed) {
-    /* arm_await(task, h, timeout); if it fails, nothing waits. */
+    /* arm_await(task, h, timeout); if it raises, nothing waits. */
     getuv(L, LV_ARM);
-    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 4);
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 2);
     lua_call(L, 3, 0);
-    lua_copy(L, 3, 2);  /* the task, in the timeout's place */
+    lua_copy(L, 4, 2);  /* the task, in the timeout's place */
     t = &s->recs[id];  /* (Lua ran: the records may have moved) */
   }
   t->h = h;
@@ -638,6 +628,9 @@ static int try_await(lua_State *L, lloop *s, int timed_ok) {
   lua_settop(L, 1 + timed);
   lua_pushvalue(L, UV(UV_WAIT));
   return 1 + timed;
+general:
+  lua_settop(L, 1 + timed);
+  return 0;
 }
 
 /*
@@ -765,10 +758,14 @@ int lioq_loop_new(lua_State *L) {
   s = lua_newuserdatauv(L, sizeof *s, LOOP_NUV);  /* 5: UV_LOOP */
   memset(s, 0, sizeof *s);
   s->wait = lua_topointer(L, 1);
+  luaL_getmetatable(L, LIOQ_HANDLE);
+  s->handle_mt = lua_topointer(L, -1);  /* (the registry keeps it) */
+  lua_pop(L, 1);
   lua_pushvalue(L, 1);  /* UV_WAIT */
   lua_pushvalue(L, 2);  /* UV_TASK */
   lua_pushvalue(L, 3);  /* UV_RESUMED */
-  luaL_getmetatable(L, LIOQ_HANDLE);  /* UV_HANDLE_MT */
+  lua_newtable(L);      /* UV_TASKS */
+  lua_newtable(L);      /* UV_HANDLES */
   for (i = 0; i < sizeof upvalue_strings / sizeof *upvalue_strings; i++)
     lua_pushstring(L, upvalue_strings[i]);
   luaL_setfuncs(L, funcs, NUPVALUES);
