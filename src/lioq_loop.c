@@ -69,10 +69,8 @@ enum {
                     did not come back with WAIT */
   UV_TASKS,      /* [id] the task table of record id (it holds the task and
                     its coroutine alive) */
-  UV_HANDLES,    /* [id] the handle record id last awaited in C: what keeps
-                    the handle of a task waiting in C reachable from Lua */
-  /* (These two are the loop's for its life, emptied between runs: an
-  ** upvalue is cheaper to reach than a user value.) */
+  /* (The loop's for its life, emptied between runs: an upvalue is
+  ** cheaper to reach than a user value.) */
   K_STATUS, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING, K_FN, K_ARGS,
   S_WAITING,
   NUPVALUES = S_WAITING
@@ -89,7 +87,8 @@ static const char *const upvalue_strings[] = {
 ** handle's loop_waiter 0 means none). */
 typedef struct ltask {
   lua_State *co;       /* its coroutine (UV_TASKS[id].co holds it) */
-  lhandle *h;          /* the handle it awaits in C (UV_HANDLES[id]) */
+  lhandle *h;          /* the handle it awaits in C: pending, so the
+                          queue's anchors hold it (see sync) */
   int queued;          /* its entries in the FIFO */
   int next_free;       /* on the free list: the next free record */
   unsigned char live;  /* between new and free */
@@ -97,6 +96,7 @@ typedef struct ltask {
   unsigned char woke;  /* h's end made it ready: resume it with h's result */
   unsigned char started;  /* resumed once (its fn and args are gone) */
   unsigned char slow;  /* Task:cancel saw it: read its cancel fields */
+  int nargs;           /* woke: the values on co's stack for its resume */
 } ltask;
 
 typedef struct lloop {
@@ -207,8 +207,6 @@ static void reset(lua_State *L, lloop *s) {
   for (id = 1; id <= s->top; id++) {
     lua_pushnil(L);
     lua_rawseti(L, UV(UV_TASKS), id);
-    lua_pushnil(L);
-    lua_rawseti(L, UV(UV_HANDLES), id);
   }
   s->recs = grow(L, LV_RECS, NULL, 0, 16, sizeof *s->recs);
   s->nrecs = 16;
@@ -317,10 +315,6 @@ static int loop_free(lua_State *L) {
   t->cwait = t->woke = 0;
   lua_pushnil(L);
   lua_rawseti(L, UV(UV_TASKS), id);
-  if (t->h != NULL) {
-    lua_pushnil(L);
-    lua_rawseti(L, UV(UV_HANDLES), id);
-  }
   if (t->queued == 0)
     release(s, id);
   return 0;
@@ -367,11 +361,16 @@ static int loop_hook(lua_State *L) {
 static int loop_sync(lua_State *L) {
   lloop *s = getloop(L);
   ltask *t = checkrec(L, s, 1);
-  int id = (int)(t - s->recs);
   t->slow = 1;
-  if (t->cwait) {
-    lua_rawgeti(L, UV(UV_HANDLES), id);
-    hook(L, s, lua_gettop(L));
+  /* Its handle, from the queue's anchors. One that is not anchored any
+  ** more is done, on its way to its poll: the task stays (its wait ends
+  ** with h's result, and a cancel then goes to its next wait). */
+  if (t->cwait && t->h->slot > 0) {
+    getuv(L, LV_QUEUE);
+    lua_getiuservalue(L, -1, QVAL_ANCHORS);
+    if (lua_istable(L, -1) && lua_rawgeti(L, -1, t->h->slot) == LUA_TUSERDATA &&
+        lua_touserdata(L, -1) == (void *)t->h)
+      hook(L, s, lua_gettop(L));
   }
   return 0;
 }
@@ -382,7 +381,10 @@ static int loop_push(lua_State *L) {
   lloop *s = getloop(L);
   ltask *t = checkrec(L, s, 1);
   ring_reserve(L, s, 1);
-  t->woke = 0;
+  if (t->woke) {  /* (not expected: its wake by h's end goes) */
+    lua_settop(t->co, -t->nargs - 1);
+    t->woke = 0;
+  }
   ring_put(s, (int)(t - s->recs));
   return 0;
 }
@@ -433,26 +435,20 @@ static int loop_run(lua_State *L) {
     st = lua_status(co);
     if (st != LUA_YIELD && (st != LUA_OK || t->started))
       continue;  /* running (a nested run), or dead */
-    if (!lua_checkstack(co, 8))
-      luaL_error(L, "not enough memory");
     if (t->woke) {
+      /* The poll left its values on its stack. (task.waiting_on is not
+      ** set for a wait in C: Task:cancel reads it only after sync put it
+      ** there.) */
       t->woke = 0;
+      narg = t->nargs;
       if (t->slow) {  /* canceled meanwhile? then it reads task.canceled */
-        int canceled;
         lua_rawgeti(L, UV(UV_TASKS), id);
-        canceled = field_truthy(L, 1, K_CANCELED);
+        if (field_truthy(L, 1, K_CANCELED)) {
+          lua_settop(co, -narg - 1);
+          narg = 0;
+        }
         lua_settop(L, 0);
-        if (canceled)
-          goto resume;
       }
-      /* The values go straight to the coroutine's stack. (task.waiting_on
-      ** is not set for a wait in C: Task:cancel reads it only after sync
-      ** put it there.) */
-      lua_rawgeti(L, UV(UV_HANDLES), id);   /* 1: the handle */
-      lua_pushboolean(L, 1);
-      narg = 1 + lioq_push_result(L, t->h, 1);
-      lua_xmove(L, co, narg);
-      lua_settop(L, 0);
     } else if (!t->started) {  /* the first run */
       lua_rawgeti(L, UV(UV_TASKS), id);  /* 1: the task */
       if (rawgetfield(L, 1, K_ARGS) == LUA_TTABLE) {  /* 2 */
@@ -476,7 +472,6 @@ static int loop_run(lua_State *L) {
       lua_settop(L, 0);
       t->started = 1;
     }
-  resume:
     s->cur = co;
     s->cur_id = id;
     st = lioq_resume(co, L, narg, &nres);
@@ -533,28 +528,43 @@ static int loop_poll(lua_State *L) {
     return lioq_fail(L, "wait", -r);
   n = r;
   ring_reserve(L, s, r);  /* (what may raise, before the loop) */
+  if (!lua_checkstack(L, 40))
+    luaL_error(L, "not enough memory");
   for (i = 1; i <= n; i++) {
     lhandle *h;
-    lua_rawgeti(L, 2, i);   /* 4: the handle */
-    h = lua_touserdata(L, 4);
+    int hidx;
+    if (lua_gettop(L) > 32)
+      lua_settop(L, 3);  /* (handles seen pile up until here) */
+    lua_rawgeti(L, 2, i);   /* hidx: the handle */
+    hidx = lua_gettop(L);
+    h = lua_touserdata(L, hidx);
     if (h != NULL && h->loop_waiter != 0 && h->state == ST_DONE) {
       int id = h->loop_waiter;
       ltask *t = &s->recs[id];
       h->loop_waiter = 0;
       if (t->cwait && t->h == h) {
+        /* Its result goes on its coroutine's stack now, the values its
+        ** resume will pass: true, then the result. (Only out of memory
+        ** raises here, and that ends the run: see loop.lua's drive.) */
+        int nv;
+        if (!lua_checkstack(t->co, 8))
+          luaL_error(L, "not enough memory");
+        lua_pushboolean(L, 1);
+        nv = 1 + lioq_push_result(L, h, hidx);
+        lua_xmove(L, t->co, nv);
+        t->nargs = nv;
         t->cwait = 0;
         t->woke = 1;
         ring_put(s, id);
       }
-      lua_settop(L, 3);
       continue;
     }
     if (h != NULL && h->state == ST_DONE)
       h->loop_shared = 0;  /* dispatch takes its waiters */
     if (++kept != i)
       lua_rawseti(L, 2, kept);
-    lua_settop(L, 3);
   }
+  lua_settop(L, 3);
   for (i = kept + 1; i <= n; i++) {
     lua_pushnil(L);
     lua_rawseti(L, 2, i);
@@ -609,9 +619,8 @@ static int try_await(lua_State *L, lloop *s, int timed_ok) {
     if (t->slow && field_truthy(L, 3 + timed, K_CANCEL_PENDING))
       goto general;
   }
-  /* What may raise (out of memory) first: then nothing waits yet. */
-  lua_pushvalue(L, 1);
-  lua_rawseti(L, UV(UV_HANDLES), id);
+  /* (h needs no reference here: the queue's anchors hold it while it is
+  ** pending, and its poll hands it over.) */
   if (timed) {
     /* arm_await(task, h, timeout); if it raises, nothing waits. */
     getuv(L, LV_ARM);
@@ -765,7 +774,6 @@ int lioq_loop_new(lua_State *L) {
   lua_pushvalue(L, 2);  /* UV_TASK */
   lua_pushvalue(L, 3);  /* UV_RESUMED */
   lua_newtable(L);      /* UV_TASKS */
-  lua_newtable(L);      /* UV_HANDLES */
   for (i = 0; i < sizeof upvalue_strings / sizeof *upvalue_strings; i++)
     lua_pushstring(L, upvalue_strings[i]);
   luaL_setfuncs(L, funcs, NUPVALUES);
