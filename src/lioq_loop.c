@@ -478,9 +478,13 @@ static int loop_run(lua_State *L) {
     s->cur = prev;
     s->cur_id = prev_id;
     s->depth = depth;  /* (a nested run that raised left it higher) */
-    if (st == LUA_YIELD && nres == 1 && lua_topointer(co, -1) == s->wait) {
-      lua_settop(co, -2);
-      continue;  /* it waits for a wake-up */
+    if (st == LUA_YIELD) {
+      if (nres == 0 && s->recs[id].cwait)
+        continue;  /* it waits in C (try_await) */
+      if (nres == 1 && lua_topointer(co, -1) == s->wait) {
+        lua_settop(co, -2);
+        continue;  /* it waits for a wake-up */
+      }
     }
     if (st != LUA_YIELD && st != LUA_OK)
       nres = 1;  /* the error object (the coroutine keeps its frames, for
@@ -515,7 +519,7 @@ static int loop_poll(lua_State *L) {
   lloop *s = getloop(L);
   int64_t timeout = lioq_checkseconds(L, 1, -1);
   lua_Integer i, n, kept = 0;
-  int r;
+  int r, top;
   luaL_checktype(L, 2, LUA_TTABLE);
   if (s->q == NULL || s->q->backend == NULL)
     return luaL_error(L, "queue is closed");
@@ -530,13 +534,16 @@ static int loop_poll(lua_State *L) {
   ring_reserve(L, s, r);  /* (what may raise, before the loop) */
   if (!lua_checkstack(L, 40))
     luaL_error(L, "not enough memory");
+  top = 3;
   for (i = 1; i <= n; i++) {
     lhandle *h;
     int hidx;
-    if (lua_gettop(L) > 32)
+    if (top > 32) {
       lua_settop(L, 3);  /* (handles seen pile up until here) */
+      top = 3;
+    }
     lua_rawgeti(L, 2, i);   /* hidx: the handle */
-    hidx = lua_gettop(L);
+    hidx = ++top;
     h = lua_touserdata(L, hidx);
     if (h != NULL && h->loop_waiter != 0 && h->state == ST_DONE) {
       int id = h->loop_waiter;
@@ -561,8 +568,10 @@ static int loop_poll(lua_State *L) {
     }
     if (h != NULL && h->state == ST_DONE)
       h->loop_shared = 0;  /* dispatch takes its waiters */
-    if (++kept != i)
+    if (++kept != i) {
       lua_rawseti(L, 2, kept);
+      top--;
+    }
   }
   lua_settop(L, 3);
   for (i = kept + 1; i <= n; i++) {
@@ -577,17 +586,21 @@ static int loop_poll(lua_State *L) {
 /*
 ** The common case of h:await([timeout]): in the task the runner is
 ** resuming, a pending handle of the loop's queue, no cancel pending,
-** nobody else awaiting it. Then the task becomes h's waiter, WAIT is on
-** top, and it returns 1 (untimed; the stack h, WAIT) or 2 (a timeout, the
-** task's timer armed by loop.lua's arm_await; the stack h, task, WAIT):
-** the caller yields. Otherwise it returns 0, the stack as it was but for
-** a nil timeout, for the general await in Lua. `timed_ok`: whether a
-** timeout may take this way (only where set_lua gave arm_await).
+** nobody else awaiting it. Then the task becomes h's waiter (its record
+** says cwait), and it returns 4 (untimed; the stack h, h's metatable) or
+** 5 (a timeout, the task's timer armed by loop.lua's arm_await; the stack
+** h, task): the caller yields no value, which is how the runner tells
+** this wait (a plain coroutine.yield() leaves the record as it was).
+** Otherwise it returns 0, the stack as it was but for a nil timeout, for
+** the general await in Lua. `timed_ok`: whether a timeout may take this
+** way (only where set_lua gave arm_await). (What it returns is the
+** context of await_woken_k: the size of the stack, 2, times 2, plus 1 if
+** timed.)
 */
 static int try_await(lua_State *L, lloop *s, int timed_ok) {
   lhandle *h;
   ltask *t;
-  int n = lua_gettop(L), timed = 0, id;
+  int n = lua_gettop(L), timed = 0, id, slow_or_timed;
   if (L != s->cur || n > 2 || !lua_isyieldable(L))
     return 0;
   if (n == 2) {
@@ -614,7 +627,8 @@ static int try_await(lua_State *L, lloop *s, int timed_ok) {
       h->state == ST_DONE || h->op.multishot || h->loop_shared ||
       h->loop_waiter != 0 || h->slot <= 0 || !t->live)
     goto general;
-  if (t->slow || timed) {  /* its table: the cancel fields, the timer */
+  slow_or_timed = t->slow || timed;
+  if (slow_or_timed) {  /* its table: the cancel fields, the timer */
     lua_rawgeti(L, UV(UV_TASKS), id);  /* 3 + timed */
     if (t->slow && field_truthy(L, 3 + timed, K_CANCEL_PENDING))
       goto general;
@@ -634,9 +648,9 @@ static int try_await(lua_State *L, lloop *s, int timed_ok) {
   t->h = h;
   t->cwait = 1;
   h->loop_waiter = id;
-  lua_settop(L, 1 + timed);
-  lua_pushvalue(L, UV(UV_WAIT));
-  return 1 + timed;
+  if (slow_or_timed)
+    lua_settop(L, 2);  /* h, the metatable or the task */
+  return 4 + timed;
 general:
   lua_settop(L, 1 + timed);
   return 0;
@@ -651,7 +665,7 @@ general:
 */
 static int loop_await(lua_State *L) {
   if (try_await(L, getloop(L), 0))
-    return lua_yield(L, 1);
+    return lua_yield(L, 0);
   lua_pushboolean(L, 0);
   return 1;
 }
@@ -675,15 +689,15 @@ static int all_results_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L);
 }
 
-/* ctx: what try_await returned (2: timed, the task at 2). */
+/* ctx: what try_await returned (its last bit: timed, the task at 2). */
 static int await_woken_k(lua_State *L, int status, lua_KContext ctx) {
-  int base = (int)ctx;
+  int base = (int)(ctx >> 1), top = lua_gettop(L);
   (void)status;
-  /* The stack: h, [the task,] then what the resume brought: true and h's
-  ** result, or nothing. */
-  if (lua_gettop(L) > base) {
-    if (base == 1)
-      return lua_gettop(L) - 2;  /* h's result */
+  /* The stack: h, the metatable or the task, then what the resume
+  ** brought: true and h's result, or nothing. */
+  if (top > base) {
+    if (!(ctx & 1))
+      return top - base - 1;  /* h's result */
     /* timed_end(task, h, h's result...) */
     lua_copy(L, 1, 3);  /* h, task, h, ... */
     getuv(L, LV_TIMED_END);
@@ -702,7 +716,7 @@ static int await_method(lua_State *L, const char *name) {
   lloop *s = getloop(L);
   int r = try_await(L, s, 1);
   if (r)
-    return lua_yieldk(L, 1, r, await_woken_k);
+    return lua_yieldk(L, 0, r, await_woken_k);
   getuv(L, LV_WAIT_FOR);
   lua_insert(L, 1);
   lua_pushstring(L, name);
