@@ -355,12 +355,23 @@ static int loop_hook(lua_State *L) {
   return 0;
 }
 
-/* sync(id): loop.lua is about to look at the task's status (Task:cancel):
-** if it waits in C, it moves to Lua (see hook); its cancel fields count
-** from now on. */
+/* sync(id, task): loop.lua is about to look at the task's status
+** (Task:cancel): if it waits in C, it moves to Lua (see hook); its cancel
+** fields count from now on. A task of an earlier run, which a deadlock
+** left unended, has no record any more (or another task has its number):
+** then nothing. */
 static int loop_sync(lua_State *L) {
   lloop *s = getloop(L);
-  ltask *t = checkrec(L, s, 1);
+  lua_Integer id = luaL_checkinteger(L, 1);
+  ltask *t;
+  if (id <= 0 || id > s->top || !s->recs[id].live)
+    return 0;
+  lua_settop(L, 2);
+  lua_rawgeti(L, UV(UV_TASKS), id);
+  if (!lua_rawequal(L, 2, 3))
+    return 0;
+  lua_settop(L, 0);
+  t = &s->recs[id];
   t->slow = 1;
   /* Its handle, from the queue's anchors. One that is not anchored any
   ** more is done, on its way to its poll: the task stays (its wait ends
@@ -376,10 +387,14 @@ static int loop_sync(lua_State *L) {
 }
 
 /* push(id): appends a task (its status already "ready") to the FIFO, to
-** be resumed with no values. */
+** be resumed with no values. Id 0 is a task that a run left unended (see
+** loop.lua's reset_loop): it never runs again. */
 static int loop_push(lua_State *L) {
   lloop *s = getloop(L);
-  ltask *t = checkrec(L, s, 1);
+  ltask *t;
+  if (luaL_checkinteger(L, 1) == 0)
+    return 0;
+  t = checkrec(L, s, 1);
   ring_reserve(L, s, 1);
   if (t->woke) {  /* (not expected: its wake by h's end goes) */
     lua_settop(t->co, -t->nargs - 1);

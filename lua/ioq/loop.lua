@@ -282,7 +282,7 @@ end
 -- that waits in C (src/lioq_loop.c) still says "ready" until this moves
 -- it to waiters. Its cancel fields count from then on.
 local function sync(task)
-  c_sync(task.id)
+  c_sync(task.id, task)
 end
 
 local function current_task()
@@ -719,6 +719,10 @@ local function none() return false end
 
 local function reset_loop()
   running, loop_q, main_task = false, nil, nil
+  -- Tasks a run left unended (a deadlock, a failed loop) lose their
+  -- records, which the next run reuses: a wake or cancel of one later
+  -- must not reach the task that has its number then.
+  for _, t in pairs(tasks) do t.id = 0 end
   heap_filter(timers, none)  -- no record keeps an entry of the old heap
   tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
   live = 0
