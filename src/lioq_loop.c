@@ -11,10 +11,12 @@
 ** registers the task as the handle's waiter and yields; the poll wakes it
 ** in C (no Lua per completion), and the runner resumes it with the
 ** handle's result as the values of that yield, so the task has nothing to
-** look up when it wakes. And none of that touches a Lua table but one
-** array slot per await: what the hot path needs of a task lives in a C
-** record (ltask), the FIFO is a C array of record numbers, and a handle
-** names the task that awaits it in C by that number (h->loop_waiter).
+** look up when it wakes. And none of that touches a Lua table: what the
+** hot path needs of a task lives in a C record (ltask), the FIFO is a C
+** array of record numbers, a handle names the task that awaits it in C by
+** that number (h->loop_waiter), and the poll pushes the result straight
+** onto the task's coroutine. (Where the rest of an await's cost goes, and
+** the floor of any coroutine loop on Lua 5.4: bench/resume_floor.c.)
 **
 ** The Lua side owns the rest of the state; C follows its rules, which are
 ** those of loop.lua:
@@ -30,7 +32,8 @@
 **     at a live task's status, which move such a task there (status
 **     "waiting", waiting_on h, waiters[h]) and mark h (loop_shared) so the
 **     C fast path leaves it to Lua until h is done;
-**   - a task's coroutine yields WAIT when it waits for a wake-up;
+**   - a task's coroutine yields WAIT when it waits for a wake-up in Lua
+**     (an await in C yields nothing: its record tells the runner);
 **   - every cancel starts in Task:cancel, which calls sync: from then on
 **     (the record's flag `slow`) the hot path reads the task's cancel
 **     fields in its table, as Lua does.
