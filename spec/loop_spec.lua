@@ -363,6 +363,60 @@ describe("task:cancel", function()
       assert.is_true(sleeper:join())
     end)
   end)
+
+  -- The loop numbers its live tasks and reuses the numbers run after run:
+  -- a task that a deadlock left unended must not reach the task that has
+  -- its number in a later run.
+  it("a task a deadlocked run left behind wakes nobody in a later run", function()
+    local stale, other
+    local ok, err = pcall(ioq.run, function()
+      stale = ioq.spawn(function() ioq.sleep(0); other:join() end)
+      other = ioq.spawn(function() ioq.sleep(0); stale:join() end)
+    end)
+    assert.is_false(ok)
+    assert.matches("deadlock", err)
+    local got = ioq.run(function()
+      local sleeper = ioq.spawn(function() return ioq.sleep(0.03) end)
+      ioq.sleep(0.005)
+      stale:cancel()  -- (its number is now the main task's or sleeper's)
+      assert.is_false(sleeper:done())
+      return sleeper:join()
+    end)
+    assert.is_true(got)
+  end)
+
+  it("cancels tasks awaiting in C while spawns move the loop's records", function()
+    ioq.run(function()
+      local q = ioq.current()
+      local tasks, asleep = {}, 0
+      for i = 1, 200 do
+        tasks[i] = ioq.spawn(function()
+          -- timed and untimed awaits, spawning more tasks in between
+          for _ = 1, 3 do
+            assert(q:nop():await(5))
+            ioq.spawn(function() return q:nop():await() end)
+            assert(q:nop():await())
+          end
+          asleep = asleep + 1
+          return q:sleep(5):await()
+        end)
+      end
+      local deadline = ioq.now() + 5
+      while asleep < 200 and ioq.now() < deadline do ioq.sleep(0.001) end
+      assert.are.equal(200, asleep)
+      for i = 1, 200, 2 do assert.is_true(tasks[i]:cancel()) end
+      for i = 1, 200, 2 do
+        assert.are.same({ nil, "sleep: canceled", E.ECANCELED }, { tasks[i]:join() })
+      end
+      for i = 2, 200, 2 do
+        assert.is_false(tasks[i]:done())
+        assert.is_true(tasks[i]:cancel())
+      end
+      for i = 2, 200, 2 do
+        assert.are.same({ nil, "sleep: canceled", E.ECANCELED }, { tasks[i]:join() })
+      end
+    end)
+  end)
 end)
 
 describe("gather and first", function()

@@ -11,25 +11,37 @@
 ** registers the task as the handle's waiter and yields; the poll wakes it
 ** in C (no Lua per completion), and the runner resumes it with the
 ** handle's result as the values of that yield, so the task has nothing to
-** look up when it wakes.
+** look up when it wakes. And none of that touches a Lua table: what the
+** hot path needs of a task lives in a C record (ltask), the FIFO is a C
+** array of record numbers, a handle names the task that awaits it in C by
+** that number (h->loop_waiter), and the poll pushes the result straight
+** onto the task's coroutine. (Where the rest of an await's cost goes, and
+** the floor of any coroutine loop on Lua 5.4: bench/resume_floor.c.)
 **
-** The Lua side owns the state; C only follows its rules, which are those
-** of loop.lua:
+** The Lua side owns the rest of the state; C follows its rules, which are
+** those of loop.lua:
 **   - a task is a table whose metatable is the Task class, with fields
-**     co (its coroutine), status ("ready": to run, or running, as nothing
-**     needs to tell them apart; "waiting", "done", "failed"), waiting_on (the handle it awaits), canceled and
-**     cancel_pending (see Task:cancel);
+**     co (its coroutine), id (its record here, from new), status
+**     ("ready": to run, or running, as nothing needs to tell them apart;
+**     "waiting", "done", "failed"), waiting_on (the handle it awaits),
+**     canceled and cancel_pending (see Task:cancel);
 **   - waiters[h] is who awaits h: a task, a function, or a list of those;
-**     but the one task of the common case waits in C instead, without a
-**     hash table: in the loop's array of waiters, at h's anchor slot
-**     (h->loop_waiter says where). Lua calls hook(h) before it looks at
-**     waiters[h], which moves that task there, and marks h (loop_shared)
-**     so the C fast path leaves it to Lua from then on;
-**   - a task's coroutine yields WAIT when it waits for a wake-up.
+**     but the one task of the common case waits in C instead (its record
+**     says so: cwait), and its table still says "ready": loop.lua calls
+**     hook(h) before it looks at waiters[h], and sync(id) before it looks
+**     at a live task's status, which move such a task there (status
+**     "waiting", waiting_on h, waiters[h]) and mark h (loop_shared) so the
+**     C fast path leaves it to Lua until h is done;
+**   - a task's coroutine yields WAIT when it waits for a wake-up in Lua
+**     (an await in C yields nothing: its record tells the runner);
+**   - every cancel starts in Task:cancel, which calls sync: from then on
+**     (the record's flag `slow`) the hot path reads the task's cancel
+**     fields in its table, as Lua does.
 **
 ** core.loop(WAIT, Task, resumed) makes one loop's functions: start, stop,
-** push, nready, run, poll, await, hook (see each below). They share one userdata
-** (their upvalue), whose user values hold the Lua half of the state.
+** new, free, sync, push, nready, run, poll, await, hook (see each below).
+** They share one userdata (their upvalue), whose user values hold the Lua
+** half of the state.
 */
 #include <errno.h>
 #include <string.h>
@@ -38,12 +50,10 @@
 
 /* The loop's user values: what changes. */
 enum {
-  LV_RING = 1,   /* the ready FIFO: [2i-1] a task, [2i] the handle that
-                    woke it, or false */
+  LV_RECS = 1,   /* the userdata that holds the records (see grow) */
+  LV_RING,       /* the userdata that holds the FIFO */
   LV_WAITERS,    /* loop.lua's waiters table (per run) */
   LV_QUEUE,      /* the running loop's queue, or nil */
-  LV_WSLOTS,     /* the array of waiters: [h->loop_waiter] the task that
-                    awaits h */
   LV_WAIT_FOR,   /* loop.lua's wait_for, after_wake, arm_await and */
   LV_AFTER_WAKE, /* timed_end (see await_method) */
   LV_ARM,
@@ -60,25 +70,50 @@ enum {
   UV_TASK,       /* the Task class (the metatable of tasks) */
   UV_RESUMED,    /* resumed(task, ok, ...): the Lua end of a resume that
                     did not come back with WAIT */
-  UV_HANDLE_MT,  /* the metatable of (single-shot) handles */
-  K_STATUS, K_CO, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING, K_FN, K_ARGS,
-  S_READY, S_WAITING,
+  UV_TASKS,      /* [id] the task table of record id (it holds the task and
+                    its coroutine alive) */
+  /* (The loop's for its life, emptied between runs: an upvalue is
+  ** cheaper to reach than a user value.) */
+  K_STATUS, K_WAITING_ON, K_CANCELED, K_CANCEL_PENDING, K_FN, K_ARGS,
+  S_WAITING,
   NUPVALUES = S_WAITING
 };
 
 static const char *const upvalue_strings[] = {
-  "status", "co", "waiting_on", "canceled", "cancel_pending", "fn", "args",
-  "ready", "waiting"
+  "status", "waiting_on", "canceled", "cancel_pending", "fn", "args",
+  "waiting"
 };
 
 #define UV(n) lua_upvalueindex(n)
 
+/* What the hot path needs of a live task. Record 0 is never used (a
+** handle's loop_waiter 0 means none). */
+typedef struct ltask {
+  lua_State *co;       /* its coroutine (UV_TASKS[id].co holds it) */
+  lhandle *h;          /* the handle it awaits in C: pending, so the
+                          queue's anchors hold it (see sync) */
+  int queued;          /* its entries in the FIFO */
+  int next_free;       /* on the free list: the next free record */
+  unsigned char live;  /* between new and free */
+  unsigned char cwait; /* waits in C for h (its table says "ready") */
+  unsigned char woke;  /* h's end made it ready: resume it with h's result */
+  unsigned char started;  /* resumed once (its fn and args are gone) */
+  unsigned char slow;  /* Task:cancel saw it: read its cancel fields */
+  int nargs;           /* woke: the values on co's stack for its resume */
+} ltask;
+
 typedef struct lloop {
   lqueue *q;             /* the running loop's queue; NULL between runs */
   lua_State *cur;        /* the thread of the task being resumed, or NULL */
-  lua_State *runner;     /* the thread running run(), and where on its */
-  int task_idx;          /* stack the task being resumed is */
-  lua_Integer head, tail;  /* of the ready FIFO, in entries */
+  int cur_id;            /* and its record */
+  int depth;             /* runs of run() in progress (they nest) */
+  const void *wait;      /* WAIT (kept by an upvalue), to compare yields */
+  const void *handle_mt; /* the metatable of (single-shot) handles */
+  ltask *recs;           /* LV_RECS's array: [0, nrecs) */
+  int nrecs, top;        /* its size; records [1, top] were ever used */
+  int free_head;         /* the free list of records (0: empty) */
+  int *ring;             /* LV_RING's array: the FIFO, [head, tail) */
+  int ring_size, head, tail;
 } lloop;
 
 static lloop *getloop(lua_State *L) {
@@ -106,15 +141,6 @@ static void rawsetfield(lua_State *L, int idx, int k) {
   lua_rawset(L, idx);
 }
 
-/* Short strings are interned: equal strings are the same value. */
-static int field_is(lua_State *L, int idx, int k, int v) {
-  int r;
-  rawgetfield(L, idx, k);
-  r = lua_rawequal(L, -1, UV(v));
-  lua_pop(L, 1);
-  return r;
-}
-
 static int field_truthy(lua_State *L, int idx, int k) {
   int r;
   rawgetfield(L, idx, k);
@@ -123,20 +149,78 @@ static int field_truthy(lua_State *L, int idx, int k) {
   return r;
 }
 
-static void set_status(lua_State *L, int task, int status) {
-  lua_pushvalue(L, UV(status));
-  rawsetfield(L, task, K_STATUS);
+/* Makes an array's room `n` elements of `size` bytes, in a new userdata
+** that replaces user value `uv` (the old one is garbage then); the first
+** `keep` elements are copied over. Raises (out of memory) before anything
+** changed. */
+static void *grow(lua_State *L, int uv, const void *old, size_t keep,
+                  size_t n, size_t size) {
+  void *p;
+  if (n > (size_t)0x7fffffff / size)
+    luaL_error(L, "not enough memory");
+  p = lua_newuserdatauv(L, n * size, 0);
+  if (keep > 0)
+    memcpy(p, old, keep * size);
+  memset((char *)p + keep * size, 0, (n - keep) * size);
+  setuv(L, uv);
+  return p;
 }
 
-/* Appends task (at `task`) and what woke it (at `h`, 0: nothing) to the
-** ready FIFO, whose table is at `ring`. */
-static void ring_push(lua_State *L, lloop *s, int ring, int task, int h) {
-  lua_Integer i = s->tail + 1;
-  if (h != 0) lua_pushvalue(L, h); else lua_pushboolean(L, 0);
-  lua_rawseti(L, ring, 2 * i);
-  lua_pushvalue(L, task);
-  lua_rawseti(L, ring, 2 * i - 1);
-  s->tail = i;  /* only once both are in (they may raise out of memory) */
+/* Room for `more` entries at the FIFO's tail. Raises out of memory before
+** anything changed. Compacts only when no run is in progress: a run keeps
+** the positions it was started with. */
+static void ring_reserve(lua_State *L, lloop *s, int more) {
+  if (s->tail + more <= s->ring_size)
+    return;
+  if (s->depth == 0 && s->head > 0) {
+    memmove(s->ring, s->ring + s->head,
+            (size_t)(s->tail - s->head) * sizeof *s->ring);
+    s->tail -= s->head;
+    s->head = 0;
+    if (s->tail + more <= s->ring_size)
+      return;
+  }
+  {
+    size_t n = (size_t)s->ring_size * 2;
+    if (n < (size_t)s->tail + (size_t)more + 16)
+      n = (size_t)s->tail + (size_t)more + 16;
+    s->ring = grow(L, LV_RING, s->ring, (size_t)s->tail, n, sizeof *s->ring);
+    s->ring_size = (int)n;
+  }
+}
+
+/* Appends record id to the FIFO (room reserved). */
+static void ring_put(lloop *s, int id) {
+  s->ring[s->tail++] = id;
+  s->recs[id].queued++;
+}
+
+/* A record ended and out of the FIFO goes back to the free list. */
+static void release(lloop *s, int id) {
+  ltask *t = &s->recs[id];
+  t->co = NULL;
+  t->h = NULL;
+  t->next_free = s->free_head;
+  s->free_head = id;
+}
+
+/* The records and the FIFO, empty: at a run's start and end. */
+static void reset(lua_State *L, lloop *s) {
+  int id;
+  for (id = 1; id <= s->top; id++) {
+    lua_pushnil(L);
+    lua_rawseti(L, UV(UV_TASKS), id);
+  }
+  s->recs = grow(L, LV_RECS, NULL, 0, 16, sizeof *s->recs);
+  s->nrecs = 16;
+  s->top = 0;
+  s->free_head = 0;
+  s->ring = grow(L, LV_RING, NULL, 0, 64, sizeof *s->ring);
+  s->ring_size = 64;
+  s->head = s->tail = 0;
+  s->depth = 0;
+  s->cur = NULL;
+  s->cur_id = 0;
 }
 
 /* start(q, waiters): a run begins on queue q. */
@@ -144,23 +228,17 @@ static int loop_start(lua_State *L) {
   lloop *s = getloop(L);
   lqueue *q = lioq_checkudata(L, 1, TAG_QUEUE);
   luaL_checktype(L, 2, LUA_TTABLE);
+  reset(L, s);
   lua_pushvalue(L, 1);
   setuv(L, LV_QUEUE);
   lua_pushvalue(L, 2);
   setuv(L, LV_WAITERS);
-  lua_newtable(L);
-  setuv(L, LV_RING);
-  lua_newtable(L);
-  setuv(L, LV_WSLOTS);
   s->q = q;
-  s->cur = NULL;
-  s->head = 1;
-  s->tail = 0;
   return 0;
 }
 
-/* Forgets the waiters in C of the ops on list l: the array they were in
-** goes with the run. */
+/* Forgets the waiters in C of the ops on list l: their records go with
+** the run. */
 static void forget_waiters(oplist *l) {
   ioq_op *op;
   for (op = l->head; op != NULL; op = op->link.next) {
@@ -180,55 +258,159 @@ static int loop_stop(lua_State *L) {
     forget_waiters(&s->q->starved);
   }
   s->q = NULL;
-  s->cur = NULL;
-  s->head = 1;
-  s->tail = 0;
   lua_pushnil(L);
   setuv(L, LV_QUEUE);
   lua_pushnil(L);
   setuv(L, LV_WAITERS);
-  lua_newtable(L);
-  setuv(L, LV_RING);
-  lua_newtable(L);
-  setuv(L, LV_WSLOTS);
+  reset(L, s);
   return 0;
 }
 
-/* hook(h): loop.lua is about to look at waiters[h]: the task that awaits
-** h in C, if any, moves there, and the C fast path leaves h to Lua until
-** h is done. */
-static int loop_hook(lua_State *L) {
-  lhandle *h = lioq_checkudata(L, 1, TAG_HANDLE);
+/* new(task, co): a record for a new task; returns its id. */
+static int loop_new(lua_State *L) {
+  lloop *s = getloop(L);
+  lua_State *co;
+  ltask *t;
+  int id;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  co = lua_tothread(L, 2);
+  luaL_argcheck(L, co != NULL, 2, "thread expected");
   lua_settop(L, 1);
+  id = s->free_head;
+  if (id == 0) {
+    if (s->top + 1 >= s->nrecs) {
+      int n = s->nrecs < 8 ? 16 : s->nrecs * 2;
+      s->recs = grow(L, LV_RECS, s->recs, (size_t)s->top + 1, (size_t)n,
+                     sizeof *s->recs);
+      s->nrecs = n;
+    }
+    id = s->top + 1;
+  }
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, UV(UV_TASKS), id);  /* (may raise: then nothing changed) */
+  if (id == s->free_head)
+    s->free_head = s->recs[id].next_free;
+  else
+    s->top = id;
+  t = &s->recs[id];
+  memset(t, 0, sizeof *t);
+  t->co = co;
+  t->live = 1;
+  lua_pushinteger(L, id);
+  return 1;
+}
+
+static ltask *checkrec(lua_State *L, lloop *s, int arg) {
+  lua_Integer id = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, id > 0 && id <= s->top && s->recs[id].live, arg,
+                "no such task");
+  return &s->recs[id];
+}
+
+/* free(id): the task ended (its record is reused once out of the FIFO). */
+static int loop_free(lua_State *L) {
+  lloop *s = getloop(L);
+  ltask *t = checkrec(L, s, 1);
+  int id = (int)(t - s->recs);
+  if (t->cwait && t->h != NULL && t->h->loop_waiter == id)
+    t->h->loop_waiter = 0;
+  t->live = 0;
+  t->cwait = t->woke = 0;
+  lua_pushnil(L);
+  lua_rawseti(L, UV(UV_TASKS), id);
+  if (t->queued == 0)
+    release(s, id);
+  return 0;
+}
+
+/* Moves the task that awaits the handle at `hidx` in C, if any, to
+** waiters[h] (status "waiting", waiting_on h), and marks h so that the C
+** fast path leaves it to Lua until it is done. */
+static void hook(lua_State *L, lloop *s, int hidx) {
+  lhandle *h = lua_touserdata(L, hidx);
+  int top = lua_gettop(L);
+  if (h == NULL)
+    return;
   h->loop_shared = 1;
   if (h->loop_waiter != 0) {
-    getuv(L, LV_WSLOTS);   /* 2 */
-    getuv(L, LV_WAITERS);  /* 3 */
-    lua_rawgeti(L, 2, h->loop_waiter);  /* 4 */
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 4);
-    lua_rawset(L, 3);  /* first, as it may raise (out of memory) */
-    lua_pushnil(L);
-    lua_rawseti(L, 2, h->loop_waiter);
+    int id = h->loop_waiter;
+    lua_rawgeti(L, UV(UV_TASKS), id);  /* top+1: the task */
+    getuv(L, LV_WAITERS);              /* top+2 */
+    lua_pushvalue(L, hidx);
+    lua_pushvalue(L, top + 1);
+    lua_rawset(L, top + 2);  /* first, as it may raise (out of memory) */
+    /* (Neither field is new in the table: these allocate nothing.) */
+    lua_pushvalue(L, hidx);
+    rawsetfield(L, top + 1, K_WAITING_ON);
+    lua_pushvalue(L, UV(S_WAITING));
+    rawsetfield(L, top + 1, K_STATUS);
+    s->recs[id].cwait = 0;
     h->loop_waiter = 0;
+  }
+  lua_settop(L, top);
+}
+
+/* hook(h): loop.lua is about to look at waiters[h]. */
+static int loop_hook(lua_State *L) {
+  lioq_checkudata(L, 1, TAG_HANDLE);
+  lua_settop(L, 1);
+  hook(L, getloop(L), 1);
+  return 0;
+}
+
+/* sync(id, task): loop.lua is about to look at the task's status
+** (Task:cancel): if it waits in C, it moves to Lua (see hook); its cancel
+** fields count from now on. A task of an earlier run, which a deadlock
+** left unended, has no record any more (or another task has its number):
+** then nothing. */
+static int loop_sync(lua_State *L) {
+  lloop *s = getloop(L);
+  lua_Integer id = luaL_checkinteger(L, 1);
+  ltask *t;
+  if (id <= 0 || id > s->top || !s->recs[id].live)
+    return 0;
+  lua_settop(L, 2);
+  lua_rawgeti(L, UV(UV_TASKS), id);
+  if (!lua_rawequal(L, 2, 3))
+    return 0;
+  lua_settop(L, 0);
+  t = &s->recs[id];
+  t->slow = 1;
+  /* Its handle, from the queue's anchors. One that is not anchored any
+  ** more is done, on its way to its poll: the task stays (its wait ends
+  ** with h's result, and a cancel then goes to its next wait). */
+  if (t->cwait && t->h->slot > 0) {
+    getuv(L, LV_QUEUE);
+    lua_getiuservalue(L, -1, QVAL_ANCHORS);
+    if (lua_istable(L, -1) && lua_rawgeti(L, -1, t->h->slot) == LUA_TUSERDATA &&
+        lua_touserdata(L, -1) == (void *)t->h)
+      hook(L, s, lua_gettop(L));
   }
   return 0;
 }
 
-/* push(task): appends a task (its status already "ready") to the FIFO. */
+/* push(id): appends a task (its status already "ready") to the FIFO, to
+** be resumed with no values. Id 0 is a task that a run left unended (see
+** loop.lua's reset_loop): it never runs again. */
 static int loop_push(lua_State *L) {
   lloop *s = getloop(L);
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 1);
-  getuv(L, LV_RING);
-  ring_push(L, s, 2, 1, 0);
+  ltask *t;
+  if (luaL_checkinteger(L, 1) == 0)
+    return 0;
+  t = checkrec(L, s, 1);
+  ring_reserve(L, s, 1);
+  if (t->woke) {  /* (not expected: its wake by h's end goes) */
+    lua_settop(t->co, -t->nargs - 1);
+    t->woke = 0;
+  }
+  ring_put(s, (int)(t - s->recs));
   return 0;
 }
 
 /* nready(): how many entries the FIFO holds. */
 static int loop_nready(lua_State *L) {
   lloop *s = getloop(L);
-  lua_pushinteger(L, s->tail - s->head + 1);
+  lua_pushinteger(L, s->tail - s->head);
   return 1;
 }
 
@@ -243,96 +425,102 @@ static int loop_nready(lua_State *L) {
 ** holds no frame but its own). Each resume hands it: on its first run,
 ** the task's arguments (task.args, a table.pack; task.fn and task.args go
 ** then, which is how Task:cancel knows a task ran); when a handle woke it
-** and it was not canceled meanwhile, the handle and its result (what the
-** await in C returns); otherwise nothing (it reads task.wake_value).
+** and it was not canceled meanwhile, true and the handle's result (what
+** the await in C returns); otherwise nothing (it reads task.wake_value).
 */
 static int loop_run(lua_State *L) {
   lloop *s = getloop(L);
-  lua_Integer last = s->tail;
-  lua_State *prev = s->cur, *prev_runner = s->runner;
-  int prev_idx = s->task_idx;
-  int ring, wait, base;
+  int last = s->tail;
+  lua_State *prev = s->cur;
+  int prev_id = s->cur_id;
+  int depth = s->depth + 1;
   lua_settop(L, 0);
-  getuv(L, LV_RING);      /* 1 */
-  lua_pushvalue(L, UV(UV_WAIT));  /* 2 */
-  ring = 1; wait = 2;
-  base = lua_gettop(L);
-  while (s->head <= last) {
-    lua_Integer i = s->head++;
+  if (!lua_checkstack(L, 16))
+    luaL_error(L, "not enough memory");
+  s->depth = depth;
+  while (s->head < last && s->head < s->tail) {
+    int id = s->ring[s->head++];
+    ltask *t = &s->recs[id];
     lua_State *co;
     int st, nres = 0, narg = 0;
-    lua_settop(L, base);
-    lua_rawgeti(L, ring, 2 * i - 1);  /* base+1: the task */
-    lua_rawgeti(L, ring, 2 * i);      /* base+2: the handle, or false */
-    lua_pushnil(L);
-    lua_rawseti(L, ring, 2 * i - 1);
-    lua_pushnil(L);
-    lua_rawseti(L, ring, 2 * i);
-    if (!lua_istable(L, base + 1) || !field_is(L, base + 1, K_STATUS, S_READY))
+    t->queued--;
+    if (!t->live) {
+      if (t->queued == 0)
+        release(s, id);
       continue;
-    rawgetfield(L, base + 1, K_CO);   /* base+3 */
-    co = lua_tothread(L, base + 3);
-    if (co == NULL)
-      continue;
-    if (!lua_checkstack(co, 8) || !lua_checkstack(L, 8))
-      luaL_error(L, "not enough memory");
-    if (lua_status(co) == LUA_OK) {  /* the first run */
-      if (rawgetfield(L, base + 1, K_ARGS) == LUA_TTABLE) {  /* base+4 */
+    }
+    co = t->co;
+    st = lua_status(co);
+    if (st != LUA_YIELD && (st != LUA_OK || t->started))
+      continue;  /* running (a nested run), or dead */
+    if (t->woke) {
+      /* The poll left its values on its stack. (task.waiting_on is not
+      ** set for a wait in C: Task:cancel reads it only after sync put it
+      ** there.) */
+      t->woke = 0;
+      narg = t->nargs;
+      if (t->slow) {  /* canceled meanwhile? then it reads task.canceled */
+        lua_rawgeti(L, UV(UV_TASKS), id);
+        if (field_truthy(L, 1, K_CANCELED)) {
+          lua_settop(co, -narg - 1);
+          narg = 0;
+        }
+        lua_settop(L, 0);
+      }
+    } else if (!t->started) {  /* the first run */
+      lua_rawgeti(L, UV(UV_TASKS), id);  /* 1: the task */
+      if (rawgetfield(L, 1, K_ARGS) == LUA_TTABLE) {  /* 2 */
         lua_Integer j, n;
-        lua_getfield(L, base + 4, "n");
+        lua_getfield(L, 2, "n");
         n = lua_tointeger(L, -1);
         lua_pop(L, 1);
         if (n < 0 || n > 1000000 || !lua_checkstack(L, (int)n + 8) ||
             !lua_checkstack(co, (int)n + 8))
           luaL_error(L, "not enough memory");
         for (j = 1; j <= n; j++)
-          lua_rawgeti(L, base + 4, j);
+          lua_rawgeti(L, 2, j);
         narg = (int)n;
       }
-      lua_remove(L, base + 4);
+      lua_remove(L, 2);
       lua_pushnil(L);
-      rawsetfield(L, base + 1, K_FN);
+      rawsetfield(L, 1, K_FN);
       lua_pushnil(L);
-      rawsetfield(L, base + 1, K_ARGS);
-    } else if (lua_toboolean(L, base + 2) &&
-               !field_truthy(L, base + 1, K_CANCELED)) {
-      /* (task.waiting_on stays: it counts only while "waiting", and
-      ** whatever makes a task wait sets it.) */
-      lhandle *h = lua_touserdata(L, base + 2);
-      lua_pushvalue(L, base + 2);
-      narg = 1 + lioq_push_result(L, h, base + 2);
+      rawsetfield(L, 1, K_ARGS);
+      lua_xmove(L, co, narg);
+      lua_settop(L, 0);
+      t->started = 1;
     }
-    lua_xmove(L, co, narg);
     s->cur = co;
-    s->runner = L;
-    s->task_idx = base + 1;
+    s->cur_id = id;
     st = lioq_resume(co, L, narg, &nres);
     s->cur = prev;
-    s->runner = prev_runner;
-    s->task_idx = prev_idx;
+    s->cur_id = prev_id;
+    s->depth = depth;  /* (a nested run that raised left it higher) */
+    if (st == LUA_YIELD) {
+      if (nres == 0 && s->recs[id].cwait)
+        continue;  /* it waits in C (try_await) */
+      if (nres == 1 && lua_topointer(co, -1) == s->wait) {
+        lua_settop(co, -2);
+        continue;  /* it waits for a wake-up */
+      }
+    }
     if (st != LUA_YIELD && st != LUA_OK)
       nres = 1;  /* the error object (the coroutine keeps its frames, for
                     the traceback) */
     if (!lua_checkstack(L, nres + 4))
       luaL_error(L, "not enough memory");
-    lua_xmove(co, L, nres);  /* base+4 ... */
-    if (st == LUA_YIELD && nres == 1 && lua_rawequal(L, -1, wait))
-      continue;  /* it waits for a wake-up */
     /* Anything else: resumed(task, how, ...) in Lua, how being 1 (a plain
     ** yield, its values), 2 (the function returned, its results) or 3 (it
     ** raised, the error). */
     lua_pushvalue(L, UV(UV_RESUMED));
-    lua_insert(L, base + 4);
-    lua_pushvalue(L, base + 1);
-    lua_insert(L, base + 5);
+    lua_rawgeti(L, UV(UV_TASKS), id);
     lua_pushinteger(L, st == LUA_YIELD ? 1 : st == LUA_OK ? 2 : 3);
-    lua_insert(L, base + 6);
+    lua_xmove(co, L, nres);
     lua_call(L, 2 + nres, 0);
   }
-  if (s->head > s->tail) {
-    s->head = 1;
-    s->tail = 0;
-  }
+  s->depth = depth - 1;
+  if (s->head >= s->tail)
+    s->head = s->tail = 0;
   return 0;
 }
 
@@ -349,45 +537,61 @@ static int loop_poll(lua_State *L) {
   lloop *s = getloop(L);
   int64_t timeout = lioq_checkseconds(L, 1, -1);
   lua_Integer i, n, kept = 0;
-  int r;
+  int r, top;
   luaL_checktype(L, 2, LUA_TTABLE);
   if (s->q == NULL || s->q->backend == NULL)
     return luaL_error(L, "queue is closed");
   lua_settop(L, 2);
   getuv(L, LV_QUEUE);    /* 3 */
-  getuv(L, LV_WSLOTS);   /* 4 */
-  getuv(L, LV_RING);     /* 5 */
   r = lioq_pump(L, s->q, 3, timeout, 2);
   if (r == LIOQ_STUCK)
     r = 0;  /* nothing can arrive: see pump */
   else if (r < 0)
     return lioq_fail(L, "wait", -r);
   n = r;
+  ring_reserve(L, s, r);  /* (what may raise, before the loop) */
+  if (!lua_checkstack(L, 40))
+    luaL_error(L, "not enough memory");
+  top = 3;
   for (i = 1; i <= n; i++) {
     lhandle *h;
-    lua_settop(L, 5);
-    lua_rawgeti(L, 2, i);   /* 6: the handle */
-    h = lua_touserdata(L, 6);
+    int hidx;
+    if (top > 32) {
+      lua_settop(L, 3);  /* (handles seen pile up until here) */
+      top = 3;
+    }
+    lua_rawgeti(L, 2, i);   /* hidx: the handle */
+    hidx = ++top;
+    h = lua_touserdata(L, hidx);
     if (h != NULL && h->loop_waiter != 0 && h->state == ST_DONE) {
-      int w = h->loop_waiter;
-      lua_rawgeti(L, 4, w);  /* 7: its task */
-      lua_pushnil(L);
-      lua_rawseti(L, 4, w);
+      int id = h->loop_waiter;
+      ltask *t = &s->recs[id];
       h->loop_waiter = 0;
-      if (field_is(L, 7, K_STATUS, S_WAITING)) {
-        set_status(L, 7, S_READY);
-        ring_push(L, s, 5, 7, 6);
+      if (t->cwait && t->h == h) {
+        /* Its result goes on its coroutine's stack now, the values its
+        ** resume will pass: true, then the result. (Only out of memory
+        ** raises here, and that ends the run: see loop.lua's drive.) */
+        int nv;
+        if (!lua_checkstack(t->co, 8))
+          luaL_error(L, "not enough memory");
+        lua_pushboolean(L, 1);
+        nv = 1 + lioq_push_result(L, h, hidx);
+        lua_xmove(L, t->co, nv);
+        t->nargs = nv;
+        t->cwait = 0;
+        t->woke = 1;
+        ring_put(s, id);
       }
       continue;
     }
     if (h != NULL && h->state == ST_DONE)
       h->loop_shared = 0;  /* dispatch takes its waiters */
     if (++kept != i) {
-      lua_pushvalue(L, 6);
       lua_rawseti(L, 2, kept);
+      top--;
     }
   }
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   for (i = kept + 1; i <= n; i++) {
     lua_pushnil(L);
     lua_rawseti(L, 2, i);
@@ -400,91 +604,86 @@ static int loop_poll(lua_State *L) {
 /*
 ** The common case of h:await([timeout]): in the task the runner is
 ** resuming, a pending handle of the loop's queue, no cancel pending,
-** nobody else awaiting it. Then the task becomes h's waiter, WAIT is on
-** top, and it returns 1 (untimed; the stack h, WAIT) or 2 (a timeout, the
-** task's timer armed by loop.lua's arm_await; the stack h, task, WAIT):
-** the caller yields. Otherwise it returns 0, the stack as it was but for
-** a nil timeout, for the general await in Lua. `timed_ok`: whether a
-** timeout may take this way (only where set_lua gave arm_await).
+** nobody else awaiting it. Then the task becomes h's waiter (its record
+** says cwait), and it returns 4 (untimed; the stack h, h's metatable) or
+** 5 (a timeout, the task's timer armed by loop.lua's arm_await; the stack
+** h, task): the caller yields no value, which is how the runner tells
+** this wait (a plain coroutine.yield() leaves the record as it was).
+** Otherwise it returns 0, the stack as it was but for a nil timeout, for
+** the general await in Lua. `timed_ok`: whether a timeout may take this
+** way (only where set_lua gave arm_await). (What it returns is the
+** context of await_woken_k: the size of the stack, 2, times 2, plus 1 if
+** timed.)
 */
 static int try_await(lua_State *L, lloop *s, int timed_ok) {
   lhandle *h;
-  int ishandle, timed = 0, task, wslots;
-  if (L != s->cur || lua_gettop(L) > 2 || !lua_isyieldable(L))
+  ltask *t;
+  int n = lua_gettop(L), timed = 0, id, slow_or_timed;
+  if (L != s->cur || n > 2 || !lua_isyieldable(L))
     return 0;
-  if (!lua_isnoneornil(L, 2)) {
-    /* (Anything but a number >= 0 is the Lua path's to refuse; NaN too.) */
-    if (!timed_ok || lua_type(L, 2) != LUA_TNUMBER || !(lua_tonumber(L, 2) >= 0))
-      return 0;
-    timed = 1;
-  } else {
-    lua_settop(L, 1);
-  }
-  /* A handle: the metatable of single-shot ones (multishot handles have
-  ** their own, and take the general way). */
-  ishandle = lua_getmetatable(L, 1) && lua_rawequal(L, -1, UV(UV_HANDLE_MT));
-  lua_settop(L, 1 + timed);
-  if (!ishandle)
-    return 0;
-  h = lua_touserdata(L, 1);
-  if (h->q != s->q || h->state == ST_DONE || h->op.multishot ||
-      h->loop_shared || h->loop_waiter != 0 || h->slot <= 0)
-    return 0;
-  /* The task: on the runner's stack (it is inside lua_resume). */
-  lua_pushvalue(s->runner, s->task_idx);
-  lua_xmove(s->runner, L, 1);
-  task = lua_gettop(L);
-  if (field_truthy(L, task, K_CANCEL_PENDING)) {
-    lua_settop(L, 1 + timed);
-    return 0;
-  }
-  getuv(L, LV_WSLOTS);
-  wslots = lua_gettop(L);
-  if (lua_rawgeti(L, wslots, h->slot) != LUA_TNIL) {
-    lua_settop(L, 1 + timed);
-    return 0;  /* an op done that had this slot: not taken yet */
-  }
-  lua_pop(L, 1);
-  /* What may raise (out of memory) first: then nothing waits yet. */
-  lua_pushvalue(L, 1);
-  rawsetfield(L, task, K_WAITING_ON);
-  lua_pushvalue(L, task);
-  lua_rawseti(L, wslots, h->slot);
-  h->loop_waiter = h->slot;
-  if (timed) {
-    /* arm_await(task, h, timeout); if it fails, h has no waiter again. */
-    getuv(L, LV_ARM);
-    lua_pushvalue(L, task);
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 2);
-    if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-      h->loop_waiter = 0;
-      lua_pushnil(L);
-      lua_rawseti(L, wslots, h->slot);
-      lua_error(L);
+  if (n == 2) {
+    if (lua_isnil(L, 2)) {
+      lua_settop(L, 1);
+    } else {
+      /* (Anything but a number >= 0 is the Lua path's to refuse; NaN
+      ** too.) */
+      if (!timed_ok || lua_type(L, 2) != LUA_TNUMBER ||
+          !(lua_tonumber(L, 2) >= 0))
+        return 0;
+      timed = 1;
     }
   }
-  set_status(L, task, S_WAITING);
-  if (timed) {
-    lua_copy(L, task, 2);  /* the timeout's place */
-    lua_settop(L, 2);
-  } else {
-    lua_settop(L, 1);
+  /* A handle: the metatable of single-shot ones (multishot handles have
+  ** their own, and take the general way). From here the stack is h,
+  ** [timeout,] its metatable, until the end. */
+  h = lua_touserdata(L, 1);
+  if (h == NULL || !lua_getmetatable(L, 1))
+    return 0;
+  id = s->cur_id;
+  t = &s->recs[id];
+  if (lua_topointer(L, -1) != s->handle_mt || h->q != s->q ||
+      h->state == ST_DONE || h->op.multishot || h->loop_shared ||
+      h->loop_waiter != 0 || h->slot <= 0 || !t->live)
+    goto general;
+  slow_or_timed = t->slow || timed;
+  if (slow_or_timed) {  /* its table: the cancel fields, the timer */
+    lua_rawgeti(L, UV(UV_TASKS), id);  /* 3 + timed */
+    if (t->slow && field_truthy(L, 3 + timed, K_CANCEL_PENDING))
+      goto general;
   }
-  lua_pushvalue(L, UV(UV_WAIT));
-  return 1 + timed;
+  /* (h needs no reference here: the queue's anchors hold it while it is
+  ** pending, and its poll hands it over.) */
+  if (timed) {
+    /* arm_await(task, h, timeout); if it raises, nothing waits. */
+    getuv(L, LV_ARM);
+    lua_pushvalue(L, 4);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_call(L, 3, 0);
+    lua_copy(L, 4, 2);  /* the task, in the timeout's place */
+    t = &s->recs[id];  /* (Lua ran: the records may have moved) */
+  }
+  t->h = h;
+  t->cwait = 1;
+  h->loop_waiter = id;
+  if (slow_or_timed)
+    lua_settop(L, 2);  /* h, the metatable or the task */
+  return 4 + timed;
+general:
+  lua_settop(L, 1 + timed);
+  return 0;
 }
 
 /*
-** await(h [, timeout]): try_await for loop.lua's h:await: yields WAIT; the
-** values the runner resumes the task with are what this returns (h and
-** its result; or nothing, when something else woke it: the caller then
+** await(h): try_await for loop.lua's h:await on Lua 5.1: yields WAIT; the
+** values the runner resumes the task with are what this returns (true and
+** h's result; or nothing, when something else woke it: the caller then
 ** does what loop.lua's await does after a wake-up). Returns false at once
 ** when it does not apply.
 */
 static int loop_await(lua_State *L) {
   if (try_await(L, getloop(L), 0))
-    return lua_yield(L, 1);
+    return lua_yield(L, 0);
   lua_pushboolean(L, 0);
   return 1;
 }
@@ -508,18 +707,19 @@ static int all_results_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L);
 }
 
-/* ctx: what try_await returned (2: timed, the task at 2). */
+/* ctx: what try_await returned (its last bit: timed, the task at 2). */
 static int await_woken_k(lua_State *L, int status, lua_KContext ctx) {
-  int base = (int)ctx;
+  int base = (int)(ctx >> 1), top = lua_gettop(L);
   (void)status;
-  /* The stack: h, [the task,] then what the resume brought. */
-  if (lua_gettop(L) > base && lua_rawequal(L, 1, base + 1)) {
-    if (base == 1)
-      return lua_gettop(L) - 2;  /* h's result */
+  /* The stack: h, the metatable or the task, then what the resume
+  ** brought: true and h's result, or nothing. */
+  if (top > base) {
+    if (!(ctx & 1))
+      return top - base - 1;  /* h's result */
     /* timed_end(task, h, h's result...) */
-    lua_copy(L, 2, 1);  /* task, task, h, ... */
+    lua_copy(L, 1, 3);  /* h, task, h, ... */
     getuv(L, LV_TIMED_END);
-    lua_replace(L, 1);
+    lua_replace(L, 1);  /* timed_end, task, h, ... */
     lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);  /* (it does not yield) */
     return lua_gettop(L);
   }
@@ -534,7 +734,7 @@ static int await_method(lua_State *L, const char *name) {
   lloop *s = getloop(L);
   int r = try_await(L, s, 1);
   if (r)
-    return lua_yieldk(L, 1, r, await_woken_k);
+    return lua_yieldk(L, 0, r, await_woken_k);
   getuv(L, LV_WAIT_FOR);
   lua_insert(L, 1);
   lua_pushstring(L, name);
@@ -573,6 +773,9 @@ int lioq_loop_new(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"start", loop_start},
     {"stop", loop_stop},
+    {"new", loop_new},
+    {"free", loop_free},
+    {"sync", loop_sync},
     {"push", loop_push},
     {"nready", loop_nready},
     {"run", loop_run},
@@ -588,24 +791,21 @@ int lioq_loop_new(lua_State *L) {
   };
   lloop *s;
   size_t i;
+  luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   lua_settop(L, 3);
-  lua_createtable(L, 0, 8);  /* 4 */
+  lua_createtable(L, 0, 16);  /* 4 */
   s = lua_newuserdatauv(L, sizeof *s, LOOP_NUV);  /* 5: UV_LOOP */
-  s->q = NULL;
-  s->cur = s->runner = NULL;
-  s->task_idx = 0;
-  s->head = 1;
-  s->tail = 0;
-  lua_newtable(L);
-  lua_setiuservalue(L, 5, LV_RING);
-  lua_newtable(L);
-  lua_setiuservalue(L, 5, LV_WSLOTS);
+  memset(s, 0, sizeof *s);
+  s->wait = lua_topointer(L, 1);
+  luaL_getmetatable(L, LIOQ_HANDLE);
+  s->handle_mt = lua_topointer(L, -1);  /* (the registry keeps it) */
+  lua_pop(L, 1);
   lua_pushvalue(L, 1);  /* UV_WAIT */
   lua_pushvalue(L, 2);  /* UV_TASK */
   lua_pushvalue(L, 3);  /* UV_RESUMED */
-  luaL_getmetatable(L, LIOQ_HANDLE);  /* UV_HANDLE_MT */
+  lua_newtable(L);      /* UV_TASKS */
   for (i = 0; i < sizeof upvalue_strings / sizeof *upvalue_strings; i++)
     lua_pushstring(L, upvalue_strings[i]);
   luaL_setfuncs(L, funcs, NUPVALUES);

@@ -198,11 +198,11 @@ local Task = {}
 Task.__index = Task
 Task.__name = "ioq.task"
 
-local c_push  -- below
+local c_push, c_free  -- below
 
 local function make_ready(task)
   task.status = "ready"
-  c_push(task)
+  c_push(task.id)
 end
 
 local function ended(task)
@@ -222,6 +222,7 @@ end
 local function finish(task, ok, ...)
   tasks[task.co] = nil
   alive = alive - 1
+  c_free(task.id)
   if ok then
     task.status = "done"
     task.results = pack(...)
@@ -258,18 +259,30 @@ end
 -- poll that wakes the tasks awaiting handles (c_poll), and the common
 -- case of h:await (c_await). See src/lioq_loop.c.
 local C = core.loop(WAIT, Task, resumed)
-local c_run, c_poll, c_await, c_nready, c_hook =
-  C.run, C.poll, C.await, C.nready, C.hook
-c_push = C.push
+local c_run, c_poll, c_await, c_nready, c_hook, c_new, c_sync =
+  C.run, C.poll, C.await, C.nready, C.hook, C.new, C.sync
+c_push, c_free = C.push, C.free
 
 local function new_task(fn, ...)
-  -- fn (and args) until its first run: see src/lioq_loop.c's run
-  local task = setmetatable({ fn = fn, co = coroutine.create(fn) }, Task)
+  -- fn (and args) until its first run: see src/lioq_loop.c's run. Every
+  -- field that src/lioq_loop.c's hook sets is there from the start (and
+  -- never nil), so that setting it allocates nothing.
+  local co = coroutine.create(fn)
+  local task = setmetatable({ fn = fn, co = co, status = "ready",
+                              waiting_on = false }, Task)
   if select("#", ...) > 0 then task.args = pack(...) end
-  tasks[task.co] = task
+  task.id = c_new(task, co)
+  tasks[co] = task
   alive = alive + 1
   make_ready(task)
   return task
+end
+
+--- Brings a live task's status up to date before Lua looks at it: a task
+-- that waits in C (src/lioq_loop.c) still says "ready" until this moves
+-- it to waiters. Its cancel fields count from then on.
+local function sync(task)
+  c_sync(task.id, task)
 end
 
 local function current_task()
@@ -280,7 +293,7 @@ end
 -- returns that value. `on`: the handle it waits for, if any (what
 -- Task:cancel gives up); every wait sets it, so nothing need clear it.
 local function suspend(task, on)
-  task.status, task.waiting_on = "waiting", on
+  task.status, task.waiting_on = "waiting", on or false
   yield(WAIT)
   local v = task.wake_value
   task.wake_value = nil
@@ -419,7 +432,7 @@ local function suspend_on(task, h, timer, seconds, on_fire)
     end
   end
   suspend(task, h)
-  task.waiting_on = nil
+  task.waiting_on = false
 end
 
 local await_tail  -- below
@@ -456,7 +469,7 @@ end
 --- The end of a task's await of h, once it woke (and of c_await's, when
 -- something else than h's end woke it).
 function await_tail(task, h, timer)
-  task.waiting_on = nil
+  task.waiting_on = false
   -- Woken by something else than h: then it may still be a waiter of h,
   -- in waiters (not in C: what wakes a task waiting in C, but h's end,
   -- hooks it over first, see give_up).
@@ -617,13 +630,13 @@ if C.await_method then
   C.set_lua(wait_for, after_wake, arm_await, timed_end)
   handle_methods.await, handle_methods.wait = C.await_method, C.wait_method
 else
-  -- The same in Lua: c_await returns h and its result once h woke the
+  -- The same in Lua: c_await returns true and h's result once h woke the
   -- task, nothing if something else did, or false at once when the
   -- common case does not apply.
   function handle_methods.await(h, timeout)
     if timeout == nil then
       local r, a, b, c = c_await(h)
-      if r == h then return a, b, c end
+      if r == true then return a, b, c end
       if r == nil then return after_wake(h) end
     end
     return wait_for("await", h, timeout)
@@ -632,7 +645,7 @@ else
   function handle_methods.wait(h, timeout)
     if timeout == nil then
       local r, a, b, c = c_await(h)
-      if r == h then return a, b, c end
+      if r == true then return a, b, c end
       if r == nil then return after_wake(h) end
     end
     return wait_for("wait", h, timeout)
@@ -706,6 +719,10 @@ local function none() return false end
 
 local function reset_loop()
   running, loop_q, main_task = false, nil, nil
+  -- Tasks a run left unended (a deadlock, a failed loop) lose their
+  -- records, which the next run reuses: a wake or cancel of one later
+  -- must not reach the task that has its number then.
+  for _, t in pairs(tasks) do t.id = 0 end
   heap_filter(timers, none)  -- no record keeps an entry of the old heap
   tasks, alive, waiters, timers, failed, into = {}, 0, {}, {}, {}, {}
   live = 0
@@ -719,7 +736,7 @@ end
 local loop = {
   fail = fail, fail_canceled = fail_canceled, fail_timed_out = fail_timed_out,
   Task = Task, ended = ended, finish = finish,   -- tasks
-  current_task = current_task, suspend = suspend, wake = wake,
+  current_task = current_task, suspend = suspend, wake = wake, sync = sync,
   add_waiter = add_waiter, remove_waiter = remove_waiter,    -- waits
   give_up = give_up, drive_until = drive_until, wait_for = wait_for,
   suspend_on = suspend_on,

@@ -18,8 +18,8 @@ local E = core.errno
 local queue_of = core.queue_of
 local argerror, check_timeout, check_handle, c_call, is_handle =
   args.argerror, args.check_timeout, args.check_handle, args.c_call, args.is_handle
-local Task, ended, current_task, suspend, wake = loop.Task,
-  loop.ended, loop.current_task, loop.suspend, loop.wake
+local Task, ended, current_task, suspend, wake, sync = loop.Task,
+  loop.ended, loop.current_task, loop.suspend, loop.wake, loop.sync
 local fail_canceled, fail_timed_out = loop.fail_canceled, loop.fail_timed_out
 local add_waiter, remove_waiter, suspend_on =
   loop.add_waiter, loop.remove_waiter, loop.suspend_on
@@ -195,6 +195,7 @@ function Task:cancel()
     finish(self, true, fail_canceled("task"))
     return true
   end
+  sync(self)  -- (a task that waits in C says "ready" until then)
   if self.status == "waiting" then
     self.canceled = true
     local h = self.waiting_on
@@ -210,6 +211,7 @@ function Task:cancel()
 end
 
 function Task:__tostring()
+  if not ended(self) then sync(self) end
   local status = self.status
   -- "ready" is also the running task's (the loop need not tell them apart)
   if status == "ready" and current_task() == self then status = "running" end
