@@ -174,6 +174,8 @@ void lioq_open_handle(lua_State *L);
 int lioq_queue_new(lua_State *L);
 int lioq_backends(lua_State *L);
 int lioq_queue_of(lua_State *L);
+int lioq_note_handle(lua_State *L);
+int lioq_set_claim(lua_State *L);
 void lioq_end_ops(lioq_file *f);
 
 /* lioq_loop.c: the coroutine loop's hot path (see lua/ioq/loop.lua). */

@@ -66,6 +66,8 @@ int luaopen_ioq_core(lua_State *L) {
     {"backends", lioq_backends},
     {"now", now},
     {"queue_of", lioq_queue_of},
+    {"note_handle", lioq_note_handle},
+    {"set_claim", lioq_set_claim},
     {"loop", lioq_loop_new},
     {"socket", lioq_socket_new},
     {"socketpair", lioq_socketpair},

@@ -92,6 +92,8 @@ int lioq_push_result(lua_State *L, lhandle *h, int idx) {
   }
 }
 
+#define CLAIM_KEY "ioq.claim"
+
 /* core.queue_of(h): h.queue without the __index detour (for lua/ioq.lua). */
 int lioq_queue_of(lua_State *L) {
   checkhandle(L);
@@ -110,7 +112,39 @@ static int handle_result(lua_State *L) {
   lhandle *h = checkhandle(L);
   if (h->state != ST_DONE)
     return luaL_error(L, "handle is pending: wait for it first");
+  if (h->noted) {  /* the script looks at a failure the run would report */
+    h->noted = 0;
+    lua_settop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, CLAIM_KEY);
+    if (lua_isfunction(L, -1)) {
+      lua_pushvalue(L, 1);
+      lua_call(L, 1, 0);
+    }
+    lua_settop(L, 1);
+  }
   return lioq_push_result(L, h, 1);
+}
+
+/*
+** The outputs whose failure the run reports unless the script looks at
+** it (lua/ioq/outputs.lua) are marked in C, so that h:result, a hot path
+** of loops that wait for batches, stays a C function that calls back to
+** Lua only for a marked handle. core.note_handle(h, flag) marks or
+** unmarks h; core.set_claim(fn) gives what h:result calls for a marked
+** one: fn(h).
+*/
+int lioq_note_handle(lua_State *L) {
+  lhandle *h = lioq_checkudata(L, 1, TAG_HANDLE);
+  h->noted = (uint8_t)lua_toboolean(L, 2);
+  return 0;
+}
+
+int lioq_set_claim(lua_State *L) {
+  if (!lua_isnil(L, 1))
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, CLAIM_KEY);
+  return 0;
 }
 
 /* h:cancel(): true if asked, false if already done, or fail, msg, errno. */

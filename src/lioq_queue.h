@@ -146,6 +146,8 @@ typedef struct lhandle {
   uint8_t pooled;          /* q:recv_pooled: resolves to n and a buffer */
   uint8_t proc_wait;       /* IOQ_POLL for q:wait_process: resolves to the
                               process's end (HVAL_RESULT), named "wait" */
+  uint8_t noted;           /* lua/ioq/outputs.lua holds a record of its
+                              failure: h:result claims it (lioq_handle.c) */
 } lhandle;
 
 #define handle_of_link(l) \

@@ -657,11 +657,9 @@ else
   end
 end
 
---- h:result(): as the C method; also marks the result as seen.
-function handle_methods.result(h)
-  claim(h)
-  return c_call("result", 1, pcall(h_result, h))
-end
+-- h:result() is the C method: it claims (outputs.claim) a handle whose
+-- failure outputs.lua noted, which marks it in C for that.
+core.set_claim(claim)
 
 ---------------------------------------------------------------- the loop
 

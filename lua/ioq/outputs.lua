@@ -6,8 +6,9 @@
 --
 -- Holds the current run's records, in upvalues; touches nothing else
 -- (reads only the op and length fields of a handle). Requires ioq.core.
-local ECANCELED = require("ioq.core").errno.ECANCELED
-local setmetatable, tostring, type = setmetatable, tostring, type
+local core = require "ioq.core"
+local ECANCELED, note_handle = core.errno.ECANCELED, core.note_handle
+local pairs, setmetatable, tostring, type = pairs, setmetatable, tostring, type
 local format = string.format
 
 local unclaimed = setmetatable({}, { __mode = "k" })  -- handle -> record (weak,
@@ -53,6 +54,7 @@ function outputs.note(h, closing, v, msg, err)
   end
   unclaimed[h] = record
   unclaimed_n = unclaimed_n + 1
+  note_handle(h, true)  -- so that the C h:result claims it
 end
 
 --- The script looks at h's result: it is no longer unclaimed.
@@ -62,6 +64,7 @@ function outputs.claim(h)
   if record then
     unclaimed[h] = nil
     unclaimed_n = unclaimed_n - 1
+    note_handle(h, false)
     record.claimed = true
     if record.extra then lost_more = lost_more - 1 end
   end
@@ -71,6 +74,7 @@ end
 -- { msg =, err =, claimed = }) and how many more failed.
 function outputs.reset()
   local records, more = lost, lost_more
+  for h in pairs(unclaimed) do note_handle(h, false) end
   unclaimed, lost, lost_more = setmetatable({}, { __mode = "k" }), {}, 0
   unclaimed_n = 0
   return records, more
