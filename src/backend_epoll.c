@@ -22,6 +22,11 @@
 ** receive with use_pool waits for readiness holding no buffer, then takes
 ** a free buffer from the pool and receives into it; a multishot one does
 ** that for every chunk waiting.
+**
+** Each descriptor is registered once, edge-triggered, and stays in the
+** set (see struct watch): a receive that waits costs no epoll_ctl and no
+** failed try, which is most of what this backend paid per message above
+** io_uring.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -116,6 +121,14 @@ typedef ioq_list elist;
 ** saying what another file said; such a watch checks with EPOLL_CTL_MOD,
 ** which asks the file for its readiness again (a report if ready), and
 ** makes no guess from short reads.
+**
+** On a watch with one file ever registered the check is put off
+** (check_later): the registration is most likely there, and once the op
+** got its report and finished there is nothing left to check. It is made
+** if an op still waits a few passes later, or before the loop sleeps, so
+** an op on a new file under an old number is late by a few passes at
+** most. An accept here marks its number `fresh`: a new file, checked at
+** once.
 */
 struct watch {
   int fd;
@@ -127,7 +140,11 @@ struct watch {
                               with no edge to come, so a short read does
                               not say it is drained */
   uint8_t rerun;           /* on `rerun`: run its ops again at the next reap */
-  watch *next_rerun;
+  uint8_t unchecked;       /* on `checks`: its registration is to be checked */
+  uint8_t fresh;           /* a new file under this number (accepted here):
+                              check at once */
+  unsigned since;          /* unchecked: the pass it was queued in */
+  watch *next_rerun, *next_check;
   elist readers, writers;
 };
 
@@ -143,6 +160,8 @@ typedef struct epoll_backend {
   ioq_workers pool;        /* threads started on first use; its eventfd
                               is in the epoll set from the start */
   watch *rerun;            /* watches whose ops may go on without an edge */
+  watch *checks;           /* watches whose registration is to be checked */
+  unsigned pass;           /* epoll_wait calls that found something */
   epoll_pool *bufs;        /* provided buffers: NULL until asked for */
 } epoll_backend;
 
@@ -216,8 +235,19 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
   return 1;
 }
 
+/* A descriptor accepted here is a new file: if its number had a watch,
+** the next op to wait on it checks the registration at once. */
+static void accepted(epoll_backend *b, int64_t fd) {
+  if (fd >= 0 && fd < b->nwatches && b->watches[fd] != NULL) {
+    b->watches[fd]->fresh = 1;
+    b->watches[fd]->ready = EPOLLIN | EPOLLOUT;
+  }
+}
+
 /* Ends an op with `res` (its room in the ring was reserved at start). */
 static void finish(epoll_backend *b, ioq_op *op, int64_t res) {
+  if (op->code == IOQ_ACCEPT)
+    accepted(b, res);
   timer_remove(b, op);
   eop_of(op)->state = EOP_DONE;
   post(b, op, res, 0);
@@ -260,6 +290,7 @@ static int validate(epoll_backend *b, watch *w) {
   memset(&ev, 0, sizeof ev);
   ev.events = WATCH_EVENTS;
   ev.data.ptr = w;
+  w->fresh = 0;
   r = epoll_ctl(b->epfd, how, w->fd, &ev);
   if (r == 0 && how == EPOLL_CTL_MOD)
     return 0;
@@ -511,6 +542,17 @@ static int wait_ready(epoll_backend *b, watch *w, ioq_op *op, int want) {
   push(want == EPOLLIN ? &w->readers : &w->writers, op);
   if (!idle)
     return 0;
+  if (w->ever && !w->stale && !w->fresh && op->code != IOQ_CONNECT) {
+    /* Most likely still there: checked later, if no report came first
+    ** (see check_later). */
+    if (!w->unchecked) {
+      w->unchecked = 1;
+      w->since = b->pass;
+      w->next_check = b->checks;
+      b->checks = w;
+    }
+    return 0;
+  }
   r = validate(b, w);
   if (r < 0) {
     unlink_op(want == EPOLLIN ? &w->readers : &w->writers, op);
@@ -561,6 +603,7 @@ static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
     return recv_all(b, op, res);
   for (;;) {
     if (res >= 0) {
+      accepted(b, res);
       if (!post(b, op, res, 1)) close((int)res);  /* out of memory: drop it */
     } else if (res == NOT_READY || !ioq_accept_goes_on((int)-res)) {
       return res;
@@ -885,6 +928,73 @@ static void collect_workers(epoll_backend *b) {
   }
 }
 
+/* Ends the ops waiting on a watch whose registration failed. */
+static void fail_watch(epoll_backend *b, watch *w, int err) {
+  ioq_op *op;
+  while ((op = w->readers.head) != NULL || (op = w->writers.head) != NULL) {
+    unlink_op(op == w->readers.head ? &w->readers : &w->writers, op);
+    eop_of(op)->w = NULL;
+    if (err == -EPERM)  /* epoll cannot wait on it: a worker does it */
+      to_worker(b, op);
+    else
+      finish(b, op, err);
+  }
+}
+
+/*
+** Checks the registrations that wait_ready queued. Where one file only
+** was ever registered under a number, its registration is most likely
+** still there, and the report an op waits for usually comes within a
+** pass or two, after which there is nothing to check: so the check is
+** made only once an op has waited GRACE passes, or before the loop would
+** sleep (`all`), so that an op on a new file under an old number never
+** waits for a report that cannot come.
+*/
+#define GRACE 4
+
+static void check_later(epoll_backend *b, int all) {
+  watch **p = &b->checks, *w;
+  while ((w = *p) != NULL) {
+    int r;
+    if (w->readers.head == NULL && w->writers.head == NULL) {
+      *p = w->next_check;  /* nothing waits: the next wait queues it */
+      w->unchecked = 0;
+      continue;
+    }
+    if (!all && b->pass - w->since < GRACE) {
+      p = &w->next_check;
+      continue;
+    }
+    *p = w->next_check;
+    w->unchecked = 0;
+    r = validate(b, w);
+    if (r < 0)
+      fail_watch(b, w, r);
+  }
+}
+
+static int wait_ms(int64_t ns);
+
+/* epoll_pwait2, or epoll_wait before Linux 5.11 (milliseconds). */
+static int wait_events(epoll_backend *b, struct epoll_event *evs,
+                       int64_t wait) {
+  struct timespec ts, *tsp = NULL;
+  int n = -1;
+  if (wait >= 0) {
+    ts.tv_sec = wait / 1000000000;
+    ts.tv_nsec = wait % 1000000000;
+    tsp = &ts;
+  }
+  errno = ENOSYS;
+  if (!no_pwait2)
+    n = epoll_pwait2(b->epfd, evs, MAX_EVENTS, tsp, NULL);
+  if (n < 0 && errno == ENOSYS) {
+    no_pwait2 = 1;
+    n = epoll_wait(b->epfd, evs, MAX_EVENTS, tsp ? wait_ms(wait) : -1);
+  }
+  return n;
+}
+
 /* Runs again the watches that stopped with more to do (MORE_LATER, or
 ** ops behind one a worker took), after the reports of this reap, so that
 ** one busy descriptor does not keep the others waiting. */
@@ -923,7 +1033,6 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
   kick_at = ioq_workers_tick(&b->pool, ioq_now_ns());
   if (b->done.n == 0) {
     int64_t wait = timeout_ns;
-    struct timespec ts, *tsp = NULL;
     if (b->timers.n > 0) {
       int64_t until = ioq_heap_top(&b->timers)->deadline - ioq_now_ns();
       if (until < 0) until = 0;
@@ -936,19 +1045,15 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }
-    if (wait >= 0) {
-      ts.tv_sec = wait / 1000000000;
-      ts.tv_nsec = wait % 1000000000;
-      tsp = &ts;
+    n = 0;
+    if (b->checks != NULL && wait != 0) {
+      /* Only look first: the checks are due before the loop sleeps. */
+      n = wait_events(b, evs, 0);
+      if (n == 0)
+        check_later(b, 1);
     }
-    n = -1;
-    errno = ENOSYS;
-    if (!no_pwait2)
-      n = epoll_pwait2(b->epfd, evs, MAX_EVENTS, tsp, NULL);
-    if (n < 0 && errno == ENOSYS) {  /* before Linux 5.11: milliseconds */
-      no_pwait2 = 1;
-      n = epoll_wait(b->epfd, evs, MAX_EVENTS, tsp ? wait_ms(wait) : -1);
-    }
+    if (n == 0)
+      n = wait_events(b, evs, wait);
     if (n < 0)
       return -errno;  /* -EINTR included */
     for (i = 0; i < n; i++) {
@@ -967,7 +1072,11 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       run_waiters(b, w, EPOLLIN);
       run_waiters(b, w, EPOLLOUT);
     }
+    if (n > 0)
+      b->pass++;
     rerun(b);
+    if (b->checks != NULL)
+      check_later(b, 0);
   }
   expire(b);  /* also when events were waiting: timers must not starve */
   for (k = 0; k < max && b->done.n > 0; k++) {

@@ -416,4 +416,38 @@ describe("epoll regressions", function()
     assert.are.equal(0, q:recv(a, ioq.buffer(16)):wait(2))
     a:close()
   end)
+  it("an op on a new file under an old number is served while the loop never sleeps", function()
+    local q <close> = ioq.queue()
+    local a, b = ioq.socketpair()
+    local n = a:fileno()
+    local h = q:recv(a, ioq.buffer(16))
+    q:submit()
+    q:wait(0.01)
+    assert(q:send(b, "x"):wait(2))
+    assert.are.equal(1, h:wait(2))
+    t.close(n)
+    b:close()
+    local c, d = ioq.socketpair()
+    if c:fileno() ~= n then
+      c:close(); d:close(); pcall(a.close, a)
+      pending("the number was not reused here")
+      return
+    end
+    assert(q:send(d, "fresh"):wait(2))
+    local hc = q:recv(c, ioq.buffer(16))
+    -- Another pair brings a report at every pass, so the loop never sleeps.
+    local e, f = ioq.socketpair()
+    local t0, passes = ioq.now(), 0
+    while not hc:done() and ioq.now() - t0 < 2 do
+      local he = q:recv(e, ioq.buffer(4))
+      q:submit()
+      q:send(f, "p")
+      assert.are.equal(1, he:wait(1))
+      passes = passes + 1
+    end
+    assert.are.equal(5, hc:wait(0))
+    assert.is_true(passes < 50, passes .. " passes")
+    c:close(); d:close(); e:close(); f:close()
+    pcall(a.close, a)
+  end)
 end)
