@@ -161,7 +161,7 @@ typedef struct epoll_backend {
                               is in the epoll set from the start */
   watch *rerun;            /* watches whose ops may go on without an edge */
   watch *checks;           /* watches whose registration is to be checked */
-  unsigned pass;           /* epoll_wait calls that found something */
+  unsigned pass;           /* reaps that asked epoll (check_later's clock) */
   epoll_pool *bufs;        /* provided buffers: NULL until asked for */
 } epoll_backend;
 
@@ -1072,8 +1072,7 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       run_waiters(b, w, EPOLLIN);
       run_waiters(b, w, EPOLLOUT);
     }
-    if (n > 0)
-      b->pass++;
+    b->pass++;  /* a loop polling with no timeout ages the checks too */
     rerun(b);
     if (b->checks != NULL)
       check_later(b, 0);
