@@ -699,10 +699,14 @@ static void issue(epoll_backend *b, ioq_op *op) {
     return;
   }
   w = op->fd < b->nwatches ? b->watches[op->fd] : NULL;
-  /* Known not ready (see struct watch): no try. A connect's first call
-  ** starts it, so it is always made. */
+  /* Known not ready while another op waits on the watch (see struct
+  ** watch): no try. On an idle watch the op is tried all the same: the
+  ** bytes of a busy connection's next message are usually there by the
+  ** time it starts, and a try that finds them costs less than a report;
+  ** a try that finds nothing costs a recv, but no epoll_ctl. A connect's
+  ** first call starts it, so it is always made. */
   skip = w != NULL && !(w->ready & want) && op->code != IOQ_CONNECT &&
-         (w->readers.head || w->writers.head || !w->stale);
+         (w->readers.head || w->writers.head);
   res = NOT_READY;
   if (!e->blocking && !skip) {
     res = try_op(op);
@@ -1063,14 +1067,20 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
         collect_workers(b);
         continue;
       }
-      if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
-        w->ready |= EPOLLIN;
-      if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP))
-        w->ready |= EPOLLOUT;
       if (e & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
         w->ended = 1;
-      run_waiters(b, w, EPOLLIN);
-      run_waiters(b, w, EPOLLOUT);
+      /* A report gives the readiness at the time it is read, and an edge
+      ** may be older than the bytes a try took since: only a direction
+      ** it names is tried (a report with EPOLLOUT alone is such a stale
+      ** edge for the readers). */
+      if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+        w->ready |= EPOLLIN;
+        run_waiters(b, w, EPOLLIN);
+      }
+      if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+        w->ready |= EPOLLOUT;
+        run_waiters(b, w, EPOLLOUT);
+      }
     }
     b->pass++;  /* a loop polling with no timeout ages the checks too */
     rerun(b);
