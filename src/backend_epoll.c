@@ -24,9 +24,9 @@
 ** that for every chunk waiting.
 **
 ** Each descriptor is registered once, edge-triggered, and stays in the
-** set (see struct watch): a receive that waits costs no epoll_ctl and no
-** failed try, which is most of what this backend paid per message above
-** io_uring.
+** set (see struct watch): a receive that waits costs no epoll_ctl, which
+** with the failed try before it was most of what this backend paid per
+** message above io_uring.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -101,12 +101,12 @@ typedef ioq_list elist;
 **
 ** Its epoll registration is edge-triggered and stays: it asks for both
 ** directions once, and is never changed, so that an op that waits costs
-** no epoll_ctl MOD and the one after a completion needs no failed try to
-** learn that the descriptor is not ready. `ready` remembers, per
-** direction, whether an op may succeed now: set by every report, cleared
-** when a try finds nothing (EAGAIN, or a stream socket's short read,
-** which took all there was); while it is clear, an edge is sure to come
-** when data does, so the op waits without trying.
+** no epoll_ctl MOD. `ready` remembers, per direction, whether an op may
+** succeed now: set by reports, cleared when a try finds nothing (EAGAIN,
+** or a stream socket's short read, which took all there was); while it
+** is clear, an edge is sure to come when data does, so an op that comes
+** behind one already waiting waits without trying. (An op on an idle
+** watch is tried all the same: see issue.)
 **
 ** What edges cannot tell is that the descriptor was closed and its number
 ** reused: the registration dies with the file (or stays with it in a
