@@ -22,6 +22,11 @@
 ** receive with use_pool waits for readiness holding no buffer, then takes
 ** a free buffer from the pool and receives into it; a multishot one does
 ** that for every chunk waiting.
+**
+** Each descriptor is registered once, edge-triggered, and stays in the
+** set (see struct watch): a receive that waits costs no epoll_ctl, which
+** with the failed try before it was most of what this backend paid per
+** message above io_uring.
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -92,14 +97,54 @@ typedef ioq_list elist;
 #define ELINK offsetof(ioq_op, be.op)
 
 /*
-** The ops waiting on one descriptor, each direction in order. Its epoll
-** registration is one-shot: once it reports, it stays in the set but
-** reports nothing more until armed again.
+** The ops waiting on one descriptor, each direction in order.
+**
+** Its epoll registration is edge-triggered and stays: it asks for both
+** directions once, and is never changed, so that an op that waits costs
+** no epoll_ctl MOD. `ready` remembers, per direction, whether an op may
+** succeed now: set by reports, cleared when a try finds nothing (EAGAIN,
+** or a stream socket's short read, which took all there was); while it
+** is clear, an edge is sure to come when data does, so an op that comes
+** behind one already waiting waits without trying. (An op on an idle
+** watch is tried all the same: see issue.)
+**
+** What edges cannot tell is that the descriptor was closed and its number
+** reused: the registration dies with the file (or stays with it in a
+** duplicate elsewhere), and the new file is not in the set. So an op that
+** starts waiting on a watch with no other op waiting (while one waits, the
+** descriptor may not be closed: README) checks the registration with
+** EPOLL_CTL_ADD, which fails with EEXIST when it is there. That is enough
+** while only one file was ever registered under this number (`stale`
+** clear): the registration found is that file's, and what `ready` says
+** is about it. Once a second ADD succeeded, an older registration may live
+** on in a duplicate and its file may come back to this number with `ready`
+** saying what another file said; such a watch checks with EPOLL_CTL_MOD,
+** which asks the file for its readiness again (a report if ready), and
+** makes no guess from short reads.
+**
+** On a watch with one file ever registered the check is put off
+** (check_later): the registration is most likely there, and once the op
+** got its report and finished there is nothing left to check. It is made
+** if an op still waits a few passes later, or before the loop sleeps, so
+** an op on a new file under an old number is late by a few passes at
+** most. An accept here marks its number `fresh`: a new file, checked at
+** once.
 */
 struct watch {
   int fd;
-  unsigned armed;          /* the events epoll reports now; ~0u: unknown */
-  int in_set;              /* the descriptor is in the epoll set */
+  unsigned ready;          /* EPOLLIN, EPOLLOUT: an op may succeed now */
+  uint8_t ever;            /* a registration was made under this number */
+  uint8_t stale;           /* more than one may have been (see above) */
+  uint8_t stream;          /* a SOCK_STREAM socket: a short read drained it */
+  uint8_t ended;           /* a report said hang-up or error: that stays,
+                              with no edge to come, so a short read does
+                              not say it is drained */
+  uint8_t rerun;           /* on `rerun`: run its ops again at the next reap */
+  uint8_t unchecked;       /* on `checks`: its registration is to be checked */
+  uint8_t fresh;           /* a new file under this number (accepted here):
+                              check at once */
+  unsigned since;          /* unchecked: the pass it was queued in */
+  watch *next_rerun, *next_check;
   elist readers, writers;
 };
 
@@ -114,6 +159,9 @@ typedef struct epoll_backend {
   int live;                /* ops taken whose final event is not posted */
   ioq_workers pool;        /* threads started on first use; its eventfd
                               is in the epoll set from the start */
+  watch *rerun;            /* watches whose ops may go on without an edge */
+  watch *checks;           /* watches whose registration is to be checked */
+  unsigned pass;           /* reaps that asked epoll (check_later's clock) */
   epoll_pool *bufs;        /* provided buffers: NULL until asked for */
 } epoll_backend;
 
@@ -126,6 +174,10 @@ _Static_assert(IOQ_POLLIN == POLLIN && IOQ_POLLOUT == POLLOUT,
 ** errno value, so that an EAGAIN which is an op's real result (a Unix
 ** connect to a listener whose backlog is full) stays a result. */
 #define NOT_READY INT64_MIN
+/* A multishot op's answer when it stopped while data may still wait (its
+** turn's limit): it waits, and its watch is run again at the next reap,
+** since no new edge may come for what is already there. */
+#define MORE_LATER (INT64_MIN + 1)
 
 /* Set once epoll_pwait2 (Linux 5.11) turned out to be missing. */
 static _Atomic int no_pwait2;
@@ -183,8 +235,19 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
   return 1;
 }
 
+/* A descriptor accepted here is a new file: if its number had a watch,
+** the next op to wait on it checks the registration at once. */
+static void accepted(epoll_backend *b, int64_t fd) {
+  if (fd >= 0 && fd < b->nwatches && b->watches[fd] != NULL) {
+    b->watches[fd]->fresh = 1;
+    b->watches[fd]->ready = EPOLLIN | EPOLLOUT;
+  }
+}
+
 /* Ends an op with `res` (its room in the ring was reserved at start). */
 static void finish(epoll_backend *b, ioq_op *op, int64_t res) {
+  if (op->code == IOQ_ACCEPT)
+    accepted(b, res);
   timer_remove(b, op);
   eop_of(op)->state = EOP_DONE;
   post(b, op, res, 0);
@@ -208,48 +271,95 @@ static watch *watch_of(epoll_backend *b, int fd) {
     watch *w = calloc(1, sizeof *w);
     if (w == NULL) return NULL;
     w->fd = fd;
+    w->ready = EPOLLIN | EPOLLOUT;  /* unknown: try first */
     b->watches[fd] = w;
   }
   return b->watches[fd];
 }
 
+#define WATCH_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+
 /*
-** Tells epoll what the watch's ops wait for. When nobody waits any more
-** and the registration may still report, the descriptor leaves the set:
-** it is about to be closed, maybe, and a registration left armed on it
-** (alive in a duplicate elsewhere) would report EPOLLHUP or EPOLLERR, which
-** cannot be turned off, under a number that a new descriptor now has.
-** Otherwise the registration is one-shot, so even one we could not take
-** out reports at most once. The descriptor may have been closed (epoll
-** then forgets it) and its number reused since we last told epoll: MOD
-** gives ENOENT, and ADD is the answer; ADD gives EEXIST the other way.
+** Makes sure the descriptor now under the watch's number is in the set
+** (see struct watch): called when an op starts waiting on a watch where no
+** other op waits. A new registration reports at once what is ready.
 */
-static int arm(epoll_backend *b, watch *w) {
-  unsigned want = (w->readers.head ? EPOLLIN | EPOLLRDHUP : 0) |
-                  (w->writers.head ? EPOLLOUT : 0);
+static int validate(epoll_backend *b, watch *w) {
   struct epoll_event ev;
-  int how;
-  if (want == w->armed)
-    return 0;
+  int how = w->stale ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, r;
   memset(&ev, 0, sizeof ev);
-  if (want == 0) {
-    if (w->in_set)
-      epoll_ctl(b->epfd, EPOLL_CTL_DEL, w->fd, &ev);  /* gone already: fine */
-    w->in_set = 0;
-    w->armed = 0;
-    return 0;
-  }
-  ev.events = want | EPOLLONESHOT;
+  ev.events = WATCH_EVENTS;
   ev.data.ptr = w;
-  how = w->in_set ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-  if (epoll_ctl(b->epfd, how, w->fd, &ev) != 0) {
-    if (errno != (how == EPOLL_CTL_MOD ? ENOENT : EEXIST)) return -errno;
-    how = how == EPOLL_CTL_MOD ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
-    if (epoll_ctl(b->epfd, how, w->fd, &ev) != 0) return -errno;
+  w->fresh = 0;
+  r = epoll_ctl(b->epfd, how, w->fd, &ev);
+  if (r == 0 && how == EPOLL_CTL_MOD)
+    return 0;
+  if (r != 0 && errno == (how == EPOLL_CTL_ADD ? EEXIST : ENOENT)) {
+    if (how == EPOLL_CTL_ADD)
+      return 0;  /* the one file ever registered here: still there */
+    r = epoll_ctl(b->epfd, EPOLL_CTL_ADD, w->fd, &ev);
   }
-  w->in_set = 1;
-  w->armed = want;
+  if (r != 0)
+    return -errno;
+  /* A new registration. */
+  if (w->ever)
+    w->stale = 1;
+  w->ever = 1;
+  w->stream = 0;
+  w->ended = 0;
+  if (!w->stale) {
+    int type = 0;
+    socklen_t len = sizeof type;
+    w->stream = getsockopt(w->fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
+                type == SOCK_STREAM;
+  }
   return 0;
+}
+
+/* Takes the watch's registration out of the set, before its descriptor is
+** closed by an op here; a later op's ADD then starts afresh. */
+static void forget(epoll_backend *b, int fd) {
+  struct epoll_event ev;
+  watch *w = fd >= 0 && fd < b->nwatches ? b->watches[fd] : NULL;
+  if (w == NULL || !w->ever || w->readers.head || w->writers.head)
+    return;
+  memset(&ev, 0, sizeof ev);
+  if (epoll_ctl(b->epfd, EPOLL_CTL_DEL, fd, &ev) == 0 && !w->stale)
+    w->ever = 0;  /* none of ours is left */
+  w->ready = EPOLLIN | EPOLLOUT;
+}
+
+/* Runs the watch's ops again at the next reap (see MORE_LATER). */
+static void rerun_later(epoll_backend *b, watch *w) {
+  if (w->rerun) return;
+  w->rerun = 1;
+  w->next_rerun = b->rerun;
+  b->rerun = w;
+}
+
+/* True when a receive of `res` bytes took all the stream had: fewer than
+** asked for. Edges come for any byte that arrives after it. */
+static int drained(watch *w, ioq_op *op, int64_t res) {
+  uint32_t asked;
+  if (!w->stream || w->ended || res <= 0 || op->multishot)
+    return 0;
+  if (op->code == IOQ_RECV)
+    asked = op->use_pool ? eop_of(op)->pool->base.size : op->len;
+  else if (op->code == IOQ_READ && eop_of(op)->io == IO_SOCK)
+    asked = op->len;
+  else
+    return 0;
+  return res < (int64_t)asked;
+}
+
+/* True when the descriptor is ready for `want` now (for ops that only a
+** blocking call does: they go to a worker once it is). */
+static int ready_now(int fd, int want) {
+  struct pollfd p;
+  p.fd = fd;
+  p.events = want == EPOLLIN ? POLLIN : POLLOUT;
+  p.revents = 0;
+  return poll(&p, 1, 0) != 0;  /* an error: let the worker's call say it */
 }
 
 /* ---------------------------------------------------------------- doing */
@@ -420,28 +530,34 @@ static void to_worker(epoll_backend *b, ioq_op *op) {
 /* ---------------------------------------------------------------- issuing */
 
 /*
-** Puts an op on its descriptor's watch, in the direction it needs. The
-** first op to wait in a direction always tells epoll again: since the last
-** wait the descriptor may have been closed (epoll then forgets it) and its
-** number reused, so what `armed` remembers may be stale.
+** Puts an op on its watch, in the direction it needs. Where no other op
+** waits on the watch, the descriptor may have been closed and its number
+** reused since the last: validate() makes sure it is in the set.
 */
-static int wait_ready(epoll_backend *b, ioq_op *op, int want) {
-  watch *w;
-  int r;
-  if (op->fd < 0) return -EBADF;
-  w = watch_of(b, op->fd);
-  if (w == NULL) return -ENOMEM;
-  if ((want == EPOLLIN ? w->readers.head : w->writers.head) == NULL)
-    w->armed = ~0u;  /* unknown: arm() must ask epoll */
+static int wait_ready(epoll_backend *b, watch *w, ioq_op *op, int want) {
+  int idle = w->readers.head == NULL && w->writers.head == NULL, r;
   eop_of(op)->state = EOP_WAITING;
   eop_of(op)->w = w;
   eop_of(op)->want = want;
   push(want == EPOLLIN ? &w->readers : &w->writers, op);
-  r = arm(b, w);
+  if (!idle)
+    return 0;
+  if (w->ever && !w->stale && !w->fresh && op->code != IOQ_CONNECT) {
+    /* Most likely still there: checked later, if no report came first
+    ** (see check_later). */
+    if (!w->unchecked) {
+      w->unchecked = 1;
+      w->since = b->pass;
+      w->next_check = b->checks;
+      b->checks = w;
+    }
+    return 0;
+  }
+  r = validate(b, w);
   if (r < 0) {
     unlink_op(want == EPOLLIN ? &w->readers : &w->writers, op);
     eop_of(op)->state = EOP_STAGED;
-    arm(b, w);
+    eop_of(op)->w = NULL;
   }
   return r;
 }
@@ -457,7 +573,7 @@ static int in_blocking_mode(int fd) {
 ** and takes the next, until none is waiting (NOT_READY), the stream ends
 ** (0) or an error ends the op (returned: ENOBUFS too, which the binding
 ** arms again once buffers come back). At most 16 chunks a turn, so that
-** one busy socket lets the loop run; epoll reports it again at once.
+** one busy socket lets the loop run: then MORE_LATER.
 */
 static int64_t recv_all(epoll_backend *b, ioq_op *op, int64_t res) {
   int chunks = 0;
@@ -469,7 +585,7 @@ static int64_t recv_all(epoll_backend *b, ioq_op *op, int64_t res) {
       eop_of(op)->buf = -1;
     }
     if (++chunks == 16)
-      return NOT_READY;
+      return MORE_LATER;
     res = try_op(op);
   }
 }
@@ -487,11 +603,12 @@ static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
     return recv_all(b, op, res);
   for (;;) {
     if (res >= 0) {
+      accepted(b, res);
       if (!post(b, op, res, 1)) close((int)res);  /* out of memory: drop it */
     } else if (res == NOT_READY || !ioq_accept_goes_on((int)-res)) {
       return res;
     } else if (++skipped > 64) {
-      return NOT_READY;
+      return MORE_LATER;
     }
     res = try_op(op);
   }
@@ -499,8 +616,10 @@ static int64_t accept_all(epoll_backend *b, ioq_op *op, int64_t res) {
 
 /* Issues a staged op: it finishes now, or waits somewhere. */
 static void issue(epoll_backend *b, ioq_op *op) {
+  eop *e = eop_of(op);
+  watch *w;
   int64_t res;
-  int want, r;
+  int want, r, skip;
   eop_of(op)->timer.slot = 0;
   eop_of(op)->want = 0;
   eop_of(op)->blocking = 0;
@@ -530,10 +649,14 @@ static void issue(epoll_backend *b, ioq_op *op) {
     case IOQ_CALL:
       to_worker(b, op);
       return;
+    case IOQ_CLOSE:
+      forget(b, op->fd);
+      to_worker(b, op);
+      return;
     case IOQ_STAT: case IOQ_UNLINK: case IOQ_RMDIR: case IOQ_MKDIR:
     case IOQ_RENAME:
     case IOQ_LINK: case IOQ_SYMLINK: case IOQ_READLINK: case IOQ_TRUNCATE:
-    case IOQ_ALLOCATE: case IOQ_DATASYNC: case IOQ_CLOSE: case IOQ_READV:
+    case IOQ_ALLOCATE: case IOQ_DATASYNC: case IOQ_READV:
     case IOQ_WRITEV: case IOQ_COPY:
       /* The file system has no readiness to wait for: a worker does it
       ** (vectored I/O on a pipe or socket too, which may then block it). */
@@ -571,43 +694,94 @@ static void issue(epoll_backend *b, ioq_op *op) {
           op->code == IOQ_CONNECT || op->code == IOQ_WRITE ||
           (op->code == IOQ_POLL && !(op->flags & IOQ_POLLIN)))
        ? EPOLLOUT : EPOLLIN;
-  res = eop_of(op)->blocking ? NOT_READY : try_op(op);
-  if (op->code == IOQ_CONNECT)
-    eop_of(op)->want = want;  /* from now on, look at SO_ERROR */
-  if (op->multishot)
-    res = accept_all(b, op, res);
-  if (res == NOT_READY) {
-    r = wait_ready(b, op, want);
+  if (op->fd < 0) {
+    finish(b, op, -EBADF);
+    return;
+  }
+  w = op->fd < b->nwatches ? b->watches[op->fd] : NULL;
+  /* Known not ready while another op waits on the watch (see struct
+  ** watch): no try. On an idle watch the op is tried all the same: the
+  ** bytes of a busy connection's next message are usually there by the
+  ** time it starts, and a try that finds them costs less than a report;
+  ** a try that finds nothing costs a recv, but no epoll_ctl. A connect's
+  ** first call starts it, so it is always made. */
+  skip = w != NULL && !(w->ready & want) && op->code != IOQ_CONNECT &&
+         (w->readers.head || w->writers.head);
+  res = NOT_READY;
+  if (!e->blocking && !skip) {
+    res = try_op(op);
+    if (op->code == IOQ_CONNECT)
+      e->want = want;  /* from now on, look at SO_ERROR */
+    if (op->multishot)
+      res = accept_all(b, op, res);
+  }
+  if (e->blocking) {  /* known before, or found by the try */
+    if (ready_now(op->fd, want)) {
+      to_worker(b, op);
+      return;
+    }
+    res = NOT_READY;
+  }
+  if (res == NOT_READY || res == MORE_LATER) {
+    if (w == NULL && (w = watch_of(b, op->fd)) == NULL) {
+      finish(b, op, -ENOMEM);
+      return;
+    }
+    if (res == NOT_READY)
+      w->ready &= ~(unsigned)want;
+    r = wait_ready(b, w, op, want);
     if (r == -EPERM)  /* epoll cannot wait on it: a worker does it */
       to_worker(b, op);
     else if (r < 0)
       finish(b, op, r);
+    else if (res == MORE_LATER)
+      rerun_later(b, w);
     return;
   }
+  /* With an op waiting, the registration is this file's (see struct
+  ** watch), so a short read may say it is drained. */
+  if (w != NULL && (w->readers.head || w->writers.head) && drained(w, op, res))
+    w->ready &= ~(unsigned)EPOLLIN;
   finish(b, op, res);
 }
 
-/* Runs the ops waiting in one direction of a ready watch, oldest first,
-** until one would block. */
-static void run_waiters(epoll_backend *b, elist *l) {
+/*
+** Runs the ops waiting in one direction of a watch, oldest first, while
+** the descriptor may be ready that way: until one finds it is not, or
+** stops with more to do later.
+*/
+static void run_waiters(epoll_backend *b, watch *w, int want) {
+  elist *l = want == EPOLLIN ? &w->readers : &w->writers;
   ioq_op *op;
-  while ((op = l->head) != NULL) {
+  while ((op = l->head) != NULL && (w->ready & (unsigned)want)) {
+    eop *e = eop_of(op);
     int64_t res = NOT_READY;
-    if (!eop_of(op)->blocking) {
+    if (!e->blocking) {
       res = try_op(op);
       if (op->multishot)
         res = accept_all(b, op, res);
-      if (res == NOT_READY && !eop_of(op)->blocking)
+      if (res == MORE_LATER) {
+        rerun_later(b, w);
         return;
+      }
     }
-    unlink_op(l, op);
-    eop_of(op)->w = NULL;
     if (res == NOT_READY) {
-      /* Ready, and only a blocking call does it. The ops behind it wait
-      ** for epoll's next report. */
+      /* Ready, and only a blocking call does it: a worker, and the ops
+      ** behind it go on at the next reap if it is still ready then. */
+      if (!e->blocking || !ready_now(w->fd, want)) {
+        w->ready &= ~(unsigned)want;
+        return;
+      }
+      unlink_op(l, op);
+      e->w = NULL;
       to_worker(b, op);
+      if (l->head) rerun_later(b, w);
       return;
     }
+    unlink_op(l, op);
+    e->w = NULL;
+    if (drained(w, op, res))
+      w->ready &= ~(unsigned)EPOLLIN;
     finish(b, op, res);
   }
 }
@@ -709,8 +883,8 @@ static void abort_op(epoll_backend *b, ioq_op *op, int res) {
       finish(b, op, res);
       break;
     case EOP_WAITING:
+      /* Its registration stays: see struct watch. */
       unlink_op(e->want == EPOLLIN ? &e->w->readers : &e->w->writers, op);
-      arm(b, e->w);
       e->w = NULL;
       finish(b, op, res);
       break;
@@ -758,6 +932,89 @@ static void collect_workers(epoll_backend *b) {
   }
 }
 
+/* Ends the ops waiting on a watch whose registration failed. */
+static void fail_watch(epoll_backend *b, watch *w, int err) {
+  ioq_op *op;
+  while ((op = w->readers.head) != NULL || (op = w->writers.head) != NULL) {
+    unlink_op(op == w->readers.head ? &w->readers : &w->writers, op);
+    eop_of(op)->w = NULL;
+    if (err == -EPERM)  /* epoll cannot wait on it: a worker does it */
+      to_worker(b, op);
+    else
+      finish(b, op, err);
+  }
+}
+
+/*
+** Checks the registrations that wait_ready queued. Where one file only
+** was ever registered under a number, its registration is most likely
+** still there, and the report an op waits for usually comes within a
+** pass or two, after which there is nothing to check: so the check is
+** made only once an op has waited GRACE passes, or before the loop would
+** sleep (`all`), so that an op on a new file under an old number never
+** waits for a report that cannot come.
+*/
+#define GRACE 4
+
+static void check_later(epoll_backend *b, int all) {
+  watch **p = &b->checks, *w;
+  while ((w = *p) != NULL) {
+    int r;
+    if (w->readers.head == NULL && w->writers.head == NULL) {
+      *p = w->next_check;  /* nothing waits: the next wait queues it */
+      w->unchecked = 0;
+      continue;
+    }
+    if (!all && b->pass - w->since < GRACE) {
+      p = &w->next_check;
+      continue;
+    }
+    *p = w->next_check;
+    w->unchecked = 0;
+    r = validate(b, w);
+    if (r < 0)
+      fail_watch(b, w, r);
+  }
+}
+
+static int wait_ms(int64_t ns);
+
+/* epoll_pwait2, or epoll_wait before Linux 5.11 (milliseconds). */
+static int wait_events(epoll_backend *b, struct epoll_event *evs,
+                       int64_t wait) {
+  struct timespec ts, *tsp = NULL;
+  int n = -1;
+  if (wait >= 0) {
+    ts.tv_sec = wait / 1000000000;
+    ts.tv_nsec = wait % 1000000000;
+    tsp = &ts;
+  }
+  errno = ENOSYS;
+  if (!no_pwait2)
+    n = epoll_pwait2(b->epfd, evs, MAX_EVENTS, tsp, NULL);
+  if (n < 0 && errno == ENOSYS) {
+    no_pwait2 = 1;
+    n = epoll_wait(b->epfd, evs, MAX_EVENTS, tsp ? wait_ms(wait) : -1);
+  }
+  return n;
+}
+
+/* Runs again the watches that stopped with more to do (MORE_LATER, or
+** ops behind one a worker took), after the reports of this reap, so that
+** one busy descriptor does not keep the others waiting. */
+static void rerun(epoll_backend *b) {
+  watch *w = b->rerun;
+  b->rerun = NULL;
+  while (w != NULL) {
+    watch *next = w->next_rerun;
+    w->rerun = 0;
+    w->next_rerun = NULL;
+    run_waiters(b, w, EPOLLIN);
+    run_waiters(b, w, EPOLLOUT);
+    w = next;
+  }
+}
+
 /*
 ** epoll_wait's timeout: milliseconds, in an int. Rounded up, so that a
 ** wait of less than a millisecond sleeps rather than spinning at 0 until
@@ -780,30 +1037,27 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
   kick_at = ioq_workers_tick(&b->pool, ioq_now_ns());
   if (b->done.n == 0) {
     int64_t wait = timeout_ns;
-    struct timespec ts, *tsp = NULL;
     if (b->timers.n > 0) {
       int64_t until = ioq_heap_top(&b->timers)->deadline - ioq_now_ns();
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }
+    if (b->rerun != NULL)  /* ops that can go on now: only look */
+      wait = 0;
     if (kick_at >= 0) {  /* interrupt the workers' calls again then */
       int64_t until = kick_at - ioq_now_ns();
       if (until < 0) until = 0;
       if (wait < 0 || until < wait) wait = until;
     }
-    if (wait >= 0) {
-      ts.tv_sec = wait / 1000000000;
-      ts.tv_nsec = wait % 1000000000;
-      tsp = &ts;
+    n = 0;
+    if (b->checks != NULL && wait != 0) {
+      /* Only look first: the checks are due before the loop sleeps. */
+      n = wait_events(b, evs, 0);
+      if (n == 0)
+        check_later(b, 1);
     }
-    n = -1;
-    errno = ENOSYS;
-    if (!no_pwait2)
-      n = epoll_pwait2(b->epfd, evs, MAX_EVENTS, tsp, NULL);
-    if (n < 0 && errno == ENOSYS) {  /* before Linux 5.11: milliseconds */
-      no_pwait2 = 1;
-      n = epoll_wait(b->epfd, evs, MAX_EVENTS, tsp ? wait_ms(wait) : -1);
-    }
+    if (n == 0)
+      n = wait_events(b, evs, wait);
     if (n < 0)
       return -errno;  /* -EINTR included */
     for (i = 0; i < n; i++) {
@@ -813,13 +1067,25 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
         collect_workers(b);
         continue;
       }
-      w->armed = 0;  /* one-shot: it reports nothing more until armed */
-      if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP))
-        run_waiters(b, &w->readers);
-      if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP))
-        run_waiters(b, &w->writers);
-      arm(b, w);
+      if (e & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+        w->ended = 1;
+      /* A report gives the readiness at the time it is read, and an edge
+      ** may be older than the bytes a try took since: only a direction
+      ** it names is tried (a report with EPOLLOUT alone is such a stale
+      ** edge for the readers). */
+      if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+        w->ready |= EPOLLIN;
+        run_waiters(b, w, EPOLLIN);
+      }
+      if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+        w->ready |= EPOLLOUT;
+        run_waiters(b, w, EPOLLOUT);
+      }
     }
+    b->pass++;  /* a loop polling with no timeout ages the checks too */
+    rerun(b);
+    if (b->checks != NULL)
+      check_later(b, 0);
   }
   expire(b);  /* also when events were waiting: timers must not starve */
   for (k = 0; k < max && b->done.n > 0; k++) {
