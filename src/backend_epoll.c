@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -135,7 +136,10 @@ struct watch {
   unsigned ready;          /* EPOLLIN, EPOLLOUT: an op may succeed now */
   uint8_t ever;            /* a registration was made under this number */
   uint8_t stale;           /* more than one may have been (see above) */
-  uint8_t stream;          /* a SOCK_STREAM socket: a short read drained it */
+  uint8_t stream;          /* a TCP socket: a short read drained it */
+  uint8_t urgent;          /* a report said urgent data (EPOLLPRI): a TCP
+                              read stops at its mark, so a short read no
+                              longer says drained (for the file's life) */
   uint8_t ended;           /* a report said hang-up or error: that stays,
                               with no edge to come, so a short read does
                               not say it is drained */
@@ -162,6 +166,7 @@ typedef struct epoll_backend {
   watch *rerun;            /* watches whose ops may go on without an edge */
   watch *checks;           /* watches whose registration is to be checked */
   unsigned pass;           /* reaps that asked epoll (check_later's clock) */
+  int64_t looked_at;       /* when a reap last asked epoll (see reap) */
   epoll_pool *bufs;        /* provided buffers: NULL until asked for */
 } epoll_backend;
 
@@ -277,7 +282,7 @@ static watch *watch_of(epoll_backend *b, int fd) {
   return b->watches[fd];
 }
 
-#define WATCH_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+#define WATCH_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET)
 
 /*
 ** Makes sure the descriptor now under the watch's number is in the set
@@ -306,12 +311,19 @@ static int validate(epoll_backend *b, watch *w) {
     w->stale = 1;
   w->ever = 1;
   w->stream = 0;
+  w->urgent = 0;
   w->ended = 0;
   if (!w->stale) {
-    int type = 0;
-    socklen_t len = sizeof type;
+    /* Only TCP: other stream sockets may stop a read short with bytes
+    ** left (a Unix socket at a message that carries descriptors or other
+    ** credentials; SCTP at a message's end), and no edge would come for
+    ** those bytes. */
+    int type = 0, proto = 0;
+    socklen_t len = sizeof type, plen = sizeof proto;
     w->stream = getsockopt(w->fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
-                type == SOCK_STREAM;
+                type == SOCK_STREAM &&
+                getsockopt(w->fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) == 0 &&
+                proto == IPPROTO_TCP;
   }
   return 0;
 }
@@ -341,7 +353,7 @@ static void rerun_later(epoll_backend *b, watch *w) {
 ** asked for. Edges come for any byte that arrives after it. */
 static int drained(watch *w, ioq_op *op, int64_t res) {
   uint32_t asked;
-  if (!w->stream || w->ended || res <= 0 || op->multishot)
+  if (!w->stream || w->ended || w->urgent || res <= 0 || op->multishot)
     return 0;
   if (op->code == IOQ_RECV)
     asked = op->use_pool ? eop_of(op)->pool->base.size : op->len;
@@ -786,6 +798,9 @@ static void run_waiters(epoll_backend *b, watch *w, int want) {
   }
 }
 
+/* How often a reap that has results already still asks epoll. */
+#define LOOK_EVERY_NS 1000000
+
 /* ---------------------------------------------------------------- class */
 
 static int epoll_create_backend(ioq_backend **out, unsigned entries) {
@@ -1033,10 +1048,18 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
   struct epoll_event evs[MAX_EVENTS];
   int64_t kick_at;
   int i, n, k;
+  int64_t now;
   epoll_submit(base);
-  kick_at = ioq_workers_tick(&b->pool, ioq_now_ns());
-  if (b->done.n == 0) {
-    int64_t wait = timeout_ns;
+  now = ioq_now_ns();
+  kick_at = ioq_workers_tick(&b->pool, now);
+  /* With results in hand already (ops that finished as they were
+  ** submitted), the loop is not kept waiting; but epoll is still asked,
+  ** without a wait, once every LOOK_EVERY_NS: a task whose ops always
+  ** finish at once would starve every op that waits for a report, and the
+  ** workers' results. */
+  if (b->done.n == 0 || now - b->looked_at >= LOOK_EVERY_NS) {
+    int64_t wait = b->done.n == 0 ? timeout_ns : 0;
+    b->looked_at = now;
     if (b->timers.n > 0) {
       int64_t until = ioq_heap_top(&b->timers)->deadline - ioq_now_ns();
       if (until < 0) until = 0;
@@ -1069,11 +1092,13 @@ static int epoll_reap(ioq_backend *base, ioq_event *out, int max,
       }
       if (e & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
         w->ended = 1;
+      if (e & EPOLLPRI)
+        w->urgent = 1;
       /* A report gives the readiness at the time it is read, and an edge
       ** may be older than the bytes a try took since: only a direction
       ** it names is tried (a report with EPOLLOUT alone is such a stale
       ** edge for the readers). */
-      if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+      if (e & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
         w->ready |= EPOLLIN;
         run_waiters(b, w, EPOLLIN);
       }

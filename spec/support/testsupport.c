@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <sys/wait.h>
+#include <sys/socket.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -319,6 +320,16 @@ static int dup_fd(lua_State *L) {
   lua_pushinteger(L, fd);
   return 1;
 }
+
+/* send_oob(fd, byte): sends one byte of TCP urgent data (ioq has no
+** send flags), which stops the peer's reads at its mark. */
+static int send_oob(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  const char *c = luaL_checkstring(L, 2);
+  if (send(fd, c, 1, MSG_OOB) != 1)
+    return luaL_error(L, "send_oob: %s", strerror(errno));
+  return 0;
+}
 #endif
 /* ------------------------------------------------ end of epoll_spec's block */
 
@@ -345,6 +356,7 @@ int luaopen_ioq_test(lua_State *L) {
     {"alarm_pending", alarm_pending},
     {"fail_syscall", fail_syscall},
     {"dup", dup_fd},
+    {"send_oob", send_oob},
 #endif
     {NULL, NULL}
   };
