@@ -2,9 +2,11 @@
 ** lioq_loop.c: the hot path of the coroutine loop (lua/ioq/loop.lua) in C:
 ** the FIFO of tasks ready to run and the resume of each, the hand-over of
 ** completions to the tasks that await them, and the common case of
-** h:await. Everything else of the loop (timers, cancels, joins, several
-** awaiters of one handle, waits outside a task) stays in Lua, which this
-** file calls back for what it does not handle itself.
+** h:await, with or without a timeout (the timer of a timed await is a
+** deadline in the task's record here, in a heap of its own: see the
+** timers below). Everything else of the loop (the other timers, cancels,
+** joins, several awaiters of one handle, waits outside a task) stays in
+** Lua, which this file calls back for what it does not handle itself.
 **
 ** Why: an await through Lua cost some 5-6 C calls, a dozen Lua calls and a
 ** hash table per op, several times the op itself. Here one C call
@@ -39,7 +41,8 @@
 **     fields in its table, as Lua does.
 **
 ** core.loop(WAIT, Task, resumed) makes one loop's functions: start, stop,
-** new, free, sync, push, nready, run, poll, await, hook (see each below).
+** new, free, sync, push, nready, run, poll, await, hook, next_timer,
+** fire_timers (see each below).
 ** They share one userdata (their upvalue), whose user values hold the Lua
 ** half of the state.
 */

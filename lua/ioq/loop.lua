@@ -102,6 +102,11 @@ end
 -- of cancelled records the heap is rebuilt without them, so it holds at
 -- most about twice the armed timers. So `at` <= `due`, always, and the
 -- top entry, once settled (settle_top), is the next timer to fire.
+-- The timer of a timed await that waits in C (the common h:await(timeout),
+-- every stream read) is not one of these: it lives in C, in the task's
+-- record and a heap of the same kind (src/lioq_loop.c), and Lua hears of
+-- it only when it fires (fired, below). next_timer and fire_timers look
+-- at both.
 
 local live = 0             -- armed timers (the heap's other entries are
                            -- of cancelled ones)
