@@ -5,6 +5,9 @@
 --   lua5.4 bench/ops.lua nop-tasks N        the coroutine layer: 64 tasks in
 --                                           ioq.run, each awaiting one NOP
 --                                           after another (N/64 each)
+--   lua5.4 bench/ops.lua nop-tasks-timed N  the same, each await with a 30 s
+--                                           timeout that never fires (as a
+--                                           stream read's)
 --   lua5.4 bench/ops.lua randread FILE N    N buffered 4 KiB random reads,
 --                                           64 always in flight, a new
 --                                           handle per read
@@ -68,22 +71,23 @@ end
 
 --- DEPTH tasks, each awaiting NOPs one after another: every pass of the
 -- loop finds up to DEPTH new NOPs to submit at once, as the batch above.
-local function job_nop_tasks(n)
+local function job_nop_tasks(n, timeout)
+  local name = timeout and "nop-tasks-timed" or "nop-tasks"
   local per_task = n // DEPTH
   if per_task * DEPTH ~= n then
-    error("nop-tasks: N must be a multiple of " .. DEPTH)
+    error(name .. ": N must be a multiple of " .. DEPTH)
   end
   local t0 = now()
   ioq.run(function()
     local q = ioq.current()
     local function worker()
       for _ = 1, per_task do
-        assert(q:nop():await())
+        assert(q:nop():await(timeout))
       end
     end
     for _ = 1, DEPTH do ioq.spawn(worker) end
   end)
-  report("nop-tasks", n, now() - t0)
+  report(name, n, now() - t0)
 end
 
 local function job_randread(path, n, reuse, direct)
@@ -140,11 +144,13 @@ if (job == "nop" or job == "nop-reuse") and #arg == 2 then
   job_nop(count_arg(arg[2]), job == "nop-reuse")
 elseif job == "nop-tasks" and #arg == 2 then
   job_nop_tasks(count_arg(arg[2]))
+elseif job == "nop-tasks-timed" and #arg == 2 then
+  job_nop_tasks(count_arg(arg[2]), 30)
 elseif (job == "randread" or job == "randread-reuse") and
        (#arg == 3 or (#arg == 4 and arg[4] == "direct")) then
   job_randread(arg[2], count_arg(arg[3]), job == "randread-reuse", arg[4] == "direct")
 else
-  io.stderr:write("usage: lua5.4 bench/ops.lua nop|nop-reuse|nop-tasks N\n",
+  io.stderr:write("usage: lua5.4 bench/ops.lua nop|nop-reuse|nop-tasks|nop-tasks-timed N\n",
                   "       lua5.4 bench/ops.lua randread|randread-reuse FILE N [direct]\n")
   os.exit(2)
 end

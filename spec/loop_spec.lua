@@ -256,6 +256,88 @@ describe("await", function()
     t.close(r); t.close(w)
   end)
 
+  -- A timed await that waits in C (one task, nothing else awaiting the
+  -- op) keeps its timer in C (src/lioq_loop.c): the cases below leave
+  -- that common case while its timer is armed.
+  it("times out only the task whose timer fired when another task awaits the same op", function()
+    local r, w = t.pipe()
+    ioq.run(function()
+      local q = ioq.current()
+      local buf = ioq.buffer(8)
+      local h = q:read(r, buf)
+      local first = ioq.spawn(function()
+        local t0 = ioq.now()
+        local v, msg, err = h:await(0.05)   -- waits in C, with its timer
+        return v, msg, err, ioq.now() - t0
+      end)
+      ioq.sleep(0)                            -- it waits now
+      local second = ioq.spawn(function() return h:await(5) end)
+      local v, msg, err, dt = first:join(5)
+      assert.are.same({ nil, "read: timed out", E.ETIMEDOUT }, { v, msg, err })
+      assert.is_true(dt >= 0.045 and dt < 1, "timed out after " .. dt)
+      assert.is_false(h:done())              -- the op goes on for the other
+      assert(q:write(w, "ok"):await())
+      assert.are.same({ 2 }, { second:join(5) })
+    end)
+    t.close(r); t.close(w)
+  end)
+
+  it("cancels a task in a timed await with ECANCELED, and its timer reaches no later await", function()
+    local r, w = t.pipe()
+    local r2, w2 = t.pipe()
+    ioq.run(function()
+      local q = ioq.current()
+      local buf = ioq.buffer(8)
+      local task = ioq.spawn(function()
+        local a = { q:read(r, buf):await(0.05) }
+        -- Its next await, untimed, outlives the first one's deadline.
+        local b = { q:read(r2, ioq.buffer(8)):await() }
+        return a, b
+      end)
+      ioq.sleep(0.01)
+      assert.is_true(task:cancel())
+      ioq.sleep(0.1)                          -- past the first deadline
+      assert(q:write(w2, "hey"):await())
+      local a, b = task:join(5)
+      assert.are.same({ nil, "read: canceled", E.ECANCELED }, a)
+      assert.are.same({ 3 }, b)
+    end)
+    t.close(r); t.close(w); t.close(r2); t.close(w2)
+  end)
+
+  it("fires a timed await's timer on time while a plain coroutine in another task blocks the loop", function()
+    local r, w = t.pipe()
+    ioq.run(function()
+      local q = ioq.current()
+      local waiter = ioq.spawn(function()
+        local t0 = ioq.now()
+        local v, msg, err = q:read(r, ioq.buffer(8)):await(0.05)
+        return v, msg, err, ioq.now() - t0
+      end)
+      ioq.sleep(0)
+      -- h:wait in a plain coroutine: it drives the loop itself until done.
+      coroutine.wrap(function() assert.is_true(q:sleep(0.2):wait()) end)()
+      local v, msg, err, dt = waiter:join(5)
+      assert.are.same({ nil, "read: timed out", E.ETIMEDOUT }, { v, msg, err })
+      assert.is_true(dt >= 0.045 and dt < 0.19, "timed out after " .. dt)
+    end)
+    t.close(r); t.close(w)
+  end)
+
+  it("leaves no timer to a task that reuses an ended task's record", function()
+    local r, w = t.pipe()
+    ioq.run(function()
+      local q = ioq.current()
+      -- Ends with its timer's entry (due in 20 ms) still in the heap.
+      ioq.spawn(function() assert.is_true(q:nop():await(0.02)) end):join(5)
+      local task = ioq.spawn(function() return q:read(r, ioq.buffer(8)):await() end)
+      ioq.sleep(0.06)
+      assert(q:write(w, "late"):await())
+      assert.are.same({ 4 }, { task:join(5) })
+    end)
+    t.close(r); t.close(w)
+  end)
+
   it("detects a deadlock at once, though cancelled timeouts were due much later", function()
     local t0 = ioq.now()
     local ok, err = pcall(ioq.run, function()

@@ -2,9 +2,11 @@
 ** lioq_loop.c: the hot path of the coroutine loop (lua/ioq/loop.lua) in C:
 ** the FIFO of tasks ready to run and the resume of each, the hand-over of
 ** completions to the tasks that await them, and the common case of
-** h:await. Everything else of the loop (timers, cancels, joins, several
-** awaiters of one handle, waits outside a task) stays in Lua, which this
-** file calls back for what it does not handle itself.
+** h:await, with or without a timeout (the timer of a timed await is a
+** deadline in the task's record here, in a heap of its own: see the
+** timers below). Everything else of the loop (the other timers, cancels,
+** joins, several awaiters of one handle, waits outside a task) stays in
+** Lua, which this file calls back for what it does not handle itself.
 **
 ** Why: an await through Lua cost some 5-6 C calls, a dozen Lua calls and a
 ** hash table per op, several times the op itself. Here one C call
@@ -39,7 +41,8 @@
 **     fields in its table, as Lua does.
 **
 ** core.loop(WAIT, Task, resumed) makes one loop's functions: start, stop,
-** new, free, sync, push, nready, run, poll, await, hook (see each below).
+** new, free, sync, push, nready, run, poll, await, hook, next_timer,
+** fire_timers (see each below).
 ** They share one userdata (their upvalue), whose user values hold the Lua
 ** half of the state.
 */
@@ -54,9 +57,10 @@ enum {
   LV_RING,       /* the userdata that holds the FIFO */
   LV_WAITERS,    /* loop.lua's waiters table (per run) */
   LV_QUEUE,      /* the running loop's queue, or nil */
-  LV_WAIT_FOR,   /* loop.lua's wait_for, after_wake, arm_await and */
+  LV_THEAP,      /* the userdata that holds the timer heap */
+  LV_WAIT_FOR,   /* loop.lua's wait_for, after_wake, fired and */
   LV_AFTER_WAKE, /* timed_end (see await_method) */
-  LV_ARM,
+  LV_FIRED,
   LV_TIMED_END,
   LOOP_NUV = LV_TIMED_END
 };
@@ -99,7 +103,12 @@ typedef struct ltask {
   unsigned char woke;  /* h's end made it ready: resume it with h's result */
   unsigned char started;  /* resumed once (its fn and args are gone) */
   unsigned char slow;  /* Task:cancel saw it: read its cancel fields */
+  unsigned char armed; /* its await's timer is armed (due) */
+  unsigned char tfired;   /* that timer fired during this await */
   int nargs;           /* woke: the values on co's stack for its resume */
+  int hpos;            /* its entry in the timer heap + 1; 0: none */
+  int64_t due, at;     /* armed: when the timer fires; the entry's key (a
+                          lower bound of due: see the timers below) */
 } ltask;
 
 typedef struct lloop {
@@ -114,6 +123,9 @@ typedef struct lloop {
   int free_head;         /* the free list of records (0: empty) */
   int *ring;             /* LV_RING's array: the FIFO, [head, tail) */
   int ring_size, head, tail;
+  int *theap;            /* LV_THEAP's array: the timer heap, [0, theap_n);
+                            its size is nrecs (a record has one entry) */
+  int theap_n, tlive;    /* its entries; the armed timers among them */
 } lloop;
 
 static lloop *getloop(lua_State *L) {
@@ -204,6 +216,190 @@ static void release(lloop *s, int id) {
   s->free_head = id;
 }
 
+/*
+** The timers of timed awaits in C (h:await(timeout) in try_await): a
+** deadline in the task's record, and a min-heap of record numbers keyed by
+** each record's `at`. Most of them never fire (a stream read's timeout is
+** armed and ended around every read), so the entries are lazy, as
+** loop.lua's heap of Lua timers: ending a wait only disarms the record
+** (its entry stays), arming it again for a later deadline leaves the
+** entry too (only an earlier one moves it); an entry that comes to the top
+** early goes back at its record's deadline, one whose record is not armed
+** leaves then; and when most entries are of disarmed records the heap is
+** rebuilt without them. So at <= due, and the top's `at` is a lower bound
+** of every deadline: a poll may sleep until it without settling anything.
+** No Lua table, no closure, no Lua call per arm; the Lua side learns of a
+** timer only when it fires (loop.lua's fired, through fire_timers).
+*/
+static void th_place(lloop *s, int i, int id) {
+  s->theap[i] = id;
+  s->recs[id].hpos = i + 1;
+}
+
+static void th_up(lloop *s, int i) {
+  int id = s->theap[i];
+  int64_t at = s->recs[id].at;
+  while (i > 0) {
+    int p = (i - 1) / 2, pid = s->theap[p];
+    if (s->recs[pid].at <= at)
+      break;
+    th_place(s, i, pid);
+    i = p;
+  }
+  th_place(s, i, id);
+}
+
+static void th_down(lloop *s, int i) {
+  int n = s->theap_n, id = s->theap[i];
+  int64_t at = s->recs[id].at;
+  for (;;) {
+    int c = 2 * i + 1;
+    if (c >= n)
+      break;
+    if (c + 1 < n && s->recs[s->theap[c + 1]].at < s->recs[s->theap[c]].at)
+      c++;
+    if (s->recs[s->theap[c]].at >= at)
+      break;
+    th_place(s, i, s->theap[c]);
+    i = c;
+  }
+  th_place(s, i, id);
+}
+
+/* Takes record id's entry out of the heap. */
+static void th_remove(lloop *s, int id) {
+  int i = s->recs[id].hpos - 1, last = --s->theap_n;
+  s->recs[id].hpos = 0;
+  if (i != last) {
+    int m = s->theap[last];
+    th_place(s, i, m);
+    th_down(s, i);
+    th_up(s, s->recs[m].hpos - 1);
+  }
+}
+
+/* Rebuilds the heap with only the armed records' entries. */
+static void th_filter(lloop *s) {
+  int i, k = 0;
+  for (i = 0; i < s->theap_n; i++) {
+    int id = s->theap[i];
+    if (s->recs[id].armed)
+      th_place(s, k++, id);
+    else
+      s->recs[id].hpos = 0;
+  }
+  s->theap_n = k;
+  for (i = k / 2 - 1; i >= 0; i--)
+    th_down(s, i);
+}
+
+/* Arms record id's timer for `due` (an entry is always room: the heap is
+** as large as the records). */
+static void timer_arm(lloop *s, int id, int64_t due) {
+  ltask *t = &s->recs[id];
+  if (!t->armed) {
+    t->armed = 1;
+    s->tlive++;
+  }
+  t->due = due;
+  if (t->hpos == 0) {
+    t->at = due;
+    s->theap[s->theap_n] = id;
+    th_up(s, s->theap_n++);
+  } else if (due < t->at) {
+    t->at = due;
+    th_up(s, t->hpos - 1);
+  }
+}
+
+static void timer_disarm(lloop *s, ltask *t) {
+  if (!t->armed)
+    return;
+  t->armed = 0;
+  s->tlive--;
+  if (s->theap_n > 2 * s->tlive + 32)
+    th_filter(s);
+}
+
+/* Settles the top: drops entries of disarmed records there and moves the
+** ones that came up early to their deadlines, until the top is an armed
+** record's own deadline, the next to fire. Returns its record, or 0. */
+static int th_settle(lloop *s) {
+  while (s->theap_n > 0) {
+    int id = s->theap[0];
+    ltask *t = &s->recs[id];
+    if (!t->armed) {
+      th_remove(s, id);
+    } else if (t->due > t->at) {
+      t->at = t->due;
+      th_down(s, 0);
+    } else {
+      return id;
+    }
+  }
+  return 0;
+}
+
+/* next_timer(): seconds until the next timer of an await in C fires (0
+** if due), or nothing when none is armed. */
+static int loop_next_timer(lua_State *L) {
+  lloop *s = getloop(L);
+  int64_t now, d;
+  if (s->tlive == 0) {
+    if (s->theap_n > 0)
+      th_filter(s);
+    return 0;
+  }
+  now = ioq_now_ns();
+  d = s->recs[s->theap[0]].at - now;  /* (a lower bound: see above) */
+  if (d <= 0) {
+    d = s->recs[th_settle(s)].at - now;
+    if (d < 0)
+      d = 0;
+  }
+  lua_pushnumber(L, (lua_Number)d / 1e9);
+  return 1;
+}
+
+/* fire_timers(): the awaits in C whose timers are due give up on their
+** handles (loop.lua's fired(task, h), which cancels the op as a timeout
+** does): the task then wakes with h's end, and its await says it timed
+** out (tfired). A task that h's end woke already keeps its result. */
+static int loop_fire_timers(lua_State *L) {
+  lloop *s = getloop(L);
+  int64_t now;
+  if (s->tlive == 0)
+    return 0;
+  now = ioq_now_ns();
+  if (s->recs[s->theap[0]].at > now)
+    return 0;
+  lua_settop(L, 0);
+  for (;;) {
+    int id = th_settle(s);
+    ltask *t;
+    lua_State *co;
+    if (id == 0 || s->recs[id].at > now)
+      break;
+    t = &s->recs[id];
+    th_remove(s, id);
+    t->armed = 0;
+    s->tlive--;
+    co = t->co;
+    /* The task is suspended in await_method's frame, h at its 1. */
+    if (t->queued > 0 || t->woke || co == NULL ||
+        lua_status(co) != LUA_YIELD || lua_touserdata(co, 1) != t->h ||
+        !lua_checkstack(L, 4) || !lua_checkstack(co, 2))
+      continue;
+    t->tfired = 1;
+    getuv(L, LV_FIRED);
+    lua_rawgeti(L, UV(UV_TASKS), id);
+    lua_pushvalue(co, 1);
+    lua_xmove(co, L, 1);
+    lua_call(L, 2, 0);  /* (Lua ran: the records may have moved) */
+  }
+  return 0;
+}
+
 /* The records and the FIFO, empty: at a run's start and end. */
 static void reset(lua_State *L, lloop *s) {
   int id;
@@ -211,6 +407,8 @@ static void reset(lua_State *L, lloop *s) {
     lua_pushnil(L);
     lua_rawseti(L, UV(UV_TASKS), id);
   }
+  s->theap = grow(L, LV_THEAP, NULL, 0, 16, sizeof *s->theap);
+  s->theap_n = s->tlive = 0;
   s->recs = grow(L, LV_RECS, NULL, 0, 16, sizeof *s->recs);
   s->nrecs = 16;
   s->top = 0;
@@ -280,6 +478,9 @@ static int loop_new(lua_State *L) {
   if (id == 0) {
     if (s->top + 1 >= s->nrecs) {
       int n = s->nrecs < 8 ? 16 : s->nrecs * 2;
+      /* (The heap first: if the records then fail, it is only larger.) */
+      s->theap = grow(L, LV_THEAP, s->theap, (size_t)s->theap_n, (size_t)n,
+                      sizeof *s->theap);
       s->recs = grow(L, LV_RECS, s->recs, (size_t)s->top + 1, (size_t)n,
                      sizeof *s->recs);
       s->nrecs = n;
@@ -314,6 +515,9 @@ static int loop_free(lua_State *L) {
   int id = (int)(t - s->recs);
   if (t->cwait && t->h != NULL && t->h->loop_waiter == id)
     t->h->loop_waiter = 0;
+  timer_disarm(s, t);
+  if (t->hpos != 0)  /* (its number may serve another task) */
+    th_remove(s, id);
   t->live = 0;
   t->cwait = t->woke = 0;
   lua_pushnil(L);
@@ -605,20 +809,20 @@ static int loop_poll(lua_State *L) {
 ** The common case of h:await([timeout]): in the task the runner is
 ** resuming, a pending handle of the loop's queue, no cancel pending,
 ** nobody else awaiting it. Then the task becomes h's waiter (its record
-** says cwait), and it returns 4 (untimed; the stack h, h's metatable) or
-** 5 (a timeout, the task's timer armed by loop.lua's arm_await; the stack
-** h, task): the caller yields no value, which is how the runner tells
-** this wait (a plain coroutine.yield() leaves the record as it was).
-** Otherwise it returns 0, the stack as it was but for a nil timeout, for
-** the general await in Lua. `timed_ok`: whether a timeout may take this
-** way (only where set_lua gave arm_await). (What it returns is the
-** context of await_woken_k: the size of the stack, 2, times 2, plus 1 if
-** timed.)
+** says cwait; with a timeout, its timer is armed: see the timers above),
+** the stack is h, h's metatable, and it returns the context of
+** await_woken_k: the task's record number times 2, plus 1 if timed. The
+** caller yields no value, which is how the runner tells this wait (a
+** plain coroutine.yield() leaves the record as it was). Otherwise it
+** returns 0, the stack as it was but for a nil timeout, for the general
+** await in Lua. `timed_ok`: whether a timeout may take this way (only
+** where set_lua gave fired and timed_end).
 */
 static int try_await(lua_State *L, lloop *s, int timed_ok) {
   lhandle *h;
   ltask *t;
-  int n = lua_gettop(L), timed = 0, id, slow_or_timed;
+  int n = lua_gettop(L), timed = 0, id;
+  int64_t due = 0;
   if (L != s->cur || n > 2 || !lua_isyieldable(L))
     return 0;
   if (n == 2) {
@@ -627,9 +831,13 @@ static int try_await(lua_State *L, lloop *s, int timed_ok) {
     } else {
       /* (Anything but a number >= 0 is the Lua path's to refuse; NaN
       ** too.) */
+      lua_Number secs;
       if (!timed_ok || lua_type(L, 2) != LUA_TNUMBER ||
-          !(lua_tonumber(L, 2) >= 0))
+          !((secs = lua_tonumber(L, 2)) >= 0))
         return 0;
+      if (secs > 1e9)  /* (as lioq_checkseconds) */
+        secs = 1e9;
+      due = ioq_now_ns() + (int64_t)(secs * 1e9);
       timed = 1;
     }
   }
@@ -645,30 +853,23 @@ static int try_await(lua_State *L, lloop *s, int timed_ok) {
       h->state == ST_DONE || h->op.multishot || h->loop_shared ||
       h->loop_waiter != 0 || h->slot <= 0 || !t->live)
     goto general;
-  slow_or_timed = t->slow || timed;
-  if (slow_or_timed) {  /* its table: the cancel fields, the timer */
+  if (t->slow) {  /* its table: the cancel fields */
     lua_rawgeti(L, UV(UV_TASKS), id);  /* 3 + timed */
-    if (t->slow && field_truthy(L, 3 + timed, K_CANCEL_PENDING))
+    if (field_truthy(L, 3 + timed, K_CANCEL_PENDING))
       goto general;
   }
   /* (h needs no reference here: the queue's anchors hold it while it is
   ** pending, and its poll hands it over.) */
-  if (timed) {
-    /* arm_await(task, h, timeout); if it raises, nothing waits. */
-    getuv(L, LV_ARM);
-    lua_pushvalue(L, 4);
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 2);
-    lua_call(L, 3, 0);
-    lua_copy(L, 4, 2);  /* the task, in the timeout's place */
-    t = &s->recs[id];  /* (Lua ran: the records may have moved) */
-  }
+  if (timed)
+    timer_arm(s, id, due);
   t->h = h;
   t->cwait = 1;
+  t->tfired = 0;
   h->loop_waiter = id;
-  if (slow_or_timed)
-    lua_settop(L, 2);  /* h, the metatable or the task */
-  return 4 + timed;
+  if (timed)
+    lua_remove(L, 2);
+  lua_settop(L, 2);  /* h, the metatable */
+  return id * 2 + timed;
 general:
   lua_settop(L, 1 + timed);
   return 0;
@@ -696,10 +897,11 @@ static int loop_await(lua_State *L) {
 ** common case is try_await; anything else is loop.lua's wait_for(name,
 ** h, timeout, 1) (1: this frame, which its errors count to name the
 ** caller's line); after a wake-up that was not h's end,
-** loop.lua's after_wake(h). A timed await in C arms the task's timer with
-** loop.lua's arm_await(task, h, timeout) and, once h woke it, hands the
-** result through timed_end(task, h, ...) (which disarms it and names a
-** timeout). set_lua(wait_for, after_wake, arm_await, timed_end) gives them.
+** loop.lua's after_wake(h, fired). A timed await in C arms the task's
+** timer here (see the timers above), whose firing calls loop.lua's
+** fired(task, h); when it fired, h's result goes through timed_end(h,
+** ...), which names a cancel a timeout. set_lua(wait_for, after_wake,
+** fired, timed_end) gives them.
 */
 static int all_results_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
@@ -707,26 +909,36 @@ static int all_results_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L);
 }
 
-/* ctx: what try_await returned (its last bit: timed, the task at 2). */
+/* ctx: what try_await returned (the task's record, timed). */
 static int await_woken_k(lua_State *L, int status, lua_KContext ctx) {
-  int base = (int)(ctx >> 1), top = lua_gettop(L);
+  int top = lua_gettop(L), fired = 0;
   (void)status;
-  /* The stack: h, the metatable or the task, then what the resume
-  ** brought: true and h's result, or nothing. */
-  if (top > base) {
-    if (!(ctx & 1))
-      return top - base - 1;  /* h's result */
-    /* timed_end(task, h, h's result...) */
-    lua_copy(L, 1, 3);  /* h, task, h, ... */
+  if (ctx & 1) {  /* the wait is over: its timer too */
+    lloop *s = getloop(L);
+    ltask *t = &s->recs[ctx >> 1];
+    fired = t->tfired;
+    t->tfired = 0;
+    timer_disarm(s, t);
+  }
+  /* The stack: h, the metatable, then what the resume brought: true and
+  ** h's result, or nothing. */
+  if (top > 2) {
+    if (!fired)
+      return top - 3;  /* h's result */
+    /* timed_end(h, h's result...): a cancel of the timer's is a timeout */
+    lua_remove(L, 3);   /* h, mt, ... */
+    lua_copy(L, 1, 2);  /* h, h, ... */
     getuv(L, LV_TIMED_END);
-    lua_replace(L, 1);  /* timed_end, task, h, ... */
+    lua_replace(L, 1);  /* timed_end, h, ... */
     lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);  /* (it does not yield) */
     return lua_gettop(L);
   }
+  /* after_wake(h, fired) */
   lua_settop(L, 1);
   getuv(L, LV_AFTER_WAKE);
   lua_insert(L, 1);
-  lua_call(L, 1, LUA_MULTRET);  /* (it does not yield) */
+  lua_pushboolean(L, fired);
+  lua_call(L, 2, LUA_MULTRET);  /* (it does not yield) */
   return lua_gettop(L);
 }
 
@@ -753,7 +965,7 @@ static int loop_wait_method(lua_State *L) {
   return await_method(L, "wait");
 }
 
-/* set_lua(wait_for, after_wake, arm_await, timed_end): see await_method. */
+/* set_lua(wait_for, after_wake, fired, timed_end): see await_method. */
 static int loop_set_lua(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -761,7 +973,7 @@ static int loop_set_lua(lua_State *L) {
   luaL_checktype(L, 4, LUA_TFUNCTION);
   lua_settop(L, 4);
   setuv(L, LV_TIMED_END);
-  setuv(L, LV_ARM);
+  setuv(L, LV_FIRED);
   setuv(L, LV_AFTER_WAKE);
   setuv(L, LV_WAIT_FOR);
   return 0;
@@ -782,6 +994,8 @@ int lioq_loop_new(lua_State *L) {
     {"poll", loop_poll},
     {"await", loop_await},
     {"hook", loop_hook},
+    {"next_timer", loop_next_timer},
+    {"fire_timers", loop_fire_timers},
 #if LUA_VERSION_NUM >= 502
     {"await_method", loop_await_method},
     {"wait_method", loop_wait_method},

@@ -102,6 +102,11 @@ end
 -- of cancelled records the heap is rebuilt without them, so it holds at
 -- most about twice the armed timers. So `at` <= `due`, always, and the
 -- top entry, once settled (settle_top), is the next timer to fire.
+-- The timer of a timed await that waits in C (the common h:await(timeout),
+-- every stream read) is not one of these: it lives in C, in the task's
+-- record and a heap of the same kind (src/lioq_loop.c), and Lua hears of
+-- it only when it fires (fired, below). next_timer and fire_timers look
+-- at both.
 
 local live = 0             -- armed timers (the heap's other entries are
                            -- of cancelled ones)
@@ -166,8 +171,10 @@ local function settle_top()
   return nil
 end
 
---- Seconds until the next timer fires (0 if due already), or nil.
-local function next_timer()
+local c_next_timer, c_fire_timers  -- the timers of awaits in C (below)
+
+--- Seconds until the next Lua timer fires (0 if due already), or nil.
+local function next_lua_timer()
   if live == 0 then
     if timers[1] then heap_filter(timers, is_armed) end
     return nil
@@ -181,7 +188,16 @@ local function next_timer()
   return t
 end
 
-local function fire_timers()
+--- Seconds until the next timer, Lua's or an await's in C, fires (0 if
+-- due already), or nil.
+local function next_timer()
+  local c = c_next_timer()
+  local t = next_lua_timer()
+  if c and (not t or c < t) then return c end
+  return t
+end
+
+local function fire_lua_timers()
   if live == 0 then return end
   local t = now()
   if timers[1].at > t then return end  -- (a lower bound: see next_timer)
@@ -193,6 +209,11 @@ local function fire_timers()
     live = live - 1
     first.fn(first)
   end
+end
+
+local function fire_timers()
+  c_fire_timers()
+  return fire_lua_timers()
 end
 
 ---------------------------------------------------------------- tasks
@@ -267,6 +288,7 @@ local C = core.loop(WAIT, Task, resumed)
 local c_run, c_poll, c_await, c_nready, c_hook, c_new, c_sync =
   C.run, C.poll, C.await, C.nready, C.hook, C.new, C.sync
 c_push, c_free = C.push, C.free
+c_next_timer, c_fire_timers = C.next_timer, C.fire_timers
 
 local function new_task(fn, ...)
   -- fn (and args) until its first run: see src/lioq_loop.c's run. Every
@@ -472,14 +494,15 @@ local function task_await(task, h, timeout)
 end
 
 --- The end of a task's await of h, once it woke (and of c_await's, when
--- something else than h's end woke it).
-function await_tail(task, h, timer)
+-- something else than h's end woke it; then `fired` says whether its
+-- timer in C fired).
+function await_tail(task, h, timer, fired)
   task.waiting_on = false
   -- Woken by something else than h: then it may still be a waiter of h,
   -- in waiters (not in C: what wakes a task waiting in C, but h's end,
   -- hooks it over first, see give_up).
   if waiters[h] ~= nil then remove_waiter(h, task) end
-  local timed_out = false
+  local timed_out = fired or false
   if timer then
     cancel_timer(timer)
     timed_out, timer.h = timer.timed_out, nil
@@ -600,39 +623,27 @@ end
 -- await_method: the common case in C, then wait_for, or after_wake once
 -- something else than h's end woke the task), so a suspended task holds
 -- no frame of them in Lua.
-local function after_wake(h)
-  local task = tasks[running_co()]
-  local timer = task.timer  -- armed by arm_await for h, if timed
-  if timer and timer.h ~= h then timer = nil end
-  return await_tail(task, h, timer)
+local function after_wake(h, fired)
+  return await_tail(tasks[running_co()], h, nil, fired)
 end
 
---- A timed await that waits in C: the task's timer record (see
--- task_await) gives up on h after `timeout`.
-local function arm_await(task, h, timeout)
-  local timer = task.timer
-  if not timer then
-    timer = { task = task, h = false, timed_out = false }
-    task.timer = timer
-  end
-  timer.h, timer.timed_out = h, false
-  arm_timer(timer, timeout, await_timed_out)
+--- The timer of a timed await in C fired (src/lioq_loop.c's fire_timers):
+-- the task gives up on h, as task_await's timer does.
+local function fired(task, h)
+  give_up(task, h)
 end
 
---- The end of arm_await's await, once h woke the task: its result (what
--- follows h), or a timeout when the timer's give_up cancelled the op.
-local function timed_end(task, h, v, msg, err, ...)
-  local timer = task.timer
-  cancel_timer(timer)
-  timer.h = nil
-  if timer.timed_out and v == nil and err == E.ECANCELED then
+--- The end of a timed await in C whose timer fired, once h's end woke the
+-- task: h's result, or a timeout when the timer's give_up cancelled it.
+local function timed_end(h, v, msg, err, ...)
+  if v == nil and err == E.ECANCELED then
     return fail_timed_out(h.op)
   end
   return v, msg, err, ...
 end
 
 if C.await_method then
-  C.set_lua(wait_for, after_wake, arm_await, timed_end)
+  C.set_lua(wait_for, after_wake, fired, timed_end)
   handle_methods.await, handle_methods.wait = C.await_method, C.wait_method
 else
   -- The same in Lua: c_await returns true and h's result once h woke the
