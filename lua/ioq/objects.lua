@@ -85,7 +85,8 @@ function M.sleep(seconds)
   if not (type(seconds) == "number" and seconds >= 0) then
     argerror(1, "sleep", "seconds must be a non-negative number")
   end
-  return wait_for("sleep", current_queue():sleep(seconds))
+  -- h:await, whose common case (a task of the running loop) is in C.
+  return current_queue():sleep(seconds):await()
 end
 
 --- ioq.open(path [, mode [, perm]]): an ioq.file, or fail, msg, errno.
