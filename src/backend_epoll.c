@@ -80,6 +80,8 @@ typedef struct eop {
   uint8_t io;              /* IO_*, for READ and WRITE */
   uint8_t blocking;        /* no call does it without blocking: once the
                               descriptor is ready, a worker does it */
+  uint8_t from_watch;      /* EPOLLIN, EPOLLOUT: sent to a worker by its
+                              watch, whose at_worker it holds (0: not) */
   int32_t buf;             /* use_pool: the pool buffer the next event
                               lends, or -1 */
   epoll_pool *pool;        /* use_pool: where that buffer comes from */
@@ -147,6 +149,12 @@ struct watch {
   uint8_t unchecked;       /* on `checks`: its registration is to be checked */
   uint8_t fresh;           /* a new file under this number (accepted here):
                               check at once */
+  uint8_t at_worker;       /* EPOLLIN, EPOLLOUT: a blocking call of that
+                              direction is at a worker. One at a time: a
+                              ready listener in blocking mode would
+                              otherwise get every waiting accept sent to a
+                              worker, each blocking one for good, until no
+                              worker is left for anything else */
   unsigned since;          /* unchecked: the pass it was queued in */
   watch *next_rerun, *next_check;
   elist readers, writers;
@@ -532,11 +540,12 @@ static int64_t try_op(ioq_op *op) {
 
 /* Hands an op to the worker pool (ioq_workers.c); it fails at once if no
 ** worker thread could be started. */
-static void to_worker(epoll_backend *b, ioq_op *op) {
+static int to_worker(epoll_backend *b, ioq_op *op) {
   int r;
   eop_of(op)->state = EOP_WORKER;
   r = ioq_workers_push(&b->pool, op);
   if (r < 0) finish(b, op, r);
+  return r;
 }
 
 /* ---------------------------------------------------------------- issuing */
@@ -635,6 +644,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
   eop_of(op)->timer.slot = 0;
   eop_of(op)->want = 0;
   eop_of(op)->blocking = 0;
+  eop_of(op)->from_watch = 0;
   eop_of(op)->io = IO_PLAIN;
   if (op->timeout_ns > 0 && op->code != IOQ_SLEEP && op->code != IOQ_CLOSE &&
       timer_add(b, op, ioq_now_ns() + op->timeout_ns) < 0) {
@@ -780,14 +790,20 @@ static void run_waiters(epoll_backend *b, watch *w, int want) {
     if (res == NOT_READY) {
       /* Ready, and only a blocking call does it: a worker, and the ops
       ** behind it go on at the next reap if it is still ready then. */
+      if (e->blocking && (w->at_worker & (unsigned)want))
+        return;  /* after the one at a worker (collect_workers) */
       if (!e->blocking || !ready_now(w->fd, want)) {
         w->ready &= ~(unsigned)want;
         return;
       }
       unlink_op(l, op);
       e->w = NULL;
-      to_worker(b, op);
-      if (l->head) rerun_later(b, w);
+      if (to_worker(b, op) == 0) {
+        e->from_watch = (uint8_t)want;
+        w->at_worker |= (uint8_t)want;
+      } else if (l->head) {
+        rerun_later(b, w);
+      }
       return;
     }
     unlink_op(l, op);
@@ -942,7 +958,18 @@ static void collect_workers(epoll_backend *b) {
   ioq_op *op;
   ioq_workers_collect(&b->pool, &back);
   while ((op = back.head) != NULL) {
+    eop *e = eop_of(op);
     unlink_op(&back, op);
+    if (e->from_watch) {  /* the next blocking call of its watch may go */
+      watch *w = op->fd >= 0 && op->fd < b->nwatches ? b->watches[op->fd]
+                                                     : NULL;
+      if (w != NULL) {
+        w->at_worker &= (uint8_t)~e->from_watch;
+        if (w->readers.head || w->writers.head)
+          rerun_later(b, w);
+      }
+      e->from_watch = 0;
+    }
     finish(b, op, op->res);
   }
 }

@@ -499,4 +499,29 @@ describe("epoll regressions", function()
     a:close(); b:close()
     assert.is_true(got_at < 1, "the receive got its data after " .. got_at .. " s")
   end)
+
+  it("accepts waiting on a listener in blocking mode hold one worker, not every one", function()
+    util.posix_only("blocking-mode sockets")
+    local q <close> = ioq.queue()
+    local server <close> = assert(ioq.socket("tcp"))
+    assert(server:bind("127.0.0.1", 0))
+    assert(server:listen())
+    assert(t.set_blocking(server:fileno(), true))  -- as another library may leave it
+    local hs = {}
+    for i = 1, 6 do hs[i] = q:accept(server) end
+    q:submit()
+    q:wait(0.05)
+    local c <close> = assert(ioq.socket("tcp"))
+    assert(q:connect(c, "127.0.0.1", select(2, server:getsockname())):wait(2))
+    local t0 = ioq.now()
+    while ioq.now() - t0 < 0.3 do q:wait(0.01) end
+    local done = 0
+    for i = 1, 6 do if hs[i]:done() then done = done + 1 end end
+    assert.are.equal(1, done)
+    -- Workers are left for the rest: a file read, say.
+    local f <close> = assert(ioq.open(util.tmpfile("data"), "r"))
+    assert.are.equal(4, q:read(f, ioq.buffer(64), 0):wait(1))
+    for i = 1, 6 do hs[i]:cancel() end
+    for i = 1, 6 do pcall(hs[i].wait, hs[i], 2) end
+  end)
 end)
