@@ -161,20 +161,23 @@ static int field_truthy(lua_State *L, int idx, int k) {
   return r;
 }
 
-/* Makes an array's room `n` elements of `size` bytes, in a new userdata
-** that replaces user value `uv` (the old one is garbage then); the first
-** `keep` elements are copied over. Raises (out of memory) before anything
-** changed. */
-static void *grow(lua_State *L, int uv, const void *old, size_t keep,
-                  size_t n, size_t size) {
+/*
+** A new array of `n` zeroed elements of `size` bytes, a userdata left on
+** the stack (setuv installs it). Raises out of memory.
+**
+** Making it is a step of the collector, which may run finalizers, and a
+** finalizer may use this loop: spawn a task (the records, the heap grow),
+** push one (the FIFO grows). So the callers read the loop's state only
+** after this returns, and check again that they still need what they
+** asked for: nothing else here runs a collector step (table writes, stack
+** growth and moving values between threads do not).
+*/
+static void *newarray(lua_State *L, size_t n, size_t size) {
   void *p;
   if (n > (size_t)0x7fffffff / size)
     luaL_error(L, "not enough memory");
   p = lua_newuserdatauv(L, n * size, 0);
-  if (keep > 0)
-    memcpy(p, old, keep * size);
-  memset((char *)p + keep * size, 0, (n - keep) * size);
-  setuv(L, uv);
+  memset(p, 0, n * size);
   return p;
 }
 
@@ -182,22 +185,28 @@ static void *grow(lua_State *L, int uv, const void *old, size_t keep,
 ** anything changed. Compacts only when no run is in progress: a run keeps
 ** the positions it was started with. */
 static void ring_reserve(lua_State *L, lloop *s, int more) {
-  if (s->tail + more <= s->ring_size)
-    return;
-  if (s->depth == 0 && s->head > 0) {
-    memmove(s->ring, s->ring + s->head,
-            (size_t)(s->tail - s->head) * sizeof *s->ring);
-    s->tail -= s->head;
-    s->head = 0;
-    if (s->tail + more <= s->ring_size)
-      return;
-  }
-  {
-    size_t n = (size_t)s->ring_size * 2;
+  while (s->tail + more > s->ring_size) {
+    size_t n;
+    int *p;
+    if (s->depth == 0 && s->head > 0) {
+      memmove(s->ring, s->ring + s->head,
+              (size_t)(s->tail - s->head) * sizeof *s->ring);
+      s->tail -= s->head;
+      s->head = 0;
+      continue;
+    }
+    n = (size_t)s->ring_size * 2;
     if (n < (size_t)s->tail + (size_t)more + 16)
       n = (size_t)s->tail + (size_t)more + 16;
-    s->ring = grow(L, LV_RING, s->ring, (size_t)s->tail, n, sizeof *s->ring);
+    p = newarray(L, n, sizeof *p);
+    if ((size_t)s->ring_size >= n || (size_t)s->tail + (size_t)more > n) {
+      lua_pop(L, 1);  /* a finalizer grew or filled it meanwhile */
+      continue;
+    }
+    memcpy(p, s->ring, (size_t)s->tail * sizeof *p);
+    s->ring = p;
     s->ring_size = (int)n;
+    setuv(L, LV_RING);
   }
 }
 
@@ -407,14 +416,21 @@ static void reset(lua_State *L, lloop *s) {
     lua_pushnil(L);
     lua_rawseti(L, UV(UV_TASKS), id);
   }
-  s->theap = grow(L, LV_THEAP, NULL, 0, 16, sizeof *s->theap);
-  s->theap_n = s->tlive = 0;
-  s->recs = grow(L, LV_RECS, NULL, 0, 16, sizeof *s->recs);
+  /* The arrays first (see newarray), then the state. */
+  newarray(L, 16, sizeof *s->theap);
+  newarray(L, 16, sizeof *s->recs);
+  newarray(L, 64, sizeof *s->ring);
+  s->ring = lua_touserdata(L, -1);
+  setuv(L, LV_RING);
+  s->ring_size = 64;
+  s->recs = lua_touserdata(L, -1);
+  setuv(L, LV_RECS);
   s->nrecs = 16;
+  s->theap = lua_touserdata(L, -1);
+  setuv(L, LV_THEAP);
+  s->theap_n = s->tlive = 0;
   s->top = 0;
   s->free_head = 0;
-  s->ring = grow(L, LV_RING, NULL, 0, 64, sizeof *s->ring);
-  s->ring_size = 64;
   s->head = s->tail = 0;
   s->depth = 0;
   s->cur = NULL;
@@ -474,19 +490,23 @@ static int loop_new(lua_State *L) {
   co = lua_tothread(L, 2);
   luaL_argcheck(L, co != NULL, 2, "thread expected");
   lua_settop(L, 1);
-  id = s->free_head;
-  if (id == 0) {
-    if (s->top + 1 >= s->nrecs) {
-      int n = s->nrecs < 8 ? 16 : s->nrecs * 2;
-      /* (The heap first: if the records then fail, it is only larger.) */
-      s->theap = grow(L, LV_THEAP, s->theap, (size_t)s->theap_n, (size_t)n,
-                      sizeof *s->theap);
-      s->recs = grow(L, LV_RECS, s->recs, (size_t)s->top + 1, (size_t)n,
-                     sizeof *s->recs);
-      s->nrecs = n;
+  while (s->free_head == 0 && s->top + 1 >= s->nrecs) {
+    int n = s->nrecs < 8 ? 16 : s->nrecs * 2;
+    void *heap = newarray(L, (size_t)n, sizeof *s->theap);
+    void *recs = newarray(L, (size_t)n, sizeof *s->recs);
+    if (s->nrecs >= n) {  /* a finalizer (a spawn) grew them meanwhile */
+      lua_pop(L, 2);
+      continue;
     }
-    id = s->top + 1;
+    memcpy(recs, s->recs, (size_t)(s->top + 1) * sizeof *s->recs);
+    memcpy(heap, s->theap, (size_t)s->theap_n * sizeof *s->theap);
+    s->recs = recs;
+    setuv(L, LV_RECS);
+    s->theap = heap;
+    setuv(L, LV_THEAP);
+    s->nrecs = n;
   }
+  id = s->free_head != 0 ? s->free_head : s->top + 1;
   lua_pushvalue(L, 1);
   lua_rawseti(L, UV(UV_TASKS), id);  /* (may raise: then nothing changed) */
   if (id == s->free_head)
@@ -601,8 +621,8 @@ static int loop_push(lua_State *L) {
   ltask *t;
   if (luaL_checkinteger(L, 1) == 0)
     return 0;
+  ring_reserve(L, s, 1);  /* first: it may move the records (newarray) */
   t = checkrec(L, s, 1);
-  ring_reserve(L, s, 1);
   if (t->woke) {  /* (not expected: its wake by h's end goes) */
     lua_settop(t->co, -t->nargs - 1);
     t->woke = 0;
@@ -753,7 +773,6 @@ static int loop_poll(lua_State *L) {
   else if (r < 0)
     return lioq_fail(L, "wait", -r);
   n = r;
-  ring_reserve(L, s, r);  /* (what may raise, before the loop) */
   if (!lua_checkstack(L, 40))
     luaL_error(L, "not enough memory");
   top = 3;
@@ -768,25 +787,32 @@ static int loop_poll(lua_State *L) {
     hidx = ++top;
     h = lua_touserdata(L, hidx);
     if (h != NULL && h->loop_waiter != 0 && h->state == ST_DONE) {
-      int id = h->loop_waiter;
-      ltask *t = &s->recs[id];
-      h->loop_waiter = 0;
-      if (t->cwait && t->h == h) {
-        /* Its result goes on its coroutine's stack now, the values its
-        ** resume will pass: true, then the result. (Only out of memory
-        ** raises here, and that ends the run: see loop.lua's drive.) */
-        int nv;
-        if (!lua_checkstack(t->co, 8))
+      /* Its result goes on its coroutine's stack now, the values its
+      ** resume will pass: true, then the result. (Only out of memory
+      ** raises here, and that ends the run: see loop.lua's drive.)
+      ** Making the result and the FIFO's room may run finalizers (see
+      ** newarray), which may move the records or move this wait to Lua
+      ** (hook): the record is looked at only after both. */
+      int id, nv;
+      ltask *t;
+      lua_pushboolean(L, 1);
+      nv = 1 + lioq_push_result(L, h, hidx);
+      ring_reserve(L, s, 1);
+      id = h->loop_waiter;
+      t = &s->recs[id];
+      if (id != 0 && t->live && t->cwait && t->h == h) {
+        if (!lua_checkstack(t->co, nv + 8))
           luaL_error(L, "not enough memory");
-        lua_pushboolean(L, 1);
-        nv = 1 + lioq_push_result(L, h, hidx);
+        h->loop_waiter = 0;
         lua_xmove(L, t->co, nv);
         t->nargs = nv;
         t->cwait = 0;
         t->woke = 1;
         ring_put(s, id);
+        continue;
       }
-      continue;
+      lua_pop(L, nv);
+      h->loop_waiter = 0;
     }
     if (h != NULL && h->state == ST_DONE)
       h->loop_shared = 0;  /* dispatch takes its waiters */

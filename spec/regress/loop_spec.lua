@@ -402,3 +402,57 @@ describe("#19 a cancel that loses the race", function()
     end)
   end)
 end)
+
+describe("a finalizer that uses the loop while the loop is in C", function()
+  it("spawns tasks while the poll hands results over, and none is lost", function()
+    -- A collector step inside the poll (making a "canceled" result) runs
+    -- a finalizer that spawns tasks: the task records grow and the FIFO
+    -- fills under the poll's feet. Every task must still run to its end
+    -- (a lost one shows as a false deadlock), every await get its result.
+    -- In a child Lua: a fresh state, its collector stepping at every
+    -- allocation.
+    local ok, _, out = util.run_lua([[
+      local ioq = require "ioq"
+      local armed, spawned, wrong = true, 0, 0
+      local function arm()
+        setmetatable({}, { __gc = function()
+          if not armed then return end
+          if ioq.current() then
+            for _ = 1, 8 do
+              spawned = spawned + 1
+              ioq.spawn(function() ioq.sleep(0.001) end)
+            end
+          end
+          arm()
+        end })
+      end
+      collectgarbage("incremental", 10, 1000)
+      local ok, err = pcall(ioq.run, function()
+        local q = ioq.current()
+        arm()
+        for _ = 1, 2 do
+          local hs, tasks = {}, {}
+          for i = 1, 100 do
+            local h = q:sleep(10)
+            hs[i] = h
+            tasks[i] = ioq.spawn(function()
+              local _, msg = h:await()
+              coroutine.yield()
+              return msg
+            end)
+          end
+          ioq.sleep(0)  -- all wait in C now
+          for i = 1, 100 do hs[i]:cancel() end
+          for i = 1, 100 do
+            if tasks[i]:join(2) ~= "sleep: canceled" then wrong = wrong + 1 end
+          end
+        end
+        armed = false
+      end)
+      armed = false
+      print(ok, err, wrong, spawned > 0)
+    ]])
+    assert(ok, out)
+    assert.are.equal("true\tnil\t0\ttrue\n", out)
+  end)
+end)
