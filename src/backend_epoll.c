@@ -248,12 +248,18 @@ static int post(epoll_backend *b, ioq_op *op, int64_t res, int more) {
   return 1;
 }
 
+/* The watch of descriptor number fd, if it has one (watch_of makes it). */
+static watch *watch_at(epoll_backend *b, int64_t fd) {
+  return fd >= 0 && fd < b->nwatches ? b->watches[fd] : NULL;
+}
+
 /* A descriptor accepted here is a new file: if its number had a watch,
 ** the next op to wait on it checks the registration at once. */
 static void accepted(epoll_backend *b, int64_t fd) {
-  if (fd >= 0 && fd < b->nwatches && b->watches[fd] != NULL) {
-    b->watches[fd]->fresh = 1;
-    b->watches[fd]->ready = EPOLLIN | EPOLLOUT;
+  watch *w = watch_at(b, fd);
+  if (w != NULL) {
+    w->fresh = 1;
+    w->ready = EPOLLIN | EPOLLOUT;
   }
 }
 
@@ -340,7 +346,7 @@ static int validate(epoll_backend *b, watch *w) {
 ** closed by an op here; a later op's ADD then starts afresh. */
 static void forget(epoll_backend *b, int fd) {
   struct epoll_event ev;
-  watch *w = fd >= 0 && fd < b->nwatches ? b->watches[fd] : NULL;
+  watch *w = watch_at(b, fd);
   if (w == NULL || !w->ever || w->readers.head || w->writers.head)
     return;
   memset(&ev, 0, sizeof ev);
@@ -720,7 +726,7 @@ static void issue(epoll_backend *b, ioq_op *op) {
     finish(b, op, -EBADF);
     return;
   }
-  w = op->fd < b->nwatches ? b->watches[op->fd] : NULL;
+  w = watch_at(b, op->fd);
   /* Known not ready while another op waits on the watch (see struct
   ** watch): no try. On an idle watch the op is tried all the same: the
   ** bytes of a busy connection's next message are usually there by the
@@ -961,8 +967,7 @@ static void collect_workers(epoll_backend *b) {
     eop *e = eop_of(op);
     unlink_op(&back, op);
     if (e->from_watch) {  /* the next blocking call of its watch may go */
-      watch *w = op->fd >= 0 && op->fd < b->nwatches ? b->watches[op->fd]
-                                                     : NULL;
+      watch *w = watch_at(b, op->fd);
       if (w != NULL) {
         w->at_worker &= (uint8_t)~e->from_watch;
         if (w->readers.head || w->writers.head)

@@ -39,6 +39,29 @@ local function full_unix_listener()
   return path, server
 end
 
+-- A socket pair whose first end has the number of another pair's end
+-- that q drained (a short read) and that was then closed outside ioq,
+-- so no op saw the close. Returns c, d, and the old end a (its number
+-- gone), or nothing, the spec pending, where the number was not reused.
+local function pair_under_drained_number(q)
+  local a, b = ioq.socketpair()
+  local n = a:fileno()
+  local h = q:recv(a, ioq.buffer(16))
+  q:submit()
+  q:wait(0.01)
+  assert(q:send(b, "x"):wait(2))
+  assert.are.equal(1, h:wait(2))    -- a short read: a was drained
+  t.close(n)                         -- closed outside ioq: no op sees it
+  b:close()
+  local c, d = ioq.socketpair()
+  if c:fileno() ~= n then
+    c:close(); d:close(); pcall(a.close, a)
+    pending("the number was not reused here")
+    return
+  end
+  return c, d, a
+end
+
 describe("epoll regressions", function()
   after_each(function()
     if t.arm_alarm then t.arm_alarm(0) end  -- (POSIX only)
@@ -297,21 +320,8 @@ describe("epoll regressions", function()
   it("a new socket under a drained socket's number is waited on afresh, data first", function()
     util.posix_only("descriptor numbers reused after close(2)")
     local q <close> = ioq.queue()
-    local a, b = ioq.socketpair()
-    local n = a:fileno()
-    local h = q:recv(a, ioq.buffer(16))
-    q:submit()
-    q:wait(0.01)
-    assert(q:send(b, "x"):wait(2))
-    assert.are.equal(1, h:wait(2))    -- a short read: a was drained
-    t.close(n)                         -- closed outside ioq: no op sees it
-    b:close()
-    local c, d = ioq.socketpair()
-    if c:fileno() ~= n then
-      c:close(); d:close(); a:close()
-      pending("the number was not reused here")
-      return
-    end
+    local c, d, a = pair_under_drained_number(q)
+    if not c then return end
     assert(q:send(d, "fresh"):wait(2)) -- there before the receive starts
     local buf = ioq.buffer(16)
     assert.are.equal(5, q:recv(c, buf):wait(2))
@@ -422,21 +432,8 @@ describe("epoll regressions", function()
   it("an op on a new file under an old number is served while the loop never sleeps", function()
     util.posix_only("descriptor numbers reused after close(2)")
     local q <close> = ioq.queue()
-    local a, b = ioq.socketpair()
-    local n = a:fileno()
-    local h = q:recv(a, ioq.buffer(16))
-    q:submit()
-    q:wait(0.01)
-    assert(q:send(b, "x"):wait(2))
-    assert.are.equal(1, h:wait(2))
-    t.close(n)
-    b:close()
-    local c, d = ioq.socketpair()
-    if c:fileno() ~= n then
-      c:close(); d:close(); pcall(a.close, a)
-      pending("the number was not reused here")
-      return
-    end
+    local c, d, a = pair_under_drained_number(q)
+    if not c then return end
     assert(q:send(d, "fresh"):wait(2))
     local hc = q:recv(c, ioq.buffer(16))
     -- Another pair brings a report at every pass, so the loop never sleeps.
